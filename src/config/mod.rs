@@ -1,0 +1,10 @@
+//! The configuration: the file format (`schema`, `units`), reading it with
+//! `${ENV}` substitution and positions (`load`), checking it whole (`validate`), and
+//! turning it into the runtime snapshot (`compile`).
+
+pub mod load;
+pub mod schema;
+pub mod units;
+pub mod validate;
+
+pub use load::{ConfigError, ConfigErrors, LoadedConfig, load_file, load_str};

@@ -1,0 +1,514 @@
+//! The YAML file format, as serde types. Every struct rejects unknown keys; values
+//! that need parsing (durations, sizes, rates) have their own types in `units`.
+//! Nothing here is used on the request path: `compile` turns these into runtime
+//! objects.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, Duration, Rate, StatusRange};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimit>,
+    #[serde(default)]
+    pub redis: Option<Redis>,
+    #[serde(default)]
+    pub cors: BTreeMap<String, Cors>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listeners: default_listeners(),
+            admin: None,
+            limits: Limits::default(),
+            shutdown_grace: default_shutdown_grace(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_listeners() -> Vec<Listener> {
+    vec![Listener {
+        name: "http".into(),
+        bind: "0.0.0.0:8080".into(),
+        tls: None,
+    }]
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub bind: String,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub certificates: Vec<Certificate>,
+    #[serde(default)]
+    pub min_version: Option<String>,
+    #[serde(default)]
+    pub alpn: Option<Vec<String>>,
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    pub ca: String,
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub bind: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_header_bytes: ByteSize,
+    pub max_body_bytes: ByteSize,
+    pub header_read_timeout: Duration,
+    /// How long a request body may go without sending a byte.
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: ByteSize(32 * 1024),
+            max_body_bytes: ByteSize(10 * 1024 * 1024),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<Target>,
+    #[serde(default = "default_balance")]
+    pub balance: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default)]
+    pub timeouts: UpstreamTimeouts,
+    #[serde(default)]
+    pub pool: Pool,
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default)]
+    pub retries: Option<Retries>,
+}
+
+fn default_balance() -> String {
+    "round_robin".into()
+}
+
+fn default_protocol() -> String {
+    "http1".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    pub request: Duration,
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(30),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    pub max_idle_per_target: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            max_idle_per_target: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "default_threshold_2")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_threshold_3")]
+    pub unhealthy_threshold: u32,
+    #[serde(default)]
+    pub expect_status: Option<StatusRange>,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_threshold_2() -> u32 {
+    2
+}
+fn default_threshold_3() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default)]
+    pub failure_statuses: Option<Vec<u16>>,
+    #[serde(default = "default_open_for")]
+    pub open_for: Duration,
+    #[serde(default = "default_half_open")]
+    pub half_open_max_requests: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_half_open() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub backoff: Option<Duration>,
+    #[serde(default)]
+    pub budget_percent: Option<u32>,
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub jwt: BTreeMap<String, JwtPolicy>,
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, ApiKeySet>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtPolicy {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_refresh: Option<Duration>,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub leeway: Option<Duration>,
+    #[serde(default)]
+    pub token_from: Option<Vec<String>>,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    pub strip_token: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySet {
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    pub keys: Vec<ApiKey>,
+}
+
+fn default_api_key_header() -> String {
+    "X-API-Key".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub id: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: Rate,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default = "default_rl_key")]
+    pub key: String,
+    #[serde(default = "default_rl_store")]
+    pub store: String,
+    #[serde(default = "default_on_store_error")]
+    pub on_store_error: String,
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_rl_key() -> String {
+    "client_ip".into()
+}
+fn default_rl_store() -> String {
+    "local".into()
+}
+fn default_on_store_error() -> String {
+    "allow".into()
+}
+fn default_max_keys() -> usize {
+    100_000
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub expose_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default)]
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub respond: Option<Respond>,
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default)]
+    pub auth: Option<Vec<String>>,
+    #[serde(default)]
+    pub require_claims: Option<BTreeMap<String, StringOrList>>,
+    #[serde(default)]
+    pub rate_limit: Option<Vec<String>>,
+    #[serde(default)]
+    pub cors: Option<String>,
+    #[serde(default)]
+    pub ip_allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub ip_deny: Option<Vec<String>>,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub compress: Option<Vec<String>>,
+    #[serde(default)]
+    pub request_headers: HeaderOps,
+    #[serde(default)]
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    #[serde(default = "default_respond_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_respond_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    #[serde(default)]
+    pub replace_prefix: Option<ReplacePrefix>,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacePrefix {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `scope: users:read` or `role: [admin, support]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}

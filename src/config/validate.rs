@@ -1,0 +1,1 @@
+//! Whole-config checks (to be written).

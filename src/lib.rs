@@ -1,0 +1,3 @@
+//! tollgate: an API gateway reverse proxy.
+
+pub mod config;
