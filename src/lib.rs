@@ -1,3 +1,234 @@
 //! tollgate: an API gateway reverse proxy.
+//!
+//! `build` turns a loaded config into a running `App`: the snapshot compiled and
+//! published, the listeners bound, the admin API up. `main.rs` and the tests
+//! start the gateway through this same function.
 
+pub mod access_log;
+pub mod admin;
 pub mod config;
+pub mod demo;
+pub mod error;
+pub mod explain;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use access_log::{AccessLog, LogFormat};
+use config::LoadedConfig;
+use config::compile::{CompileError, compile};
+use metrics::Metrics;
+use server::{ConnSettings, Lifecycle};
+use snapshot::Snapshot;
+
+/// State shared by every request of the process.
+pub struct Shared {
+    /// The running config version; one load per request.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+    /// Requests in flight, for `server.limits.max_concurrent_requests`.
+    pub in_flight: AtomicUsize,
+    /// Set once shutdown begins: `/readyz` answers 503.
+    pub draining: AtomicBool,
+}
+
+pub struct BuildOptions {
+    /// Where access-log lines go (stdout in `main`).
+    pub access_log: Box<dyn Write + Send>,
+    pub log_format: LogFormat,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            access_log: Box::new(std::io::sink()),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Compile(#[from] CompileError),
+    #[error("cannot listen on {addr} for listener `{listener}`: {source}")]
+    Bind {
+        listener: String,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running gateway.
+pub struct App {
+    listeners: Vec<(String, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    life: Lifecycle,
+    grace: Duration,
+}
+
+pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, StartError> {
+    let metrics = Metrics::new()?;
+    let snapshot = compile(&loaded, &metrics)?;
+    metrics.set_config_version(&snapshot.version);
+    metrics.config_last_reload_success.set(unix_now());
+    let server_cfg = &loaded.config.server;
+
+    // Bind everything before serving anything, so a taken port fails the start
+    // cleanly instead of leaving a half-started gateway.
+    let mut bound = Vec::new();
+    for l in &server_cfg.listeners {
+        let listener = bind(&l.name, &l.bind).await?;
+        bound.push((l.name.clone(), listener));
+    }
+    let admin = match &server_cfg.admin {
+        Some(a) => Some(bind("admin", &a.bind).await?),
+        None => None,
+    };
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        metrics,
+        access_log: AccessLog::new(opts.access_log, opts.log_format),
+        in_flight: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+    });
+    let life = Lifecycle {
+        stop: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    let settings = Arc::new(ConnSettings::new(&server_cfg.limits));
+    let max_connections = Arc::new(Semaphore::new(server_cfg.limits.max_connections));
+
+    let mut listeners = Vec::new();
+    for (name, listener) in bound {
+        let addr = local_addr(&name, &listener)?;
+        tracing::info!(listener = %name, %addr, "listening");
+        listeners.push((name.clone(), addr));
+        tokio::spawn(server::accept_loop(
+            listener,
+            name.into(),
+            shared.clone(),
+            settings.clone(),
+            max_connections.clone(),
+            life.clone(),
+        ));
+    }
+    let admin = match admin {
+        Some(listener) => {
+            let addr = local_addr("admin", &listener)?;
+            tracing::info!(%addr, "admin listening");
+            tokio::spawn(admin::serve(listener, shared.clone(), life.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
+
+    Ok(App {
+        listeners,
+        admin,
+        shared,
+        life,
+        grace: server_cfg.shutdown_grace.get(),
+    })
+}
+
+async fn bind(name: &str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        listener: name.to_string(),
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn local_addr(name: &str, l: &TcpListener) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind {
+        listener: name.to_string(),
+        addr: "?".into(),
+        source,
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl App {
+    /// The bound address of the listener called `name` (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Swaps in a new config version. Requests already running finish on the
+    /// version they started with; the next request sees the new one. Listener
+    /// and server-limit changes need a restart for now.
+    pub fn reload(&self, loaded: &LoadedConfig) -> Result<(), CompileError> {
+        let metrics = &self.shared.metrics;
+        match compile(loaded, metrics) {
+            Ok(snapshot) => {
+                metrics.set_config_version(&snapshot.version);
+                self.shared.snapshot.store(Arc::new(snapshot));
+                metrics.config_reloads_success.inc();
+                metrics.config_last_reload_success.set(unix_now());
+                Ok(())
+            }
+            Err(e) => {
+                metrics.config_reloads_failure.inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a reload that failed before compiling (unreadable or invalid file).
+    pub fn reload_failed(&self) {
+        self.shared.metrics.config_reloads_failure.inc();
+    }
+
+    /// Graceful shutdown: `/readyz` turns 503, listeners stop accepting, in-flight
+    /// requests get up to `shutdown_grace` to finish, then what is left is cut.
+    pub async fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.life.stop.cancel();
+        self.life.tracker.close();
+        if tokio::time::timeout(self.grace, self.life.tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "shutdown grace period over; closing the remaining connections");
+            self.life.abort.cancel();
+            self.life.tracker.wait().await;
+        }
+        self.life.abort.cancel();
+    }
+}

@@ -1,1 +1,267 @@
-fn main() {}
+//! The `tollgate` command: parses arguments, sets up logging, calls the library,
+//! and maps the outcome to an exit code (0 clean, 1 bad config or usage, 2
+//! runtime failure).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tollgate::access_log::LogFormat;
+use tollgate::config::{self, LoadedConfig};
+use tollgate::{App, BuildOptions, demo, explain};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "An API gateway reverse proxy")]
+struct Cli {
+    /// Config file [default: $TOLLGATE_CONFIG, else ./tollgate.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format [default: text on a terminal, json otherwise]
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<Format>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default)
+    Run,
+    /// Check a config file: print `ok` or every error with file:line:column
+    Validate,
+    /// Run a complete demo: the gateway on 127.0.0.1:8080 before two echo upstreams
+    Demo,
+    /// Explain which route a request would take, and why the others did not match
+    Routes {
+        /// The request path, optionally with ?query
+        path: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        host: Option<String>,
+        /// A request header as NAME:VALUE (repeatable)
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+    },
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure { code: 1, error: error.into() }
+}
+
+fn runtime(error: impl Into<anyhow::Error>) -> Failure {
+    Failure { code: 2, error: error.into() }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let format = match cli.log_format {
+        Some(Format::Json) => LogFormat::Json,
+        Some(Format::Text) => LogFormat::Text,
+        None if std::io::stderr().is_terminal() => LogFormat::Text,
+        None => LogFormat::Json,
+    };
+    init_logging(format);
+    match run(cli, format) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("tollgate: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("tollgate.yaml"))
+}
+
+fn load(path: &Path) -> Result<LoadedConfig, Failure> {
+    config::load_file(path).map_err(|errors| {
+        let n = errors.0.len();
+        usage(anyhow::anyhow!(
+            "{} has {n} error{}:\n{errors}",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        ))
+    })
+}
+
+fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
+    let path = config_path(&cli);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Validate => {
+            load(&path)?;
+            println!("ok");
+            Ok(())
+        }
+        Command::Routes {
+            path: target,
+            method,
+            host,
+            headers,
+        } => {
+            let loaded = load(&path)?;
+            let probe = probe(method, host, target, &headers).map_err(usage)?;
+            let rt = runtime_for_cli().map_err(runtime)?;
+            let text = rt.block_on(async {
+                let metrics = tollgate::metrics::Metrics::new()?;
+                let snap = config::compile::compile(&loaded, &metrics)?;
+                anyhow::Ok(explain::explain(&snap, &loaded.config, &probe))
+            });
+            print!("{}", text.map_err(usage)?);
+            Ok(())
+        }
+        Command::Run => {
+            let loaded = load(&path)?;
+            let rt = runtime_for_server().map_err(runtime)?;
+            rt.block_on(serve(loaded, Some(path), format))
+        }
+        Command::Demo => {
+            let rt = runtime_for_server().map_err(runtime)?;
+            rt.block_on(async {
+                let a = demo::start_echo("echo-a").await.map_err(runtime)?;
+                let b = demo::start_echo("echo-b").await.map_err(runtime)?;
+                let env = move |k: &str| match k {
+                    "TOLLGATE_DEMO_ECHO_A" => Some(a.to_string()),
+                    "TOLLGATE_DEMO_ECHO_B" => Some(b.to_string()),
+                    _ => std::env::var(k).ok(),
+                };
+                let loaded = config::load_str_with_env(demo::DEMO_CONFIG, "<demo>", &env)
+                    .map_err(|e| runtime(anyhow::anyhow!("the embedded demo config is invalid:\n{e}")))?;
+                serve(loaded, None, format).await
+            })
+        }
+    }
+}
+
+fn probe(method: String, host: Option<String>, target: String, headers: &[String]) -> anyhow::Result<explain::Probe> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).context("--method")?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("--header `{h}`: expected NAME:VALUE"))?;
+        map.append(
+            HeaderName::from_bytes(k.trim().as_bytes()).with_context(|| format!("--header `{h}`"))?,
+            HeaderValue::from_str(v.trim()).with_context(|| format!("--header `{h}`"))?,
+        );
+    }
+    if !target.starts_with('/') {
+        anyhow::bail!("the path must start with `/`, got `{target}`");
+    }
+    Ok(explain::Probe {
+        method,
+        host,
+        target,
+        headers: map,
+    })
+}
+
+fn runtime_for_server() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn runtime_for_cli() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`.
+async fn serve(loaded: LoadedConfig, path: Option<PathBuf>, format: LogFormat) -> Result<(), Failure> {
+    let is_demo = path.is_none();
+    let opts = BuildOptions {
+        access_log: Box::new(std::io::stdout()),
+        log_format: format,
+    };
+    let version = loaded.version.clone();
+    let app = tollgate::build(loaded, opts).await.map_err(|e| match e {
+        tollgate::StartError::Compile(_) => usage(e),
+        _ => runtime(e),
+    })?;
+    tracing::info!(%version, "tollgate started");
+    if is_demo {
+        let gw = app.listener_addr("http").ok_or_else(|| runtime(anyhow::anyhow!("demo listener missing")))?;
+        eprintln!("{}", demo::instructions(gw, app.admin_addr()));
+    }
+    wait_for_signals(&app, path.as_deref()).await.map_err(runtime)?;
+    tracing::info!("shutting down: draining in-flight requests");
+    app.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(app: &App, path: Option<&Path>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(app, path),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_app: &App, _path: Option<&Path>) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+fn reload(app: &App, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::info!("the demo has no config file to reload");
+        return;
+    };
+    match config::load_file(path) {
+        Ok(loaded) => match app.reload(&loaded) {
+            Ok(()) => tracing::info!(version = %loaded.version, "config reloaded"),
+            Err(e) => tracing::error!(error = %e, "config reload failed; the old config keeps serving"),
+        },
+        Err(errors) => {
+            app.reload_failed();
+            for e in &errors.0 {
+                tracing::error!(error = %e, "config reload failed; the old config keeps serving");
+            }
+        }
+    }
+}

@@ -2,9 +2,10 @@
 //! `${ENV}` substitution and positions (`load`), checking it whole (`validate`), and
 //! turning it into the runtime snapshot (`compile`).
 
+pub mod compile;
 pub mod load;
 pub mod schema;
 pub mod units;
 pub mod validate;
 
-pub use load::{ConfigError, ConfigErrors, LoadedConfig, load_file, load_str};
+pub use load::{ConfigError, ConfigErrors, LoadedConfig, load_file, load_str, load_str_with_env};

@@ -1,0 +1,112 @@
+//! `tollgate routes`: which route a request would take and why the others did
+//! not, with what would be applied on the way (upstream, rewrite, timeout).
+
+use std::fmt::Write;
+
+use http::{HeaderMap, Method};
+
+use crate::config::schema::Config;
+use crate::router::RequestView;
+use crate::snapshot::{Action, Snapshot};
+
+pub struct Probe {
+    pub method: Method,
+    pub host: Option<String>,
+    /// Path, optionally with `?query`.
+    pub target: String,
+    pub headers: HeaderMap,
+}
+
+/// A human-readable answer: the chosen route first, then each near miss.
+pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
+    let (path, query) = match probe.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (probe.target.as_str(), None),
+    };
+    let view = RequestView {
+        method: &probe.method,
+        host: probe.host.as_deref(),
+        path,
+        query,
+        headers: &probe.headers,
+    };
+    let ex = snap.router.explain(&view);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}{}",
+        probe.method,
+        probe.host.as_deref().unwrap_or("(any host)"),
+        probe.target
+    );
+    match ex.chosen {
+        None => {
+            let _ = writeln!(out, "no route matches: the gateway answers 404 no_route");
+        }
+        Some(i) => {
+            let route = &snap.routes[i];
+            let raw = &cfg.routes[i];
+            let _ = writeln!(out, "route: {}", route.name);
+            match &route.action {
+                Action::Respond { status, body, .. } => {
+                    let _ = writeln!(
+                        out,
+                        "  answers directly: {} ({} body bytes), no upstream",
+                        status.as_u16(),
+                        body.len()
+                    );
+                }
+                Action::Proxy { upstream } => {
+                    let up = &snap.upstreams[*upstream];
+                    let raw_up = cfg.upstreams.get(&*up.name);
+                    let targets: Vec<String> = up
+                        .targets
+                        .iter()
+                        .zip(raw_up.map(|u| u.targets.as_slice()).unwrap_or_default())
+                        .map(|(t, r)| format!("{} (weight {})", t.label, r.weight))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "  upstream: {} [{}] -> {}",
+                        up.name,
+                        raw_up.map_or("round_robin", |u| u.balance.as_str()),
+                        targets.join(", ")
+                    );
+                    let upstream_path = route.rewrite.path(path).unwrap_or_else(|| path.to_string());
+                    let _ = writeln!(out, "  upstream path: {upstream_path}");
+                    if let Some(host) = &route.rewrite.host {
+                        let _ = writeln!(out, "  upstream host: {}", host.to_str().unwrap_or("?"));
+                    }
+                    let timeout = route.timeout.unwrap_or(up.request_timeout);
+                    let _ = writeln!(
+                        out,
+                        "  timeout: {}",
+                        crate::config::units::Duration(timeout)
+                    );
+                }
+            }
+            let _ = writeln!(out, "  auth: {}", list_or(raw.auth.as_deref(), "none (public)"));
+            let _ = writeln!(out, "  rate limits: {}", list_or(raw.rate_limit.as_deref(), "none"));
+            for (name, value) in &route.request_headers.set {
+                let _ = writeln!(out, "  sets request header {name}: {}", value.to_str().unwrap_or("?"));
+            }
+            for name in &route.request_headers.remove {
+                let _ = writeln!(out, "  removes request header {name}");
+            }
+        }
+    }
+    if !ex.near_misses.is_empty() {
+        let _ = writeln!(out, "near misses:");
+        for (i, miss) in &ex.near_misses {
+            let _ = writeln!(out, "  {}: {miss}", snap.routes[*i].name);
+        }
+    }
+    out
+}
+
+fn list_or(items: Option<&[String]>, none: &str) -> String {
+    match items {
+        Some(v) if !v.is_empty() => v.join(", "),
+        _ => none.to_string(),
+    }
+}

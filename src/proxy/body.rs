@@ -1,0 +1,215 @@
+//! Bodies on both sides of the proxy.
+//!
+//! `RequestBody` streams the client's body to the upstream while enforcing
+//! `max_body_bytes` (counted as bytes flow, so chunked uploads are limited too) and
+//! a stall timeout. `ResponseBody` is what the client receives: an upstream stream
+//! or a small gateway-made body; when it is dropped (fully sent or abandoned) it
+//! finishes the request's record, so logs and metrics see the real end of the
+//! exchange and the real byte count.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::record::RequestRecord;
+
+/// Why a client's request body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("request body stalled")]
+    Timeout,
+    #[error("client body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+/// The client's body on its way upstream.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    stall: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Shared with the request record so the access log can report `bytes_in`.
+    received: Option<Arc<AtomicU64>>,
+}
+
+impl RequestBody {
+    /// Wraps `body`; `received` counts the bytes that flowed through.
+    pub fn new(body: Incoming, limit: u64, stall: Duration, received: Arc<AtomicU64>) -> Self {
+        RequestBody {
+            inner: Some(body),
+            limit,
+            stall,
+            timer: None,
+            received: Some(received),
+        }
+    }
+
+    /// A request without a body (GET and friends): nothing to count or time.
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            stall: Duration::ZERO,
+            timer: None,
+            received: None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(received)) = (frame.data_ref(), &this.received) {
+                    let total = received.fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if total > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                }
+                if let Some(timer) = this.timer.as_mut() {
+                    timer.as_mut().reset(Instant::now() + this.stall);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => {
+                this.inner = None;
+                this.timer = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let stall = this.stall;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                ready!(timer.as_mut().poll(cx));
+                this.inner = None;
+                Poll::Ready(Some(Err(BodyError::Timeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// What the client receives.
+pub struct ResponseBody {
+    kind: Kind,
+    sent: u64,
+    failed: bool,
+    record: Option<Box<RequestRecord>>,
+}
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: Kind::Full(Some(bytes).filter(|b| !b.is_empty())),
+            sent: 0,
+            failed: false,
+            record: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            sent: 0,
+            failed: false,
+            record: None,
+        }
+    }
+
+    /// Attaches the record that is finished when this body is done.
+    pub fn set_record(&mut self, record: Box<RequestRecord>) {
+        self.record = Some(record);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.failed = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let complete = !self.failed && self.is_end_stream();
+            record.finish(self.sent, complete);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Header hygiene between the client and the upstream (SPEC §3): hop-by-hop
+//! headers removed in both directions, `X-Forwarded-*` set, and the client IP
+//! derived from `X-Forwarded-For` only through trusted proxies.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes the headers that describe one connection rather than the message:
+/// those named by `Connection`, then the fixed hop-by-hop set. `TE: trailers` is
+/// the one TE value that may pass (gRPC needs it).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        // Collect first: removing while the values are borrowed is not possible.
+        // `keep-alive` and `close` are the usual tokens and name no header worth
+        // a lookup, so the common case allocates nothing.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            // A client must not be able to strip what the gateway adds.
+            if name != X_FORWARDED_FOR && name != X_REQUEST_ID {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::TRAILER);
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    if headers.remove(header::TE).is_some() && te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the Host the client asked for).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
+    let mut xff = String::with_capacity(64);
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            if !xff.is_empty() {
+                xff.push_str(", ");
+            }
+            xff.push_str(s);
+        }
+    }
+    if !xff.is_empty() {
+        xff.push_str(", ");
+    }
+    use std::fmt::Write;
+    let _ = write!(xff, "{peer}");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+}
+
+/// The client address (SPEC §9): the rightmost `X-Forwarded-For` entry that is
+/// not a trusted proxy, walking left only while each hop is trusted; the peer
+/// itself when the peer is not trusted.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    // Header lines are in order; the rightmost entry of the last line is the
+    // nearest hop.
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // A garbled entry cannot be believed; stop at the last good one.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut m = h(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip, trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut m);
+        assert!(m.get("x-secret").is_none());
+        assert!(m.get("connection").is_none());
+        assert!(m.get("keep-alive").is_none());
+        assert!(m.get("upgrade").is_none());
+        assert!(m.get("proxy-connection").is_none());
+        assert_eq!(m.get("te").unwrap(), "trailers");
+        assert_eq!(m.get("x-keep").unwrap(), "yes");
+    }
+
+    #[test]
+    fn te_without_trailers_is_removed() {
+        let mut m = h(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut m);
+        assert!(m.get("te").is_none());
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut m = h(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        set_forwarded(&mut m, "10.0.0.9".parse().unwrap(), "http", Some(&HeaderValue::from_static("api.example.com")));
+        assert_eq!(m.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(m.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(m.get("x-forwarded-host").unwrap(), "api.example.com");
+    }
+
+    #[test]
+    fn client_ip_only_through_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer_trusted: IpAddr = "10.0.0.1".parse().unwrap();
+        let peer_untrusted: IpAddr = "8.8.8.8".parse().unwrap();
+        let m = h(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1")]);
+        assert_eq!(client_ip(peer_trusted, &m, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer_untrusted, &m, &trusted), peer_untrusted);
+        assert_eq!(client_ip(peer_trusted, &m, &[]), peer_trusted);
+        let garbled = h(&[("x-forwarded-for", "1.2.3.4, junk")]);
+        assert_eq!(client_ip(peer_trusted, &garbled, &trusted), peer_trusted);
+        let all_trusted = h(&[("x-forwarded-for", "10.9.9.9")]);
+        assert_eq!(client_ip(peer_trusted, &all_trusted, &trusted), "10.9.9.9".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,154 @@
+//! Per-connection state shared between the connection task, its I/O and the
+//! requests it carries: how many requests are in flight, since when it idles,
+//! and when the first byte of a pending request head arrived. The connection
+//! task reads it to enforce `idle_timeout` and `header_read_timeout`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Version;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    epoch: Instant,
+    active: AtomicU32,
+    /// Milliseconds since `epoch` + 1 when a request head began arriving; 0 when
+    /// no head is pending. Starts at 1: a new connection owes a head at once.
+    head_started: AtomicU64,
+    /// Milliseconds since `epoch` when the last request finished.
+    idle_since: AtomicU64,
+    /// HTTP/2 sends frames while idle, so bytes there say nothing about heads.
+    h2: AtomicBool,
+}
+
+pub enum Verdict {
+    Keep,
+    Idle,
+    SlowHead,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, listener: Arc<str>) -> Self {
+        ConnInfo {
+            peer,
+            listener,
+            epoch: Instant::now(),
+            active: AtomicU32::new(0),
+            head_started: AtomicU64::new(1),
+            idle_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn request_started(&self, version: Version) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        if version == Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn request_done(&self) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn on_read(&self) {
+        if self.active.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+        {
+            self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection task should look again.
+    pub fn next_check(&self, idle: Duration, header: Duration) -> Instant {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let at = if self.active.load(Ordering::Relaxed) > 0 {
+            self.now_ms().saturating_add(ms(idle))
+        } else {
+            match self.head_started.load(Ordering::Relaxed) {
+                0 => self.idle_since.load(Ordering::Relaxed).saturating_add(ms(idle)),
+                started => (started - 1).saturating_add(ms(header)),
+            }
+        };
+        self.epoch + Duration::from_millis(at)
+    }
+
+    pub fn verdict(&self, idle: Duration, header: Duration) -> Verdict {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return Verdict::Keep;
+        }
+        let now = Duration::from_millis(self.now_ms());
+        match self.head_started.load(Ordering::Relaxed) {
+            0 if now >= Duration::from_millis(self.idle_since.load(Ordering::Relaxed)) + idle => Verdict::Idle,
+            0 => Verdict::Keep,
+            started if now >= Duration::from_millis(started - 1) + header => Verdict::SlowHead,
+            _ => Verdict::Keep,
+        }
+    }
+}
+
+/// The client socket, reporting reads to the connection's `ConnInfo`.
+pub struct WatchedIo {
+    inner: TcpStream,
+    info: Arc<ConnInfo>,
+}
+
+impl WatchedIo {
+    pub fn new(inner: TcpStream, info: Arc<ConnInfo>) -> Self {
+        WatchedIo { inner, info }
+    }
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.info.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,140 @@
+//! The runtime form of one config version: everything a request needs, compiled
+//! once (router tables, upstreams with their pools and balancers, header edits,
+//! metric handles) and reached through a single `ArcSwap` load per request.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use ipnet::IpNet;
+
+use crate::metrics::RouteMetrics;
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+pub struct Snapshot {
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub router: Router,
+    /// In file order; `router.find` returns indexes into it.
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+    /// Metric handles for requests no route matched (`route="_none"`).
+    pub unmatched: RouteMetrics,
+    pub limits: RequestLimits,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Per-request limits from `server.limits`.
+pub struct RequestLimits {
+    pub max_header_bytes: u64,
+    pub max_body_bytes: u64,
+    pub body_read_timeout: Duration,
+    /// 0 = unlimited.
+    pub max_concurrent_requests: usize,
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub action: Action,
+    pub rewrite: Rewrite,
+    pub timeout: Option<Duration>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub metrics: RouteMetrics,
+}
+
+pub enum Action {
+    /// Forward to `snapshot.upstreams[upstream]`.
+    Proxy { upstream: usize },
+    /// Answer directly, without an upstream.
+    Respond {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+#[derive(Default)]
+pub struct Rewrite {
+    /// Replace this leading path (on a segment boundary) with `to`; `strip_prefix`
+    /// is a replacement with an empty `to`.
+    pub prefix: Option<(String, String)>,
+    /// The upstream Host header; the client's when absent.
+    pub host: Option<HeaderValue>,
+}
+
+impl Rewrite {
+    /// The upstream path for `path`, or `None` when it is unchanged.
+    pub fn path(&self, path: &str) -> Option<String> {
+        let (from, to) = self.prefix.as_ref()?;
+        let rest = path.strip_prefix(from.as_str())?;
+        let on_boundary = from.ends_with('/') || rest.is_empty() || rest.starts_with('/');
+        if !on_boundary {
+            return None;
+        }
+        let mut out = String::with_capacity(to.len() + rest.len() + 1);
+        out.push_str(to);
+        if !rest.is_empty() && !out.ends_with('/') && !rest.starts_with('/') {
+            out.push('/');
+        }
+        if out.ends_with('/') && rest.starts_with('/') {
+            out.push_str(&rest[1..]);
+        } else {
+            out.push_str(rest);
+        }
+        if !out.starts_with('/') {
+            out.insert(0, '/');
+        }
+        Some(out)
+    }
+}
+
+/// `set` replaces any existing value; `remove` deletes every value.
+#[derive(Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rewrite;
+
+    fn rw(from: &str, to: &str) -> Rewrite {
+        Rewrite {
+            prefix: Some((from.into(), to.into())),
+            host: None,
+        }
+    }
+
+    #[test]
+    fn strip_and_replace_prefix() {
+        let cases = [
+            (("/api", ""), "/api/users/7", Some("/users/7")),
+            (("/api", ""), "/api", Some("/")),
+            (("/api", ""), "/api/", Some("/")),
+            (("/api/", ""), "/api/x", Some("/x")),
+            (("/api", ""), "/apix", None),
+            (("/api/v1", "/v2"), "/api/v1/users", Some("/v2/users")),
+            (("/api/v1", "/v2"), "/api/v1", Some("/v2")),
+            (("/api", "/"), "/api/x", Some("/x")),
+            (("/", "/base"), "/x", Some("/base/x")),
+        ];
+        for ((from, to), path, want) in cases {
+            assert_eq!(rw(from, to).path(path).as_deref(), want, "{from} -> {to} on {path}");
+        }
+    }
+}
