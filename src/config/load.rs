@@ -12,7 +12,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::env::{self, Env};
 use super::positions::{self, Position, PositionIndex};
-use super::schema::{Auth, Config};
+use super::schema::{Auth, Config, Server};
 use super::suggest;
 use super::validate;
 
@@ -341,19 +341,52 @@ fn deserialize(value: Value, problems: &mut Vec<Problem>) -> Option<Config> {
             }
             "cors" => entries(value, "cors", problems).map(|v| config.cors = v),
             "auth" => auth(value, problems).map(|v| config.auth = v),
+            "server" => server(value, problems).map(|v| config.server = v),
             _ => {
-                // `server`, `redis`, or an unknown key: serde's own error names the
+                // `redis`, or an unknown key: serde's own error names the
                 // expected keys, so let it judge a one-key document.
-                single::<Config>(&name, value, "", problems).map(|partial| match name.as_str() {
-                    "server" => config.server = partial.server,
-                    "redis" => config.redis = partial.redis,
-                    _ => {}
+                single::<Config>(&name, value, "", problems).map(|partial| {
+                    if name == "redis" {
+                        config.redis = partial.redis;
+                    }
                 })
             }
         };
         ok &= done.is_some();
     }
     ok.then_some(config)
+}
+
+/// `server`, key by key and listener by listener.
+fn server(value: Value, problems: &mut Vec<Problem>) -> Option<Server> {
+    let map = match value {
+        Value::Mapping(map) => map,
+        other => return one(other, "server", problems),
+    };
+    let mut server = Server::default();
+    let mut ok = true;
+    for (key, value) in map {
+        let done = match key.as_str() {
+            Some("listeners") => {
+                items(value, "server.listeners", problems).map(|v| server.listeners = v)
+            }
+            // Every other key has a default, so a one-key `server` deserializes
+            // and the parsed field is copied over.
+            Some(name) => single::<Server>(name, value, "server", problems).map(|p| match name {
+                "admin" => server.admin = p.admin,
+                "limits" => server.limits = p.limits,
+                "shutdown_grace" => server.shutdown_grace = p.shutdown_grace,
+                "trusted_proxies" => server.trusted_proxies = p.trusted_proxies,
+                _ => {}
+            }),
+            None => {
+                problems.push(Problem::value("server", "keys must be strings"));
+                None
+            }
+        };
+        ok &= done.is_some();
+    }
+    ok.then_some(server)
 }
 
 fn auth(value: Value, problems: &mut Vec<Problem>) -> Option<Auth> {

@@ -66,14 +66,6 @@ impl PositionIndex {
         self.nodes.get(path)
     }
 
-    /// The value at `path`, or the nearest ancestor that has a position (a defaulted
-    /// key has none).
-    pub fn value_position(&self, path: &str) -> Position {
-        self.nearest(path)
-            .map(|n| n.value)
-            .unwrap_or(Position::START)
-    }
-
     /// The key naming `path` (falling back to its value, then to ancestors).
     pub fn key_position(&self, path: &str) -> Position {
         self.nearest(path)
