@@ -127,6 +127,8 @@ enum Frame {
         path: String,
         /// The key read and waiting for its value.
         key: Option<(String, Position)>,
+        /// No key seen yet.
+        first: bool,
     },
     Seq {
         path: String,
@@ -155,9 +157,16 @@ impl Builder {
                 *next += 1;
                 Some((p, None))
             }
-            Some(Frame::Map { path, key }) => match key.take() {
+            Some(Frame::Map { path, key, first }) => match key.take() {
                 Some((k, key_pos)) => Some((child(path, &k), Some(key_pos))),
                 None => {
+                    // yaml-rust2 marks a block mapping's start after its first
+                    // key; the key itself is where a reader sees the mapping begin.
+                    if std::mem::take(first) {
+                        if let Some(node) = self.nodes.get_mut(path.as_str()) {
+                            node.value = pos;
+                        }
+                    }
                     // A complex key (a mapping or sequence used as a key) has no
                     // name we could print; its contents are indexed under `?`.
                     *key = Some((key_text.unwrap_or("?").to_owned(), pos));
@@ -216,7 +225,11 @@ impl MarkedEventReceiver for Builder {
                     None => "?".to_owned(),
                 };
                 self.stack.push(if is_map {
-                    Frame::Map { path, key: None }
+                    Frame::Map {
+                        path,
+                        key: None,
+                        first: true,
+                    }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });
@@ -275,12 +288,11 @@ routes:
     #[test]
     fn missing_paths_fall_back_to_the_nearest_ancestor() {
         let idx = PositionIndex::build(DOC);
-        assert_eq!(idx.value_position("routes[0].match.methods"), pos(7, 12));
-        assert_eq!(
-            idx.key_position("routes[0].timeout"),
-            idx.value_position("routes[0]")
-        );
-        assert_eq!(idx.value_position("nowhere.at.all"), Position::START);
+        // `match: { path: /x }` is a flow mapping on the key's line.
+        assert_eq!(idx.error_position("routes[0].match.methods"), pos(7, 5));
+        // A sequence item that is a block mapping starts at its first key.
+        assert_eq!(idx.key_position("routes[0].timeout"), pos(6, 5));
+        assert_eq!(idx.error_position("nowhere.at.all"), Position::START);
     }
 
     #[test]
