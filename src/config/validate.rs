@@ -28,10 +28,13 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     v.issues
 }
 
+/// The key paths where a config uses a feature.
+type UsedAt = fn(&Config) -> Vec<String>;
+
 /// Features that parse but are not implemented yet. Using one fails validation
 /// rather than being silently ignored; the issue that implements a feature
 /// deletes its line here.
-const NOT_SUPPORTED_YET: &[(&str, fn(&Config) -> Vec<String>)] = &[
+const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
     ("listener TLS", |c| {
         indexed(&c.server.listeners, "server.listeners", "tls", |l| {
             l.tls.is_some()
@@ -669,6 +672,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::invalid_regex)] // the broken regex is the point
     fn regex_errors_are_one_line() {
         let e = regex::Regex::new("(a").unwrap_err();
         assert_eq!(regex_reason(&e), "unclosed group");
