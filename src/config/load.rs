@@ -161,14 +161,11 @@ fn load_text(
         .iter()
         .map(|p| p.path.clone())
         .collect();
-    let before_de = problems.len();
 
-    let config = deserialize(value, &mut problems);
-    let mut n = 0;
-    problems.retain(|p| {
-        n += 1;
-        n <= before_de || !env_failures.iter().any(|f| p.path.starts_with(f.as_str()))
-    });
+    let mut shape_problems = Vec::new();
+    let config = deserialize(value, &mut shape_problems);
+    shape_problems.retain(|p| !env_failures.iter().any(|f| p.path.starts_with(f.as_str())));
+    problems.append(&mut shape_problems);
     if let Some(config) = &config {
         if problems.is_empty() {
             problems.extend(
@@ -654,6 +651,24 @@ mod tests {
             p.message,
             "unknown key `pat`; expected one of hosts, path, path_prefix (did you mean `path`?)"
         );
+    }
+
+    #[test]
+    fn named_files_resolve_against_the_config_directory() {
+        let config: Config = serde_yaml::from_str(
+            "server:\n  listeners:\n    - name: https\n      bind: 127.0.0.1:8443\n      tls:\n        certificates: [{ cert: certs/a.crt, key: /abs/a.key }]\nauth:\n  jwt:\n    main: { algorithms: [RS256], jwks_file: jwks.json }\n",
+        )
+        .unwrap();
+        let files = named_files(&config, Some(Path::new("/etc/tollgate")));
+        assert_eq!(
+            files,
+            [
+                PathBuf::from("/etc/tollgate/certs/a.crt"),
+                PathBuf::from("/abs/a.key"),
+                PathBuf::from("/etc/tollgate/jwks.json"),
+            ]
+        );
+        assert_eq!(named_files(&config, None)[0], PathBuf::from("certs/a.crt"));
     }
 
     #[test]
