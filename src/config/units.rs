@@ -34,9 +34,9 @@ impl FromStr for Duration {
                 "expected a duration with a unit like 250ms, 10s, 1m or 1h, got `{s}`"
             ));
         }
-        humantime::parse_duration(t).map(Duration).map_err(|_| {
-            format!("expected a duration like 250ms, 10s, 1m or 1h, got `{s}`")
-        })
+        humantime::parse_duration(t)
+            .map(Duration)
+            .map_err(|_| format!("expected a duration like 250ms, 10s, 1m or 1h, got `{s}`"))
     }
 }
 

@@ -1,1 +1,692 @@
-//! Whole-config checks (to be written).
+//! Whole-config checks that serde cannot make: names unique, references that
+//! resolve, addresses, regexes and header names that parse, values in range, and
+//! features the gateway does not implement yet. Every problem is collected, each
+//! named by its zero-based key path; `load` turns paths into file positions.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use ipnet::IpNet;
+
+use super::positions::{child, item};
+use super::schema::{Config, HeaderOps, Match, Route, Upstream};
+use super::suggest;
+
+/// A problem: the key path it is about and what is wrong.
+pub type Issue = (String, String);
+
+/// Check a deserialized config; empty means valid.
+pub fn validate(config: &Config) -> Vec<Issue> {
+    let mut v = Checker::default();
+    v.server(config);
+    for (name, upstream) in &config.upstreams {
+        v.upstream(&child("upstreams", name), upstream);
+    }
+    v.routes(config);
+    v.unsupported(config);
+    v.issues
+}
+
+/// The key paths where a config uses a feature.
+type UsedAt = fn(&Config) -> Vec<String>;
+
+/// Features that parse but are not implemented yet. Using one fails validation
+/// rather than being silently ignored; the issue that implements a feature
+/// deletes its line here.
+const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
+    ("listener TLS", |c| {
+        indexed(&c.server.listeners, "server.listeners", "tls", |l| {
+            l.tls.is_some()
+        })
+    }),
+    ("upstream TLS", |c| {
+        named(&c.upstreams, "upstreams", "tls", |u| u.tls.is_some())
+    }),
+    ("health_check", |c| {
+        named(&c.upstreams, "upstreams", "health_check", |u| {
+            u.health_check.is_some()
+        })
+    }),
+    ("circuit_breaker", |c| {
+        named(&c.upstreams, "upstreams", "circuit_breaker", |u| {
+            u.circuit_breaker.is_some()
+        })
+    }),
+    ("retries", |c| {
+        named(&c.upstreams, "upstreams", "retries", |u| {
+            u.retries.is_some()
+        })
+    }),
+    ("auth.jwt", |c| nonempty(!c.auth.jwt.is_empty(), "auth.jwt")),
+    ("auth.api_keys", |c| {
+        nonempty(!c.auth.api_keys.is_empty(), "auth.api_keys")
+    }),
+    ("route auth", |c| {
+        indexed(&c.routes, "routes", "auth", |r| r.auth.is_some())
+    }),
+    ("require_claims", |c| {
+        indexed(&c.routes, "routes", "require_claims", |r| {
+            r.require_claims.is_some()
+        })
+    }),
+    ("route rate_limit", |c| {
+        indexed(&c.routes, "routes", "rate_limit", |r| {
+            r.rate_limit.is_some()
+        })
+    }),
+    ("route cors", |c| {
+        indexed(&c.routes, "routes", "cors", |r| r.cors.is_some())
+    }),
+    ("ip_allow", |c| {
+        indexed(&c.routes, "routes", "ip_allow", |r| r.ip_allow.is_some())
+    }),
+    ("ip_deny", |c| {
+        indexed(&c.routes, "routes", "ip_deny", |r| r.ip_deny.is_some())
+    }),
+    ("compress", |c| {
+        indexed(&c.routes, "routes", "compress", |r| r.compress.is_some())
+    }),
+    ("rate_limits", |c| {
+        nonempty(!c.rate_limits.is_empty(), "rate_limits")
+    }),
+    ("cors", |c| nonempty(!c.cors.is_empty(), "cors")),
+    ("redis", |c| nonempty(c.redis.is_some(), "redis")),
+];
+
+/// `base[i].field` for each item that uses the feature.
+fn indexed<T>(items: &[T], base: &str, field: &str, uses: fn(&T) -> bool) -> Vec<String> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| uses(x))
+        .map(|(i, _)| child(&item(base, i), field))
+        .collect()
+}
+
+/// `base.name.field` for each entry that uses the feature.
+fn named<T>(
+    entries: &BTreeMap<String, T>,
+    base: &str,
+    field: &str,
+    uses: fn(&T) -> bool,
+) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|(_, x)| uses(x))
+        .map(|(name, _)| child(&child(base, name), field))
+        .collect()
+}
+
+fn nonempty(used: bool, path: &str) -> Vec<String> {
+    if used {
+        vec![path.to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Headers a configured `set` must not touch: they describe one connection, or
+/// their framing is the gateway's job (RFC 9110 §7.6.1).
+const MANAGED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+const BALANCE_KINDS: &[&str] = &[
+    "round_robin",
+    "least_request",
+    "random",
+    "ip_hash",
+    "header_hash",
+    "cookie_hash",
+];
+
+const STANDARD_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+#[derive(Default)]
+struct Checker {
+    issues: Vec<Issue>,
+}
+
+impl Checker {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push((path.into(), message.into()));
+    }
+
+    fn unsupported(&mut self, config: &Config) {
+        for (feature, used_at) in NOT_SUPPORTED_YET {
+            for path in used_at(config) {
+                self.err(path, format!("{feature} is not supported yet"));
+            }
+        }
+    }
+
+    fn server(&mut self, config: &Config) {
+        let server = &config.server;
+        if server.listeners.is_empty() {
+            self.err("server.listeners", "at least one listener is needed");
+        }
+        let mut names = HashSet::new();
+        for (i, l) in server.listeners.iter().enumerate() {
+            let at = item("server.listeners", i);
+            if l.name.is_empty() {
+                self.err(child(&at, "name"), "a listener name cannot be empty");
+            } else if !names.insert(l.name.as_str()) {
+                self.err(
+                    child(&at, "name"),
+                    format!("duplicate listener name `{}`", l.name),
+                );
+            }
+            self.bind(&child(&at, "bind"), &l.bind);
+        }
+        if let Some(admin) = &server.admin {
+            self.bind("server.admin.bind", &admin.bind);
+        }
+
+        let limits = &server.limits;
+        let kib = 1024;
+        if !(kib..=1024 * kib).contains(&limits.max_header_bytes.0) {
+            self.err(
+                "server.limits.max_header_bytes",
+                format!(
+                    "must be between 1KiB and 1MiB, got {}",
+                    limits.max_header_bytes
+                ),
+            );
+        }
+        if limits.max_connections == 0 {
+            self.err("server.limits.max_connections", "must be at least 1");
+        }
+        if limits.max_body_bytes.0 == 0 {
+            self.err(
+                "server.limits.max_body_bytes",
+                "0 would refuse every request body; for no practical limit use a large size like 1GiB",
+            );
+        }
+        for (key, d) in [
+            ("header_read_timeout", limits.header_read_timeout),
+            ("body_read_timeout", limits.body_read_timeout),
+            ("idle_timeout", limits.idle_timeout),
+        ] {
+            if d.get().is_zero() {
+                self.err(child("server.limits", key), "must be above zero");
+            }
+        }
+
+        for (i, proxy) in server.trusted_proxies.iter().enumerate() {
+            if proxy.parse::<IpNet>().is_err() && proxy.parse::<IpAddr>().is_err() {
+                self.err(
+                    item("server.trusted_proxies", i),
+                    format!("expected an IP address or a CIDR like 10.0.0.0/8, got `{proxy}`"),
+                );
+            }
+        }
+    }
+
+    fn bind(&mut self, path: &str, bind: &str) {
+        if bind.parse::<SocketAddr>().is_err() {
+            self.err(
+                path,
+                format!("expected an address like 127.0.0.1:8080 or [::1]:8080, got `{bind}`"),
+            );
+        }
+    }
+
+    fn upstream(&mut self, at: &str, u: &Upstream) {
+        if u.targets.is_empty() {
+            self.err(
+                child(at, "targets"),
+                "an upstream needs at least one target",
+            );
+        }
+        for (i, t) in u.targets.iter().enumerate() {
+            let target = item(&child(at, "targets"), i);
+            if let Err(e) = check_target_url(&t.url) {
+                self.err(child(&target, "url"), e);
+            }
+            if !(1..=10_000).contains(&t.weight) {
+                self.err(
+                    child(&target, "weight"),
+                    format!("must be between 1 and 10000, got {}", t.weight),
+                );
+            }
+        }
+        if let Err(e) = check_balance(&u.balance) {
+            self.err(child(at, "balance"), e);
+        }
+        match u.protocol.as_str() {
+            "http1" => {}
+            "h2" => self.err(child(at, "protocol"), "protocol `h2` is not supported yet"),
+            other => self.err(
+                child(at, "protocol"),
+                format!(
+                    "unknown protocol `{other}`; expected http1 or h2{}",
+                    suggest::hint(other, ["http1", "h2"])
+                ),
+            ),
+        }
+        for (key, d) in [
+            ("connect", u.timeouts.connect),
+            ("request", u.timeouts.request),
+            ("idle", u.timeouts.idle),
+        ] {
+            if d.get().is_zero() {
+                self.err(child(&child(at, "timeouts"), key), "must be above zero");
+            }
+        }
+        if u.max_concurrent_requests == Some(0) {
+            self.err(
+                child(at, "max_concurrent_requests"),
+                "must be above zero; leave it out for no limit",
+            );
+        }
+    }
+
+    fn routes(&mut self, config: &Config) {
+        let mut names = HashSet::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            let at = item("routes", i);
+            if route.name.is_empty() {
+                self.err(child(&at, "name"), "a route name cannot be empty");
+            } else if !names.insert(route.name.as_str()) {
+                self.err(
+                    child(&at, "name"),
+                    format!("duplicate route name `{}`", route.name),
+                );
+            }
+            self.matcher(&child(&at, "match"), &route.matcher);
+            self.action(&at, route, config);
+            if let Some(t) = route.timeout {
+                if t.get().is_zero() {
+                    self.err(child(&at, "timeout"), "must be above zero");
+                }
+            }
+            self.header_ops(&child(&at, "request_headers"), &route.request_headers);
+            self.header_ops(&child(&at, "response_headers"), &route.response_headers);
+        }
+    }
+
+    fn matcher(&mut self, at: &str, m: &Match) {
+        let kinds = [
+            ("path", m.path.is_some()),
+            ("path_prefix", m.path_prefix.is_some()),
+            ("path_regex", m.path_regex.is_some()),
+        ];
+        let given: Vec<&str> = kinds.iter().filter(|k| k.1).map(|k| k.0).collect();
+        if given.len() != 1 {
+            let what = if given.is_empty() {
+                "none is given".to_owned()
+            } else {
+                format!("got {}", given.join(" and "))
+            };
+            self.err(
+                at,
+                format!("needs exactly one of path, path_prefix or path_regex; {what}"),
+            );
+        }
+        for (key, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+            if let Some(p) = value {
+                if !p.starts_with('/') {
+                    self.err(child(at, key), format!("must start with `/`, got `{p}`"));
+                }
+            }
+        }
+        if let Some(re) = &m.path_regex {
+            if let Err(e) = regex::Regex::new(re) {
+                self.err(
+                    child(at, "path_regex"),
+                    format!("invalid regex: {}", regex_reason(&e)),
+                );
+            }
+        }
+        for (i, host) in m.hosts.iter().flatten().enumerate() {
+            if let Err(e) = check_host_pattern(host) {
+                self.err(item(&child(at, "hosts"), i), e);
+            }
+        }
+        for (i, method) in m.methods.iter().flatten().enumerate() {
+            if let Err(e) = check_method(method) {
+                self.err(item(&child(at, "methods"), i), e);
+            }
+        }
+        let headers = child(at, "headers");
+        for (name, value) in &m.headers {
+            self.header(&headers, name, Some(value));
+        }
+        for name in m.query.keys() {
+            if name.is_empty() {
+                self.err(child(at, "query"), "a query parameter name cannot be empty");
+            }
+        }
+    }
+
+    /// Where the route sends the request: exactly one of `upstream` or `respond`.
+    fn action(&mut self, at: &str, route: &Route, config: &Config) {
+        match (&route.upstream, &route.respond) {
+            (Some(_), Some(_)) => {
+                self.err(at, "give either `upstream` or `respond`, not both");
+            }
+            (None, None) => {
+                self.err(
+                    at,
+                    "needs either `upstream` (proxy) or `respond` (direct response)",
+                );
+            }
+            (Some(name), None) => {
+                if !config.upstreams.contains_key(name) {
+                    let hint = suggest::hint(name, config.upstreams.keys().map(String::as_str));
+                    self.err(
+                        child(at, "upstream"),
+                        format!("unknown upstream `{name}`{hint}"),
+                    );
+                }
+            }
+            (None, Some(respond)) => {
+                let respond_at = child(at, "respond");
+                if !(100..=599).contains(&respond.status) {
+                    self.err(
+                        child(&respond_at, "status"),
+                        format!(
+                            "must be an HTTP status from 100 to 599, got {}",
+                            respond.status
+                        ),
+                    );
+                }
+                let headers = child(&respond_at, "headers");
+                for (name, value) in &respond.headers {
+                    self.header(&headers, name, Some(value));
+                    if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                        self.err(
+                            child(&headers, name),
+                            format!("`{name}` is managed by the gateway and cannot be set"),
+                        );
+                    }
+                }
+            }
+        }
+
+        let Some(rewrite) = &route.rewrite else {
+            return;
+        };
+        let rewrite_at = child(at, "rewrite");
+        if route.upstream.is_none() {
+            self.err(
+                &rewrite_at,
+                "rewrite only applies to routes with an `upstream`",
+            );
+        }
+        if rewrite.strip_prefix.is_some() && rewrite.replace_prefix.is_some() {
+            self.err(
+                &rewrite_at,
+                "give either strip_prefix or replace_prefix, not both",
+            );
+        }
+        let mut prefixes = vec![("strip_prefix", rewrite.strip_prefix.as_deref())];
+        if let Some(r) = &rewrite.replace_prefix {
+            prefixes.push(("replace_prefix.from", Some(r.from.as_str())));
+            prefixes.push(("replace_prefix.to", Some(r.to.as_str())));
+        }
+        for (key, value) in prefixes {
+            if let Some(p) = value {
+                if !p.starts_with('/') {
+                    self.err(
+                        child(&rewrite_at, key),
+                        format!("must start with `/`, got `{p}`"),
+                    );
+                }
+            }
+        }
+        if let Some(host) = &rewrite.host {
+            if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
+                self.err(
+                    child(&rewrite_at, "host"),
+                    format!("expected a host name, optionally with a port, got `{host}`"),
+                );
+            }
+        }
+    }
+
+    fn header_ops(&mut self, at: &str, ops: &HeaderOps) {
+        let set = child(at, "set");
+        for (name, value) in &ops.set {
+            self.header(&set, name, Some(value));
+            if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                self.err(
+                    child(&set, name),
+                    format!("`{name}` is a hop-by-hop or framing header and cannot be set"),
+                );
+            }
+        }
+        for (i, name) in ops.remove.iter().enumerate() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.err(
+                    item(&child(at, "remove"), i),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
+        }
+    }
+
+    /// A header name (and value) under the mapping at `at`.
+    fn header(&mut self, at: &str, name: &str, value: Option<&str>) {
+        let path = child(at, name);
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.err(path, format!("`{name}` is not a valid header name"));
+        } else if let Some(v) = value {
+            if HeaderValue::from_str(v).is_err() {
+                self.err(
+                    path,
+                    format!(
+                        "not a valid header value (control characters or non-ASCII): `{}`",
+                        v.escape_debug()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// `http://host[:port][/]`: the gateway picks the path, the target only says where.
+fn check_target_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(
+            "https targets are not supported yet (upstream TLS comes with the TLS issue)".into(),
+        );
+    }
+    let expected = || format!("expected a URL like http://127.0.0.1:9000, got `{url}`");
+    let uri: Uri = url.parse().map_err(|_| expected())?;
+    if uri.scheme_str() != Some("http") {
+        return Err(expected());
+    }
+    let authority = uri.authority().ok_or_else(expected)?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "a target URL cannot carry credentials, got `{url}`"
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(expected());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "a target URL cannot have a path or query (use the route's rewrite), got `{url}`"
+        ));
+    }
+    Ok(())
+}
+
+/// `round_robin | least_request | random | ip_hash | header_hash:<name> | cookie_hash:<name>`.
+fn check_balance(balance: &str) -> Result<(), String> {
+    let (kind, arg) = match balance.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (balance, None),
+    };
+    let expected = "expected round_robin, least_request, random, ip_hash, header_hash:<name> or cookie_hash:<name>";
+    match (kind, arg) {
+        ("round_robin" | "least_request" | "random" | "ip_hash", None) => Ok(()),
+        ("header_hash", Some(name)) => {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                Err(format!("`{name}` is not a valid header name"))
+            } else {
+                Ok(())
+            }
+        }
+        ("cookie_hash", Some(name)) => {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if valid {
+                Ok(())
+            } else {
+                Err(format!("`{name}` is not a valid cookie name"))
+            }
+        }
+        ("header_hash" | "cookie_hash", None) => {
+            Err(format!("`{kind}` needs a name: `{kind}:<name>`"))
+        }
+        (k, _) if BALANCE_KINDS.contains(&k) => Err(format!("`{k}` takes no argument; {expected}")),
+        (k, _) => Err(format!(
+            "unknown balance `{balance}`; {expected}{}",
+            suggest::hint(k, BALANCE_KINDS.iter().copied())
+        )),
+    }
+}
+
+/// A host name, or `*.` followed by one, matched case-insensitively.
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.contains('*') {
+        return Err(format!(
+            "`{host}`: a wildcard is only allowed as a whole first label, like `*.example.com`"
+        ));
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{host}` is not a valid host name (give it without a port)"
+        ));
+    }
+    Ok(())
+}
+
+/// Any HTTP token is a method, but one a letter away from a standard method is
+/// far more likely a typo than a custom verb.
+fn check_method(method: &str) -> Result<(), String> {
+    if Method::from_bytes(method.as_bytes()).is_err() {
+        return Err(format!("`{method}` is not a valid HTTP method"));
+    }
+    let upper = method.to_ascii_uppercase();
+    if !STANDARD_METHODS.contains(&upper.as_str()) {
+        if let Some(m) = suggest::closest(&upper, STANDARD_METHODS.iter().copied()) {
+            return Err(format!("unknown method `{method}` (did you mean `{m}`?)"));
+        }
+    }
+    Ok(())
+}
+
+/// The regex crate's message without its multi-line ASCII-art pointer.
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: ").map(str::to_owned))
+        .unwrap_or_else(|| text.lines().last().unwrap_or_default().trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls() {
+        assert!(check_target_url("http://127.0.0.1:9000").is_ok());
+        assert!(check_target_url("http://users.internal").is_ok());
+        assert!(check_target_url("http://[::1]:80/").is_ok());
+        assert!(
+            check_target_url("https://x")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+        assert!(
+            check_target_url("http://x/api")
+                .unwrap_err()
+                .contains("path")
+        );
+        assert!(check_target_url("127.0.0.1:80").is_err());
+        assert!(check_target_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn balances() {
+        for ok in [
+            "round_robin",
+            "ip_hash",
+            "header_hash:x-user",
+            "cookie_hash:session",
+        ] {
+            assert!(check_balance(ok).is_ok(), "{ok}");
+        }
+        assert!(
+            check_balance("round_robbin")
+                .unwrap_err()
+                .contains("did you mean `round_robin`")
+        );
+        assert!(
+            check_balance("header_hash")
+                .unwrap_err()
+                .contains("needs a name")
+        );
+        assert!(check_balance("header_hash:bad header").is_err());
+    }
+
+    #[test]
+    fn hosts_and_methods() {
+        assert!(check_host_pattern("api.example.com").is_ok());
+        assert!(check_host_pattern("*.example.com").is_ok());
+        assert!(check_host_pattern("api.*.com").is_err());
+        assert!(check_host_pattern("*").is_err());
+        assert!(check_host_pattern("api.example.com:8080").is_err());
+        assert!(check_method("get").is_ok());
+        assert!(check_method("PURGE").is_ok());
+        assert!(
+            check_method("GTE")
+                .unwrap_err()
+                .contains("did you mean `GET`")
+        );
+        assert!(check_method("GE T").is_err());
+    }
+
+    #[test]
+    #[allow(clippy::invalid_regex)] // the broken regex is the point
+    fn regex_errors_are_one_line() {
+        let e = regex::Regex::new("(a").unwrap_err();
+        assert_eq!(regex_reason(&e), "unclosed group");
+    }
+
+    #[test]
+    fn every_unsupported_feature_has_a_name() {
+        let c = Config::default();
+        for (feature, used_at) in NOT_SUPPORTED_YET {
+            assert!(!feature.is_empty());
+            assert!(
+                used_at(&c).is_empty(),
+                "{feature} reported on an empty config"
+            );
+        }
+    }
+}
