@@ -119,7 +119,10 @@ fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
 
 /// Quotes a value that would otherwise break the `key=value` layout.
 fn text_value(v: &str) -> String {
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=') {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=')
+    {
         v.to_string()
     } else {
         format!("{v:?}")

@@ -72,7 +72,8 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                         raw_up.map_or("round_robin", |u| u.balance.as_str()),
                         targets.join(", ")
                     );
-                    let upstream_path = route.rewrite.path(path).unwrap_or_else(|| path.to_string());
+                    let upstream_path =
+                        route.rewrite.path(path).unwrap_or_else(|| path.to_string());
                     let _ = writeln!(out, "  upstream path: {upstream_path}");
                     if let Some(host) = &route.rewrite.host {
                         let _ = writeln!(out, "  upstream host: {}", host.to_str().unwrap_or("?"));
@@ -85,10 +86,22 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                     );
                 }
             }
-            let _ = writeln!(out, "  auth: {}", list_or(raw.auth.as_deref(), "none (public)"));
-            let _ = writeln!(out, "  rate limits: {}", list_or(raw.rate_limit.as_deref(), "none"));
+            let _ = writeln!(
+                out,
+                "  auth: {}",
+                list_or(raw.auth.as_deref(), "none (public)")
+            );
+            let _ = writeln!(
+                out,
+                "  rate limits: {}",
+                list_or(raw.rate_limit.as_deref(), "none")
+            );
             for (name, value) in &route.request_headers.set {
-                let _ = writeln!(out, "  sets request header {name}: {}", value.to_str().unwrap_or("?"));
+                let _ = writeln!(
+                    out,
+                    "  sets request header {name}: {}",
+                    value.to_str().unwrap_or("?")
+                );
             }
             for name in &route.request_headers.remove {
                 let _ = writeln!(out, "  removes request header {name}");

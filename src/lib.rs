@@ -4,6 +4,12 @@
 //! published, the listeners bound, the admin API up. `main.rs` and the tests
 //! start the gateway through this same function.
 
+// The request path answers errors; it never panics on them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod access_log;
 pub mod admin;
 pub mod config;
@@ -154,11 +160,13 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
 }
 
 async fn bind(name: &str, addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        listener: name.to_string(),
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: name.to_string(),
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 fn local_addr(name: &str, l: &TcpListener) -> Result<SocketAddr, StartError> {
@@ -178,7 +186,10 @@ fn unix_now() -> i64 {
 impl App {
     /// The bound address of the listener called `name` (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     pub fn listeners(&self) -> &[(String, SocketAddr)] {
@@ -224,7 +235,10 @@ impl App {
         self.shared.draining.store(true, Ordering::Relaxed);
         self.life.stop.cancel();
         self.life.tracker.close();
-        if tokio::time::timeout(self.grace, self.life.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.life.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?self.grace, "shutdown grace period over; closing the remaining connections");
             self.life.abort.cancel();
             self.life.tracker.wait().await;

@@ -62,11 +62,17 @@ struct Failure {
 }
 
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
-    Failure { code: 1, error: error.into() }
+    Failure {
+        code: 1,
+        error: error.into(),
+    }
 }
 
 fn runtime(error: impl Into<anyhow::Error>) -> Failure {
-    Failure { code: 2, error: error.into() }
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -163,15 +169,22 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
                     "TOLLGATE_DEMO_ECHO_B" => Some(b.to_string()),
                     _ => std::env::var(k).ok(),
                 };
-                let loaded = config::load_str_with_env(demo::DEMO_CONFIG, "<demo>", &env)
-                    .map_err(|e| runtime(anyhow::anyhow!("the embedded demo config is invalid:\n{e}")))?;
+                let loaded =
+                    config::load_str_with_env(demo::DEMO_CONFIG, "<demo>", &env).map_err(|e| {
+                        runtime(anyhow::anyhow!("the embedded demo config is invalid:\n{e}"))
+                    })?;
                 serve(loaded, None, format).await
             })
         }
     }
 }
 
-fn probe(method: String, host: Option<String>, target: String, headers: &[String]) -> anyhow::Result<explain::Probe> {
+fn probe(
+    method: String,
+    host: Option<String>,
+    target: String,
+    headers: &[String],
+) -> anyhow::Result<explain::Probe> {
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).context("--method")?;
     let mut map = HeaderMap::new();
     for h in headers {
@@ -179,7 +192,8 @@ fn probe(method: String, host: Option<String>, target: String, headers: &[String
             .split_once(':')
             .with_context(|| format!("--header `{h}`: expected NAME:VALUE"))?;
         map.append(
-            HeaderName::from_bytes(k.trim().as_bytes()).with_context(|| format!("--header `{h}`"))?,
+            HeaderName::from_bytes(k.trim().as_bytes())
+                .with_context(|| format!("--header `{h}`"))?,
             HeaderValue::from_str(v.trim()).with_context(|| format!("--header `{h}`"))?,
         );
     }
@@ -195,15 +209,23 @@ fn probe(method: String, host: Option<String>, target: String, headers: &[String
 }
 
 fn runtime_for_server() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn runtime_for_cli() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`.
-async fn serve(loaded: LoadedConfig, path: Option<PathBuf>, format: LogFormat) -> Result<(), Failure> {
+async fn serve(
+    loaded: LoadedConfig,
+    path: Option<PathBuf>,
+    format: LogFormat,
+) -> Result<(), Failure> {
     let is_demo = path.is_none();
     let opts = BuildOptions {
         access_log: Box::new(std::io::stdout()),
@@ -216,10 +238,14 @@ async fn serve(loaded: LoadedConfig, path: Option<PathBuf>, format: LogFormat) -
     })?;
     tracing::info!(%version, "tollgate started");
     if is_demo {
-        let gw = app.listener_addr("http").ok_or_else(|| runtime(anyhow::anyhow!("demo listener missing")))?;
+        let gw = app
+            .listener_addr("http")
+            .ok_or_else(|| runtime(anyhow::anyhow!("demo listener missing")))?;
         eprintln!("{}", demo::instructions(gw, app.admin_addr()));
     }
-    wait_for_signals(&app, path.as_deref()).await.map_err(runtime)?;
+    wait_for_signals(&app, path.as_deref())
+        .await
+        .map_err(runtime)?;
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await;
     tracing::info!("stopped");
@@ -255,7 +281,9 @@ fn reload(app: &App, path: Option<&Path>) {
     match config::load_file(path) {
         Ok(loaded) => match app.reload(&loaded) {
             Ok(()) => tracing::info!(version = %loaded.version, "config reloaded"),
-            Err(e) => tracing::error!(error = %e, "config reload failed; the old config keeps serving"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; the old config keeps serving")
+            }
         },
         Err(errors) => {
             app.reload_failed();

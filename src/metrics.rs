@@ -76,7 +76,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(
-            Opts::new("tollgate_requests_total", "Requests answered, by route, method and status."),
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests answered, by route, method and status.",
+            ),
             &["route", "method", "status"],
         )?;
         let request_duration = HistogramVec::new(
@@ -107,7 +110,10 @@ impl Metrics {
             "Requests being served right now.",
         )?;
         let active_connections = IntGaugeVec::new(
-            Opts::new("tollgate_active_connections", "Open client connections, by listener."),
+            Opts::new(
+                "tollgate_active_connections",
+                "Open client connections, by listener.",
+            ),
             &["listener"],
         )?;
         let config_info = IntGaugeVec::new(
@@ -115,7 +121,10 @@ impl Metrics {
             &["version"],
         )?;
         let reloads = IntCounterVec::new(
-            Opts::new("tollgate_config_reloads_total", "Config reload attempts, by result."),
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Config reload attempts, by result.",
+            ),
             &["result"],
         )?;
         let config_last_reload_success = IntGauge::new(

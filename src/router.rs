@@ -59,9 +59,13 @@ impl Router {
                     PathSpec::Exact(p) => p == req.path,
                     PathSpec::Prefix(p) => {
                         req.path.starts_with(p.as_str())
-                            && (p == "/" || req.path.len() == p.len() || req.path.as_bytes()[p.len()] == b'/')
+                            && (p == "/"
+                                || req.path.len() == p.len()
+                                || req.path.as_bytes()[p.len()] == b'/')
                     }
-                    PathSpec::Regex(_) => self.regexes[i].as_ref().is_some_and(|r| r.is_match(req.path)),
+                    PathSpec::Regex(_) => self.regexes[i]
+                        .as_ref()
+                        .is_some_and(|r| r.is_match(req.path)),
                 }
         })
     }
@@ -69,7 +73,10 @@ impl Router {
         let chosen = self.find(req);
         Explanation {
             chosen,
-            near_misses: (0..self.specs.len()).filter(|i| Some(*i) != chosen).map(|i| (i, Miss::Path)).collect(),
+            near_misses: (0..self.specs.len())
+                .filter(|i| Some(*i) != chosen)
+                .map(|i| (i, Miss::Path))
+                .collect(),
         }
     }
     pub fn len(&self) -> usize {

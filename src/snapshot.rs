@@ -134,7 +134,11 @@ mod tests {
             (("/", "/base"), "/x", Some("/base/x")),
         ];
         for ((from, to), path, want) in cases {
-            assert_eq!(rw(from, to).path(path).as_deref(), want, "{from} -> {to} on {path}");
+            assert_eq!(
+                rw(from, to).path(path).as_deref(),
+                want,
+                "{from} -> {to} on {path}"
+            );
         }
     }
 }

@@ -51,8 +51,12 @@ pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Snapshot, Com
         specs.push(route_spec(r, &path)?);
         let action = match (&r.upstream, &r.respond) {
             (Some(up), _) => Action::Proxy {
-                upstream: upstream_index(up)
-                    .ok_or_else(|| err(format!("{path}.upstream"), format!("unknown upstream `{up}`")))?,
+                upstream: upstream_index(up).ok_or_else(|| {
+                    err(
+                        format!("{path}.upstream"),
+                        format!("unknown upstream `{up}`"),
+                    )
+                })?,
             },
             (None, Some(resp)) => Action::Respond {
                 status: StatusCode::from_u16(resp.status)
@@ -131,8 +135,8 @@ fn compile_upstream(
     let path = format!("upstreams.{name}");
     let mut targets = Vec::with_capacity(up.targets.len());
     for (i, t) in up.targets.iter().enumerate() {
-        let authority = target_authority(&t.url)
-            .map_err(|m| err(format!("{path}.targets[{i}].url"), m))?;
+        let authority =
+            target_authority(&t.url).map_err(|m| err(format!("{path}.targets[{i}].url"), m))?;
         let label: Arc<str> = authority.as_str().into();
         targets.push(Target {
             metrics: metrics.target(name, &label),
@@ -186,7 +190,10 @@ fn route_spec(r: &schema::Route, path: &str) -> Result<RouteSpec, CompileError> 
         (None, Some(p), _) => PathSpec::Prefix(p.clone()),
         (None, None, Some(p)) => PathSpec::Regex(p.clone()),
         (None, None, None) => {
-            return Err(err(format!("{path}.match"), "needs path, path_prefix or path_regex"));
+            return Err(err(
+                format!("{path}.match"),
+                "needs path, path_prefix or path_regex",
+            ));
         }
     };
     let methods = m
@@ -218,7 +225,11 @@ fn route_spec(r: &schema::Route, path: &str) -> Result<RouteSpec, CompileError> 
             .collect(),
         methods,
         headers,
-        query: m.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        query: m
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 

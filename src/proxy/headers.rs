@@ -49,10 +49,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::TRAILER);
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     if headers.remove(header::TE).is_some() && te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -60,7 +62,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the Host the client asked for).
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let mut xff = String::with_capacity(64);
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -122,7 +129,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -157,9 +167,20 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended() {
-        let mut m = h(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        set_forwarded(&mut m, "10.0.0.9".parse().unwrap(), "http", Some(&HeaderValue::from_static("api.example.com")));
-        assert_eq!(m.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        let mut m = h(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        set_forwarded(
+            &mut m,
+            "10.0.0.9".parse().unwrap(),
+            "http",
+            Some(&HeaderValue::from_static("api.example.com")),
+        );
+        assert_eq!(
+            m.get("x-forwarded-for").unwrap(),
+            "1.1.1.1, 2.2.2.2, 10.0.0.9"
+        );
         assert_eq!(m.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(m.get("x-forwarded-host").unwrap(), "api.example.com");
     }
@@ -170,12 +191,18 @@ mod tests {
         let peer_trusted: IpAddr = "10.0.0.1".parse().unwrap();
         let peer_untrusted: IpAddr = "8.8.8.8".parse().unwrap();
         let m = h(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1")]);
-        assert_eq!(client_ip(peer_trusted, &m, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer_trusted, &m, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(peer_untrusted, &m, &trusted), peer_untrusted);
         assert_eq!(client_ip(peer_trusted, &m, &[]), peer_trusted);
         let garbled = h(&[("x-forwarded-for", "1.2.3.4, junk")]);
         assert_eq!(client_ip(peer_trusted, &garbled, &trusted), peer_trusted);
         let all_trusted = h(&[("x-forwarded-for", "10.9.9.9")]);
-        assert_eq!(client_ip(peer_trusted, &all_trusted, &trusted), "10.9.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer_trusted, &all_trusted, &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -53,16 +53,26 @@ pub async fn handle(
 
     let request_id = request_id(req.headers());
     let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies);
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let method = req.method().clone();
     let uri = req.uri().clone();
 
     let mut facts = Facts::default();
-    let result = serve(req, &snapshot, &shared, &conn, client_ip, host.as_ref(), &request_id, &mut facts).await;
+    let result = serve(
+        req,
+        &snapshot,
+        &shared,
+        &conn,
+        client_ip,
+        host.as_ref(),
+        &request_id,
+        &mut facts,
+    )
+    .await;
     let (mut resp, error) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
@@ -70,7 +80,8 @@ pub async fn handle(
             (e.to_response(id), Some(e.code()))
         }
     };
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
 
     let record = Box::new(RequestRecord {
         shared,
@@ -108,6 +119,11 @@ async fn serve(
     request_id: &HeaderValue,
     facts: &mut Facts,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    if conn.take_ambiguous_length() && req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::BadRequest(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
     // Admission: shed load before doing any work for the request.
     let limits = &snap.limits;
     if limits.max_concurrent_requests > 0 {
@@ -136,7 +152,11 @@ async fn serve(
     let route = &snap.routes[route_idx];
 
     let upstream_idx = match &route.action {
-        Action::Respond { status, headers, body } => {
+        Action::Respond {
+            status,
+            headers,
+            body,
+        } => {
             let mut resp = Response::new(ResponseBody::full(body.clone()));
             *resp.status_mut() = *status;
             *resp.headers_mut() = headers.clone();
@@ -185,16 +205,26 @@ async fn serve(
     } else {
         let received = Arc::new(AtomicU64::new(0));
         facts.bytes_in = Some(received.clone());
-        RequestBody::new(body, limits.max_body_bytes, limits.body_read_timeout, received)
+        RequestBody::new(
+            body,
+            limits.max_body_bytes,
+            limits.body_read_timeout,
+            received,
+        )
     };
     let path_and_query = match route.rewrite.path(parts.uri.path()) {
-        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
         Some(path) => {
             let pq = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
-            PathAndQuery::try_from(pq).map_err(|_| GatewayError::BadRequest("the rewritten path is not a valid URI"))?
+            PathAndQuery::try_from(pq)
+                .map_err(|_| GatewayError::BadRequest("the rewritten path is not a valid URI"))?
         }
     };
     let mut uri = Uri::builder()
@@ -226,7 +256,11 @@ async fn serve(
 
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
     let sent = Instant::now();
-    let result = tokio::time::timeout(timeout, upstream.client.send(Request::from_parts(parts, body))).await;
+    let result = tokio::time::timeout(
+        timeout,
+        upstream.client.send(Request::from_parts(parts, body)),
+    )
+    .await;
     let upstream_time = sent.elapsed();
     facts.upstream_ms = Some(upstream_time.as_secs_f64() * 1000.0);
     target.metrics.duration.observe(upstream_time.as_secs_f64());
@@ -240,7 +274,15 @@ async fn serve(
             });
             resp
         }
-        Ok(Err(e)) => return Err(send_error(e, &upstream.name, target, &uri, limits.max_body_bytes)),
+        Ok(Err(e)) => {
+            return Err(send_error(
+                e,
+                &upstream.name,
+                target,
+                &uri,
+                limits.max_body_bytes,
+            ));
+        }
         Err(_elapsed) => {
             target.metrics.record(Outcome::Timeout);
             return Err(GatewayError::UpstreamTimeout {
@@ -265,9 +307,13 @@ fn send_error(
         upstream: upstream.to_string(),
     };
     match e {
-        SendError::ClientBody(BodyErrorKind::TooLarge) => GatewayError::PayloadTooLarge { limit: body_limit },
+        SendError::ClientBody(BodyErrorKind::TooLarge) => {
+            GatewayError::PayloadTooLarge { limit: body_limit }
+        }
         SendError::ClientBody(BodyErrorKind::Timeout) => GatewayError::BodyTimeout,
-        SendError::ClientBody(BodyErrorKind::Aborted) => GatewayError::BadRequest("the request body was cut short"),
+        SendError::ClientBody(BodyErrorKind::Aborted) => {
+            GatewayError::BadRequest("the request body was cut short")
+        }
         SendError::Connect(reason) => {
             target.metrics.record(Outcome::ConnectError);
             tracing::warn!(upstream, target = %target.label, path = uri.path(), %reason, "upstream connect failed");
@@ -288,8 +334,14 @@ fn duration_ms(d: Duration) -> u64 {
 /// Size of the request head as the client sent it (close enough: the request
 /// line plus `name: value\r\n` per header).
 fn header_bytes<B>(req: &Request<B>) -> u64 {
-    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
-    let fields: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     (line + fields) as u64
 }
 

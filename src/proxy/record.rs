@@ -9,10 +9,10 @@ use std::time::{Instant, SystemTime};
 
 use http::{Method, StatusCode, Uri};
 
+use crate::Shared;
 use crate::access_log::AccessLine;
 use crate::server::ConnInfo;
 use crate::snapshot::Snapshot;
-use crate::Shared;
 
 pub struct RequestRecord {
     pub shared: Arc<Shared>,

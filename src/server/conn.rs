@@ -27,6 +27,11 @@ pub struct ConnInfo {
     idle_since: AtomicU64,
     /// HTTP/2 sends frames while idle, so bytes there say nothing about heads.
     h2: AtomicBool,
+    /// The pending request head carried both Content-Length and
+    /// Transfer-Encoding. hyper resolves that safely (chunked wins, the
+    /// connection closes after), but drops the evidence; the proxy refuses such
+    /// requests outright, so the head is looked at here on its way in.
+    ambiguous_length: AtomicBool,
 }
 
 pub enum Verdict {
@@ -45,6 +50,7 @@ impl ConnInfo {
             head_started: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            ambiguous_length: AtomicBool::new(false),
         }
     }
 
@@ -66,12 +72,24 @@ impl ConnInfo {
         }
     }
 
-    fn on_read(&self) {
-        if self.active.load(Ordering::Relaxed) == 0
-            && self.head_started.load(Ordering::Relaxed) == 0
-            && !self.h2.load(Ordering::Relaxed)
-        {
-            self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
+    /// Whether the request that just started had an ambiguous length (and
+    /// forgets it, so the next request starts clean).
+    pub fn take_ambiguous_length(&self) -> bool {
+        self.ambiguous_length.swap(false, Ordering::Relaxed)
+    }
+
+    /// Bytes arrived. While no request is active they are the start of the next
+    /// request head.
+    fn on_read(&self, bytes: &[u8]) {
+        if self.active.load(Ordering::Relaxed) != 0 || self.h2.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.head_started.load(Ordering::Relaxed) == 0 {
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+        if has_both_lengths(bytes) {
+            self.ambiguous_length.store(true, Ordering::Relaxed);
         }
     }
 
@@ -82,7 +100,10 @@ impl ConnInfo {
             self.now_ms().saturating_add(ms(idle))
         } else {
             match self.head_started.load(Ordering::Relaxed) {
-                0 => self.idle_since.load(Ordering::Relaxed).saturating_add(ms(idle)),
+                0 => self
+                    .idle_since
+                    .load(Ordering::Relaxed)
+                    .saturating_add(ms(idle)),
                 started => (started - 1).saturating_add(ms(header)),
             }
         };
@@ -95,12 +116,32 @@ impl ConnInfo {
         }
         let now = Duration::from_millis(self.now_ms());
         match self.head_started.load(Ordering::Relaxed) {
-            0 if now >= Duration::from_millis(self.idle_since.load(Ordering::Relaxed)) + idle => Verdict::Idle,
+            0 if now >= Duration::from_millis(self.idle_since.load(Ordering::Relaxed)) + idle => {
+                Verdict::Idle
+            }
             0 => Verdict::Keep,
             started if now >= Duration::from_millis(started - 1) + header => Verdict::SlowHead,
             _ => Verdict::Keep,
         }
     }
+}
+
+/// Whether the head at the start of `bytes` has both a Content-Length and a
+/// Transfer-Encoding field. Only what arrived in one read is examined: a head
+/// split mid-name across reads escapes this check, but hyper still frames such a
+/// request as chunked and closes the connection after it, so nothing is smuggled.
+fn has_both_lengths(bytes: &[u8]) -> bool {
+    let (mut cl, mut te) = (false, false);
+    for line in bytes.split(|&b| b == b'\n').skip(1) {
+        if line.is_empty() || line == b"\r" {
+            break;
+        }
+        let starts =
+            |name: &[u8]| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name);
+        cl |= starts(b"content-length:");
+        te |= starts(b"transfer-encoding:");
+    }
+    cl && te
 }
 
 /// The client socket, reporting reads to the connection's `ConnInfo`.
@@ -116,19 +157,27 @@ impl WatchedIo {
 }
 
 impl AsyncRead for WatchedIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.info.on_read();
+            this.info.on_read(&buf.filled()[before..]);
         }
         polled
     }
 }
 
 impl AsyncWrite for WatchedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -150,5 +199,22 @@ impl AsyncWrite for WatchedIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_both_lengths;
+
+    #[test]
+    fn finds_both_length_fields_in_a_head() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(has_both_lengths(both));
+        let mixed_case =
+            b"POST / HTTP/1.1\r\ntransfer-ENCODING: chunked\r\nCONTENT-length: 5\r\n\r\n";
+        assert!(has_both_lengths(mixed_case));
+        let one = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTransfer-Encoding: in the body";
+        assert!(!has_both_lengths(one));
+        assert!(!has_both_lengths(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
     }
 }

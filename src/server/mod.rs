@@ -99,7 +99,14 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let gauge = gauge.clone();
-        let conn = serve_connection(stream, peer, name.clone(), shared.clone(), settings.clone(), life.clone());
+        let conn = serve_connection(
+            stream,
+            peer,
+            name.clone(),
+            shared.clone(),
+            settings.clone(),
+            life.clone(),
+        );
         life.tracker.spawn(async move {
             gauge.inc();
             conn.await;

@@ -24,10 +24,20 @@ pub struct Balancer {
 }
 impl Balancer {
     pub fn new(_strategy: Strategy, weights: &[u32]) -> Balancer {
-        Balancer { n: weights.len(), next: AtomicUsize::new(0) }
+        Balancer {
+            n: weights.len(),
+            next: AtomicUsize::new(0),
+        }
     }
-    pub fn pick(&self, _ctx: &PickContext<'_>, _load: impl Fn(usize) -> u32, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    pub fn pick(
+        &self,
+        _ctx: &PickContext<'_>,
+        _load: impl Fn(usize) -> u32,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.n).map(|k| (start + k) % self.n).find(|&i| eligible(i))
+        (0..self.n)
+            .map(|k| (start + k) % self.n)
+            .find(|&i| eligible(i))
     }
 }
