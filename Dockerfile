@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t tollgate .
+# Run:   docker run -p 8080:8080 -v $PWD/tollgate.yaml:/etc/tollgate/tollgate.yaml:ro tollgate
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# gcc is in the image; aws-lc-rs (TLS, later) builds with it alone.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY config ./config
+RUN cargo build --release --locked --bin tollgate \
+ && strip target/release/tollgate
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tollgate \
+ && mkdir -p /etc/tollgate
+COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
+COPY config/docker.yaml /etc/tollgate/tollgate.yaml
+ENV TOLLGATE_CONFIG=/etc/tollgate/tollgate.yaml
+USER 10001:10001
+EXPOSE 8080 9901
+# bash's /dev/tcp keeps the runtime image free of curl.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9901 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/tollgate"]
+CMD ["run", "--log-format", "json"]
