@@ -1,3 +1,4 @@
 //! tollgate: an API gateway reverse proxy.
 
 pub mod config;
+pub mod router;
