@@ -1,0 +1,3 @@
+//! Everything about the servers behind a route: choosing a target among them.
+
+pub mod balancer;
