@@ -20,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::{Regex, RegexSet};
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// How a route matches the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +152,24 @@ fn normalize_host(raw: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
 }
 
+/// Route paths keyed for lookup. Hashed with one-shot xxh3 instead of SipHash:
+/// the keys come from the configuration, not from clients, so flooding is not
+/// a concern, and a streaming hasher's setup would dominate these short keys.
+type PathMap = HashMap<Box<str>, Vec<usize>, BuildHasherDefault<PathHasher>>;
+
+#[derive(Default)]
+struct PathHasher(u64);
+
+impl Hasher for PathHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The per-route matchers derived from a `RouteSpec`.
 #[derive(Debug)]
 struct Compiled {
@@ -165,9 +184,12 @@ pub struct Router {
     specs: Vec<RouteSpec>,
     compiled: Vec<Compiled>,
     /// Exact path -> candidate routes, sorted by precedence.
-    exact: HashMap<Box<str>, Vec<usize>, Xxh3DefaultBuilder>,
+    exact: PathMap,
     /// Prefix as written (with or without trailing slash) -> candidates, sorted.
-    prefixes: HashMap<Box<str>, Vec<usize>, Xxh3DefaultBuilder>,
+    prefixes: PathMap,
+    /// `prefix_lens[n]`: some prefix is `n` bytes long. Most boundaries of a
+    /// request path have a length no prefix has, and this skips their hashing.
+    prefix_lens: Vec<bool>,
     /// All regexes as one automaton for a cheap "does any regex match?" test.
     regex_set: RegexSet,
     /// Regex routes sorted by precedence, with their own (anchored) regex.
@@ -184,8 +206,8 @@ impl Router {
             })
             .collect();
 
-        let mut exact: HashMap<Box<str>, Vec<usize>, Xxh3DefaultBuilder> = HashMap::default();
-        let mut prefixes: HashMap<Box<str>, Vec<usize>, Xxh3DefaultBuilder> = HashMap::default();
+        let mut exact = PathMap::default();
+        let mut prefixes = PathMap::default();
         let mut regexes = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             match &spec.path {
@@ -199,6 +221,11 @@ impl Router {
                     regexes.push((i, re));
                 }
             }
+        }
+
+        let mut prefix_lens = vec![false; prefixes.keys().map(|k| k.len() + 1).max().unwrap_or(0)];
+        for key in prefixes.keys() {
+            prefix_lens[key.len()] = true;
         }
 
         // Within one path key the winner is the first candidate whose
@@ -227,6 +254,7 @@ impl Router {
             compiled,
             exact,
             prefixes,
+            prefix_lens,
             regex_set,
             regexes,
         })
@@ -271,11 +299,13 @@ impl Router {
             }
         }
 
-        prefix_keys(req.path).find_map(|key| {
-            self.prefixes
-                .get(key)
-                .and_then(|cands| self.first_satisfied(cands, req, host))
-        })
+        prefix_keys(req.path)
+            .filter(|key| self.prefix_lens.get(key.len()).copied().unwrap_or(false))
+            .find_map(|key| {
+                self.prefixes
+                    .get(key)
+                    .and_then(|cands| self.first_satisfied(cands, req, host))
+            })
     }
 
     /// Why each route did or did not serve `req`: the chosen route, then every
@@ -433,16 +463,12 @@ fn anchored(re: &str) -> String {
 /// and the part before it. `/api/x` yields `/api/x`, `/api/`, `/api`, `/`.
 fn prefix_keys(path: &str) -> impl Iterator<Item = &str> {
     let whole = std::iter::once(path).filter(|p| !p.is_empty());
-    let bounds = path
-        .char_indices()
-        .rev()
-        .filter(|&(_, c)| c == '/')
-        .flat_map(move |(i, _)| {
-            // The whole path was already yielded when it ends with '/'.
-            let with_slash = (i + 1 < path.len()).then(|| &path[..=i]);
-            let without = (i > 0).then(|| &path[..i]);
-            with_slash.into_iter().chain(without)
-        });
+    let bounds = path.rmatch_indices('/').flat_map(move |(i, _)| {
+        // The whole path was already yielded when it ends with '/'.
+        let with_slash = (i + 1 < path.len()).then(|| &path[..=i]);
+        let without = (i > 0).then(|| &path[..i]);
+        with_slash.into_iter().chain(without)
+    });
     whole.chain(bounds)
 }
 
