@@ -26,7 +26,10 @@ fn table(n: usize) -> Router {
         .map(|i| route(format!("svc{i}"), PathSpec::Prefix(format!("/svc{i}/v1"))))
         .collect();
     for i in (0..n).step_by(10) {
-        let mut get_only = route(format!("svc{i}-get"), PathSpec::Prefix(format!("/svc{i}/v1")));
+        let mut get_only = route(
+            format!("svc{i}-get"),
+            PathSpec::Prefix(format!("/svc{i}/v1")),
+        );
         get_only.methods = vec![Method::GET];
         specs.push(get_only);
     }
