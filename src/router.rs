@@ -1,91 +1,1086 @@
-//! TEMPORARY linear router; replaced by the indexed one from the router work.
-use http::{HeaderMap, Method};
+//! Route matching: a pure function from the facts of a request (method, host,
+//! path, query, headers) to the index of the route that serves it, plus an
+//! `explain` that says why every other route did not win.
+//!
+//! Precedence (SPEC §2 "Matching"): an exact `path` beats a `path_regex`, which
+//! beats the longest `path_prefix`; among routes of equal path specificity, the
+//! one with more constraint kinds (hosts, methods, headers, query) wins; then
+//! file order. Path lookup is hashed, so it does not grow with the number of
+//! exact or prefix routes.
+//!
+//! Decisions worth knowing:
+//! - A prefix matches on segment boundaries: `/api` matches `/api`, `/api/` and
+//!   `/api/x` but not `/apix`. A prefix written with a trailing slash, `/api/`,
+//!   matches `/api/` and `/api/x` but **not** `/api`: the author asked for
+//!   something below `/api/`. `/` matches every path that starts with `/`.
+//! - A `path_regex` must match the whole path (it is anchored), so `/v[0-9]+`
+//!   does not match `/v1/users`; write `/v[0-9]+(/.*)?` for that.
+//! - Hosts compare case-insensitively, without the port and without a trailing
+//!   dot. An IPv6 literal may be written with or without brackets.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::{Regex, RegexSet};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathSpec {
     Exact(String),
     Prefix(String),
     Regex(String),
 }
+
+impl fmt::Display for PathSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathSpec::Exact(p) => write!(f, "path {p}"),
+            PathSpec::Prefix(p) => write!(f, "path_prefix {p}"),
+            PathSpec::Regex(r) => write!(f, "path_regex {r}"),
+        }
+    }
+}
+
+/// One route's match conditions, in file order; names are unique.
+#[derive(Debug, Clone)]
 pub struct RouteSpec {
     pub name: String,
     pub path: PathSpec,
+    /// Empty = any host. Entries like `api.example.com` or `*.example.com`.
     pub hosts: Vec<String>,
+    /// Empty = any method.
     pub methods: Vec<Method>,
-    pub headers: Vec<(http::HeaderName, String)>,
+    /// Exact value match; all must hold.
+    pub headers: Vec<(HeaderName, String)>,
+    /// Exact match of a decoded query parameter; all must hold.
     pub query: Vec<(String, String)>,
 }
+
+impl RouteSpec {
+    /// How many constraint kinds beyond the path this route uses (0..=4); more
+    /// is more specific.
+    fn constraint_kinds(&self) -> usize {
+        [
+            !self.hosts.is_empty(),
+            !self.methods.is_empty(),
+            !self.headers.is_empty(),
+            !self.query.is_empty(),
+        ]
+        .into_iter()
+        .filter(|&b| b)
+        .count()
+    }
+}
+
+/// The facts of a request the router looks at. Borrowed, so building one costs nothing.
+#[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
     pub method: &'a Method,
+    /// Raw Host header or authority: any case, may carry `:port`, may be an
+    /// IPv6 literal such as `[::1]:8080`.
     pub host: Option<&'a str>,
+    /// The path, without the query.
     pub path: &'a str,
+    /// The raw query string, without `?`.
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
+
 #[derive(Debug, thiserror::Error)]
-#[error("bad regex")]
-pub struct RouterError;
+pub enum RouterError {
+    #[error("route {route:?}: invalid path_regex: {source}")]
+    BadRegex {
+        route: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// A host pattern, normalised once so that matching needs no allocation.
+#[derive(Debug)]
+enum HostPattern {
+    /// Lowercase, no brackets, no trailing dot.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: at least one label must precede it.
+    Suffix(String),
+}
+
+impl HostPattern {
+    fn parse(raw: &str) -> HostPattern {
+        let lower = raw.trim().to_ascii_lowercase();
+        match lower.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') => {
+                HostPattern::Suffix(suffix.trim_end_matches('.').to_owned())
+            }
+            _ => HostPattern::Exact(normalize_host(&lower).to_owned()),
+        }
+    }
+
+    /// `host` is already stripped of port, brackets and trailing dot (any case).
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len()
+                    && host.is_char_boundary(host.len() - s.len())
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+        }
+    }
+}
+
+/// Strips the port, IPv6 brackets and a trailing dot from a Host value,
+/// borrowing: `[::1]:8080` -> `::1`, `API.example.com.:443` -> `API.example.com`.
+fn normalize_host(raw: &str) -> &str {
+    let raw = raw.trim();
+    if let Some(rest) = raw.strip_prefix('[') {
+        // An IPv6 literal: everything up to the closing bracket.
+        return match rest.find(']') {
+            Some(end) => &rest[..end],
+            None => rest,
+        };
+    }
+    let host = match raw.rfind(':') {
+        // A single colon separates a port; more than one means an unbracketed
+        // IPv6 address, which has no port to strip.
+        Some(i) if !raw[..i].contains(':') => &raw[..i],
+        _ => raw,
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+/// Route paths keyed for lookup. Hashed with one-shot xxh3 instead of SipHash:
+/// the keys come from the configuration, not from clients, so flooding is not
+/// a concern, and a streaming hasher's setup would dominate these short keys.
+type PathMap = HashMap<Box<str>, Vec<usize>, BuildHasherDefault<PathHasher>>;
+
+#[derive(Default)]
+struct PathHasher(u64);
+
+impl Hasher for PathHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The per-route matchers derived from a `RouteSpec`.
+#[derive(Debug)]
+struct Compiled {
+    hosts: Vec<HostPattern>,
+    /// Pre-sort key: more constraint kinds first, then file order.
+    kinds: usize,
+}
+
+/// The route table. Built once per configuration version and shared read-only.
+#[derive(Debug)]
 pub struct Router {
     specs: Vec<RouteSpec>,
-    regexes: Vec<Option<regex::Regex>>,
+    compiled: Vec<Compiled>,
+    /// Exact path -> candidate routes, sorted by precedence.
+    exact: PathMap,
+    /// Prefix as written (with or without trailing slash) -> candidates, sorted.
+    prefixes: PathMap,
+    /// `prefix_lens[n]`: some prefix is `n` bytes long. Most boundaries of a
+    /// request path have a length no prefix has, and this skips their hashing.
+    prefix_lens: Vec<bool>,
+    /// All regexes as one automaton for a cheap "does any regex match?" test.
+    regex_set: RegexSet,
+    /// Regex routes sorted by precedence, with their own (anchored) regex.
+    regexes: Vec<(usize, Regex)>,
 }
+
+impl Router {
+    pub fn new(specs: Vec<RouteSpec>) -> Result<Router, RouterError> {
+        let compiled: Vec<Compiled> = specs
+            .iter()
+            .map(|s| Compiled {
+                hosts: s.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+                kinds: s.constraint_kinds(),
+            })
+            .collect();
+
+        let mut exact = PathMap::default();
+        let mut prefixes = PathMap::default();
+        let mut regexes = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            match &spec.path {
+                PathSpec::Exact(p) => exact.entry(p.as_str().into()).or_default().push(i),
+                PathSpec::Prefix(p) => prefixes.entry(p.as_str().into()).or_default().push(i),
+                PathSpec::Regex(r) => {
+                    let re = Regex::new(&anchored(r)).map_err(|source| RouterError::BadRegex {
+                        route: spec.name.clone(),
+                        source,
+                    })?;
+                    regexes.push((i, re));
+                }
+            }
+        }
+
+        let mut prefix_lens = vec![false; prefixes.keys().map(|k| k.len() + 1).max().unwrap_or(0)];
+        for key in prefixes.keys() {
+            prefix_lens[key.len()] = true;
+        }
+
+        // Within one path key the winner is the first candidate whose
+        // constraints hold, so sort once here instead of comparing per request.
+        let by_precedence =
+            |&a: &usize, &b: &usize| compiled[b].kinds.cmp(&compiled[a].kinds).then(a.cmp(&b));
+        for list in exact.values_mut().chain(prefixes.values_mut()) {
+            list.sort_by(by_precedence);
+        }
+        regexes.sort_by(|(a, _), (b, _)| by_precedence(a, b));
+
+        let regex_set = RegexSet::new(regexes.iter().map(|(_, re)| re.as_str())).map_err(
+            // Each regex compiled alone, so only a size limit can fail here;
+            // blame the first regex route, the set as a whole is too big.
+            |source| RouterError::BadRegex {
+                route: regexes
+                    .first()
+                    .map(|(i, _)| specs[*i].name.clone())
+                    .unwrap_or_default(),
+                source,
+            },
+        )?;
+
+        Ok(Router {
+            specs,
+            compiled,
+            exact,
+            prefixes,
+            prefix_lens,
+            regex_set,
+            regexes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// The route at `i` (file order). Panics when out of range, like indexing.
+    pub fn spec(&self, i: usize) -> &RouteSpec {
+        &self.specs[i]
+    }
+
+    pub fn specs(&self) -> &[RouteSpec] {
+        &self.specs
+    }
+
+    /// The index (file order) of the route that serves `req`, if any.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
+        let host = req.host.map(normalize_host);
+
+        let exact_hit = self
+            .exact
+            .get(req.path)
+            .and_then(|cands| self.first_satisfied(cands, req, host));
+        if exact_hit.is_some() {
+            return exact_hit;
+        }
+
+        if !self.regexes.is_empty() && self.regex_set.is_match(req.path) {
+            let hit = self
+                .regexes
+                .iter()
+                .find(|(i, re)| re.is_match(req.path) && self.constraints_hold(*i, req, host));
+            if let Some((i, _)) = hit {
+                return Some(*i);
+            }
+        }
+
+        prefix_keys(req.path)
+            .filter(|key| self.prefix_lens.get(key.len()).copied().unwrap_or(false))
+            .find_map(|key| {
+                self.prefixes
+                    .get(key)
+                    .and_then(|cands| self.first_satisfied(cands, req, host))
+            })
+    }
+
+    /// Why each route did or did not serve `req`: the chosen route, then every
+    /// other route with its reason — routes whose path matched first (in
+    /// precedence order), then the rest in file order. Slow is fine here.
+    pub fn explain(&self, req: &RequestView<'_>) -> Explanation {
+        let chosen = self.find(req);
+        let host = req.host.map(normalize_host);
+
+        let mut path_hits = Vec::new();
+        let mut path_misses = Vec::new();
+        for i in 0..self.specs.len() {
+            if Some(i) == chosen {
+                continue;
+            }
+            if !self.path_matches(i, req.path) {
+                path_misses.push((
+                    i,
+                    Miss::Path {
+                        path: req.path.to_owned(),
+                        wanted: self.specs[i].path.clone(),
+                    },
+                ));
+                continue;
+            }
+            let miss = match self.first_failed_constraint(i, req, host) {
+                Some(miss) => miss,
+                None => match chosen {
+                    Some(by) => Miss::Shadowed {
+                        by,
+                        by_name: self.specs[by].name.clone(),
+                    },
+                    // Unreachable in practice: a fully matching route would
+                    // have been chosen. Say so rather than panic.
+                    None => Miss::Shadowed {
+                        by: i,
+                        by_name: self.specs[i].name.clone(),
+                    },
+                },
+            };
+            path_hits.push((i, miss));
+        }
+        path_hits.sort_by_key(|(i, _)| self.precedence_key(*i, req.path));
+        path_hits.extend(path_misses);
+        Explanation {
+            chosen,
+            near_misses: path_hits,
+        }
+    }
+
+    fn first_satisfied(
+        &self,
+        cands: &[usize],
+        req: &RequestView<'_>,
+        host: Option<&str>,
+    ) -> Option<usize> {
+        cands
+            .iter()
+            .copied()
+            .find(|&i| self.constraints_hold(i, req, host))
+    }
+
+    fn constraints_hold(&self, i: usize, req: &RequestView<'_>, host: Option<&str>) -> bool {
+        let spec = &self.specs[i];
+        let compiled = &self.compiled[i];
+        (compiled.hosts.is_empty()
+            || host.is_some_and(|h| compiled.hosts.iter().any(|p| p.matches(h))))
+            && (spec.methods.is_empty() || spec.methods.contains(req.method))
+            && spec
+                .headers
+                .iter()
+                .all(|(name, value)| header_has(req.headers, name, value))
+            && spec
+                .query
+                .iter()
+                .all(|(key, value)| query_has(req.query, key, value))
+    }
+
+    fn first_failed_constraint(
+        &self,
+        i: usize,
+        req: &RequestView<'_>,
+        host: Option<&str>,
+    ) -> Option<Miss> {
+        let spec = &self.specs[i];
+        let compiled = &self.compiled[i];
+        if !compiled.hosts.is_empty()
+            && !host.is_some_and(|h| compiled.hosts.iter().any(|p| p.matches(h)))
+        {
+            return Some(Miss::Host {
+                host: req.host.map(str::to_owned),
+                allowed: spec.hosts.clone(),
+            });
+        }
+        if !spec.methods.is_empty() && !spec.methods.contains(req.method) {
+            return Some(Miss::Method {
+                method: req.method.clone(),
+                allowed: spec.methods.clone(),
+            });
+        }
+        if let Some((name, value)) = spec
+            .headers
+            .iter()
+            .find(|(name, value)| !header_has(req.headers, name, value))
+        {
+            return Some(Miss::Header {
+                name: name.as_str().to_owned(),
+                expected: value.clone(),
+                present: req.headers.contains_key(name),
+            });
+        }
+        if let Some((key, value)) = spec
+            .query
+            .iter()
+            .find(|(key, value)| !query_has(req.query, key, value))
+        {
+            return Some(Miss::Query {
+                param: key.clone(),
+                expected: value.clone(),
+                present: query_pairs(req.query).any(|(k, _)| decoded_eq(k, key)),
+            });
+        }
+        None
+    }
+
+    fn path_matches(&self, i: usize, path: &str) -> bool {
+        match &self.specs[i].path {
+            PathSpec::Exact(p) => p == path,
+            PathSpec::Prefix(p) => prefix_keys(path).any(|k| k == p),
+            PathSpec::Regex(_) => self
+                .regexes
+                .iter()
+                .any(|(j, re)| *j == i && re.is_match(path)),
+        }
+    }
+
+    /// Sort key reproducing `find`'s order among routes whose path matches.
+    fn precedence_key(&self, i: usize, path: &str) -> (u8, usize, usize, usize) {
+        let (tier, specificity) = match &self.specs[i].path {
+            PathSpec::Exact(_) => (0, 0),
+            PathSpec::Regex(_) => (1, 0),
+            // Longer prefixes first.
+            PathSpec::Prefix(p) => (2, path.len().saturating_sub(p.len())),
+        };
+        (tier, specificity, usize::MAX - self.compiled[i].kinds, i)
+    }
+}
+
+fn anchored(re: &str) -> String {
+    format!("^(?:{re})$")
+}
+
+/// The prefixes of `path` that a `path_prefix` route may be keyed by, longest
+/// first: the whole path, then at every `/` the part up to and including it
+/// and the part before it. `/api/x` yields `/api/x`, `/api/`, `/api`, `/`.
+fn prefix_keys(path: &str) -> impl Iterator<Item = &str> {
+    let whole = std::iter::once(path).filter(|p| !p.is_empty());
+    let bounds = path.rmatch_indices('/').flat_map(move |(i, _)| {
+        // The whole path was already yielded when it ends with '/'.
+        let with_slash = (i + 1 < path.len()).then(|| &path[..=i]);
+        let without = (i > 0).then(|| &path[..i]);
+        with_slash.into_iter().chain(without)
+    });
+    whole.chain(bounds)
+}
+
+fn header_has(headers: &HeaderMap, name: &HeaderName, value: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| v.as_bytes() == value.as_bytes())
+}
+
+/// `key=value` pairs of a raw query string, still encoded. A pair without `=`
+/// has an empty value; empty pairs (`a=1&&b=2`) are skipped.
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// Does any occurrence of `key` carry `value`, after form-decoding both sides
+/// of the request (percent escapes, `+` as space)?
+fn query_has(query: Option<&str>, key: &str, value: &str) -> bool {
+    query_pairs(query).any(|(k, v)| decoded_eq(k, key) && decoded_eq(v, value))
+}
+
+/// Compares the `application/x-www-form-urlencoded` decoding of `raw` with
+/// `expected` byte by byte, so matching a query needs no allocation. A `%` not
+/// followed by two hex digits stands for itself, as in the WHATWG parser.
+fn decoded_eq(raw: &str, expected: &str) -> bool {
+    let raw = raw.as_bytes();
+    let mut want = expected.as_bytes().iter();
+    let mut i = 0;
+    while i < raw.len() {
+        let (byte, step) = match raw[i] {
+            b'+' => (b' ', 1),
+            b'%' => match (
+                raw.get(i + 1).and_then(|&c| hex(c)),
+                raw.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (Some(hi), Some(lo)) => (hi << 4 | lo, 3),
+                _ => (b'%', 1),
+            },
+            other => (other, 1),
+        };
+        if want.next() != Some(&byte) {
+            return false;
+        }
+        i += step;
+    }
+    want.next().is_none()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// What `explain` found: the chosen route and, for every other route, why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
     pub chosen: Option<usize>,
     pub near_misses: Vec<(usize, Miss)>,
 }
-#[derive(Debug)]
+
+/// Why a route did not serve a request. `Display` gives a short human reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Miss {
-    Path,
+    /// The path did not match the route's path condition.
+    Path { path: String, wanted: PathSpec },
+    /// The host was absent or not in the route's list.
+    Host {
+        host: Option<String>,
+        allowed: Vec<String>,
+    },
+    Method {
+        method: Method,
+        allowed: Vec<Method>,
+    },
+    /// Header `name` lacked the expected value (or was absent).
+    Header {
+        name: String,
+        expected: String,
+        present: bool,
+    },
+    /// Query parameter `param` lacked the expected value (or was absent).
+    Query {
+        param: String,
+        expected: String,
+        present: bool,
+    },
+    /// Everything matched, but route `by` is more specific (or earlier).
+    Shadowed { by: usize, by_name: String },
 }
-impl std::fmt::Display for Miss {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("path does not match")
-    }
-}
-impl Router {
-    pub fn new(specs: Vec<RouteSpec>) -> Result<Router, RouterError> {
-        let regexes = specs
-            .iter()
-            .map(|s| match &s.path {
-                PathSpec::Regex(r) => regex::Regex::new(r).map(Some).map_err(|_| RouterError),
-                _ => Ok(None),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Router { specs, regexes })
-    }
-    pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
-        self.specs.iter().enumerate().position(|(i, s)| {
-            (s.methods.is_empty() || s.methods.contains(req.method))
-                && match &s.path {
-                    PathSpec::Exact(p) => p == req.path,
-                    PathSpec::Prefix(p) => {
-                        req.path.starts_with(p.as_str())
-                            && (p == "/"
-                                || req.path.len() == p.len()
-                                || req.path.as_bytes()[p.len()] == b'/')
-                    }
-                    PathSpec::Regex(_) => self.regexes[i]
-                        .as_ref()
-                        .is_some_and(|r| r.is_match(req.path)),
-                }
-        })
-    }
-    pub fn explain(&self, req: &RequestView<'_>) -> Explanation {
-        let chosen = self.find(req);
-        Explanation {
-            chosen,
-            near_misses: (0..self.specs.len())
-                .filter(|i| Some(*i) != chosen)
-                .map(|i| (i, Miss::Path))
-                .collect(),
+
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Miss::Path { path, wanted } => write!(f, "path {path} does not match {wanted}"),
+            Miss::Host {
+                host: Some(host),
+                allowed,
+            } => write!(f, "host {host} not in [{}]", allowed.join(", ")),
+            Miss::Host {
+                host: None,
+                allowed,
+            } => write!(f, "no host, route wants one of [{}]", allowed.join(", ")),
+            Miss::Method { method, allowed } => {
+                let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+                write!(f, "method {method} not in [{}]", allowed.join(", "))
+            }
+            Miss::Header {
+                name,
+                expected,
+                present: true,
+            } => write!(f, "header {name} is not {expected:?}"),
+            Miss::Header {
+                name,
+                expected,
+                present: false,
+            } => write!(f, "header {name} missing (want {expected:?})"),
+            Miss::Query {
+                param,
+                expected,
+                present: true,
+            } => write!(f, "query parameter {param} is not {expected:?}"),
+            Miss::Query {
+                param,
+                expected,
+                present: false,
+            } => write!(f, "query parameter {param} missing (want {expected:?})"),
+            Miss::Shadowed { by_name, .. } => {
+                write!(f, "matched, but route {by_name} takes precedence")
+            }
         }
     }
-    pub fn len(&self) -> usize {
-        self.specs.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, path: PathSpec) -> RouteSpec {
+        RouteSpec {
+            name: name.to_owned(),
+            path,
+            hosts: vec![],
+            methods: vec![],
+            headers: vec![],
+            query: vec![],
+        }
     }
-    pub fn is_empty(&self) -> bool {
-        self.specs.is_empty()
+    fn exact(name: &str, p: &str) -> RouteSpec {
+        route(name, PathSpec::Exact(p.into()))
     }
-    pub fn spec(&self, i: usize) -> &RouteSpec {
-        &self.specs[i]
+    fn prefix(name: &str, p: &str) -> RouteSpec {
+        route(name, PathSpec::Prefix(p.into()))
+    }
+    fn regex(name: &str, p: &str) -> RouteSpec {
+        route(name, PathSpec::Regex(p.into()))
+    }
+
+    /// A request in one line: method, host, path?query, headers.
+    struct Req {
+        method: Method,
+        host: Option<&'static str>,
+        path: &'static str,
+        query: Option<&'static str>,
+        headers: HeaderMap,
+    }
+
+    fn req(method: &str, host: Option<&'static str>, target: &'static str) -> Req {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        Req {
+            method: method.parse().unwrap(),
+            host,
+            path,
+            query,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    impl Req {
+        fn header(mut self, name: &'static str, value: &'static str) -> Req {
+            self.headers
+                .append(HeaderName::from_static(name), value.parse().unwrap());
+            self
+        }
+        fn view(&self) -> RequestView<'_> {
+            RequestView {
+                method: &self.method,
+                host: self.host,
+                path: self.path,
+                query: self.query,
+                headers: &self.headers,
+            }
+        }
+    }
+
+    /// Runs each (request, expected route name) against the table.
+    fn check(specs: Vec<RouteSpec>, cases: &[(Req, Option<&str>)]) {
+        let router = Router::new(specs).unwrap();
+        for (r, want) in cases {
+            let got = router.find(&r.view()).map(|i| router.spec(i).name.as_str());
+            assert_eq!(
+                got, *want,
+                "{} host={:?} path={:?} query={:?} headers={:?}",
+                r.method, r.host, r.path, r.query, r.headers
+            );
+        }
+    }
+
+    #[test]
+    fn exact_beats_regex_beats_prefix() {
+        check(
+            vec![
+                prefix("prefix", "/api"),
+                regex("regex", "/api/v[0-9]+/.*"),
+                exact("exact", "/api/v1/ping"),
+            ],
+            &[
+                (req("GET", None, "/api/v1/ping"), Some("exact")),
+                (req("GET", None, "/api/v1/users"), Some("regex")),
+                (req("GET", None, "/api/users"), Some("prefix")),
+                (req("GET", None, "/api"), Some("prefix")),
+                (req("GET", None, "/other"), None),
+            ],
+        );
+    }
+
+    #[test]
+    fn longest_prefix_wins_regardless_of_order() {
+        check(
+            vec![
+                prefix("root", "/"),
+                prefix("api", "/api"),
+                prefix("users", "/api/users"),
+                prefix("user7", "/api/users/7"),
+            ],
+            &[
+                (req("GET", None, "/api/users/7/orders"), Some("user7")),
+                (req("GET", None, "/api/users/7"), Some("user7")),
+                (req("GET", None, "/api/users/70"), Some("users")),
+                (req("GET", None, "/api/users"), Some("users")),
+                (req("GET", None, "/api/other"), Some("api")),
+                (req("GET", None, "/elsewhere"), Some("root")),
+                (req("GET", None, "/"), Some("root")),
+            ],
+        );
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        check(
+            vec![prefix("api", "/api")],
+            &[
+                (req("GET", None, "/api"), Some("api")),
+                (req("GET", None, "/api/"), Some("api")),
+                (req("GET", None, "/api/x"), Some("api")),
+                (req("GET", None, "/api/x/y/"), Some("api")),
+                (req("GET", None, "/apix"), None),
+                (req("GET", None, "/ap"), None),
+                (req("GET", None, "/x/api"), None),
+            ],
+        );
+    }
+
+    #[test]
+    fn trailing_slash_prefix_requires_something_below_it() {
+        check(
+            vec![prefix("api-dir", "/api/")],
+            &[
+                (req("GET", None, "/api/"), Some("api-dir")),
+                (req("GET", None, "/api/x"), Some("api-dir")),
+                (req("GET", None, "/api"), None),
+                (req("GET", None, "/apix/"), None),
+            ],
+        );
+        // Both spellings present: the longer one (with the slash) is more specific.
+        check(
+            vec![prefix("bare", "/api"), prefix("slash", "/api/")],
+            &[
+                (req("GET", None, "/api"), Some("bare")),
+                (req("GET", None, "/api/"), Some("slash")),
+                (req("GET", None, "/api/x"), Some("slash")),
+            ],
+        );
+    }
+
+    #[test]
+    fn root_prefix_is_a_catch_all() {
+        check(
+            vec![prefix("all", "/")],
+            &[
+                (req("GET", None, "/"), Some("all")),
+                (req("GET", None, "/a"), Some("all")),
+                (req("POST", Some("x.test"), "/a/b/c?d=e"), Some("all")),
+            ],
+        );
+    }
+
+    #[test]
+    fn regex_is_anchored_and_in_file_order() {
+        check(
+            vec![regex("v", "/v[0-9]+"), regex("any", "/.*")],
+            &[
+                (req("GET", None, "/v12"), Some("v")),
+                (req("GET", None, "/v12/x"), Some("any")),
+                (req("GET", None, "/xv1"), Some("any")),
+            ],
+        );
+    }
+
+    #[test]
+    fn constrained_beats_unconstrained_then_file_order() {
+        let mut get_only = prefix("get-only", "/api");
+        get_only.methods = vec![Method::GET];
+        let mut get_on_host = prefix("get-on-host", "/api");
+        get_on_host.methods = vec![Method::GET];
+        get_on_host.hosts = vec!["api.example.com".into()];
+        check(
+            vec![
+                prefix("plain", "/api"),
+                get_only,
+                get_on_host,
+                prefix("plain-later", "/api"),
+            ],
+            &[
+                (
+                    req("GET", Some("api.example.com"), "/api/x"),
+                    Some("get-on-host"),
+                ),
+                (req("GET", Some("other.test"), "/api/x"), Some("get-only")),
+                (
+                    req("POST", Some("api.example.com"), "/api/x"),
+                    Some("plain"),
+                ),
+            ],
+        );
+        // The same with exact and regex paths.
+        let mut exact_post = exact("exact-post", "/x");
+        exact_post.methods = vec![Method::POST];
+        let mut regex_post = regex("regex-post", "/y.*");
+        regex_post.methods = vec![Method::POST];
+        check(
+            vec![
+                exact("exact", "/x"),
+                exact_post,
+                regex("regex", "/y.*"),
+                regex_post,
+            ],
+            &[
+                (req("POST", None, "/x"), Some("exact-post")),
+                (req("GET", None, "/x"), Some("exact")),
+                (req("POST", None, "/yy"), Some("regex-post")),
+                (req("GET", None, "/yy"), Some("regex")),
+            ],
+        );
+    }
+
+    #[test]
+    fn more_specific_path_beats_more_constraints() {
+        let mut constrained = prefix("constrained", "/api");
+        constrained.methods = vec![Method::GET];
+        check(
+            vec![constrained, prefix("longer", "/api/users")],
+            &[
+                (req("GET", None, "/api/users/1"), Some("longer")),
+                (req("GET", None, "/api/orders"), Some("constrained")),
+            ],
+        );
+    }
+
+    #[test]
+    fn failed_constraints_fall_through_to_less_specific_paths() {
+        let mut exact_get = exact("exact-get", "/api/users");
+        exact_get.methods = vec![Method::GET];
+        check(
+            vec![exact_get, prefix("api", "/api")],
+            &[
+                (req("GET", None, "/api/users"), Some("exact-get")),
+                (req("DELETE", None, "/api/users"), Some("api")),
+            ],
+        );
+    }
+
+    #[test]
+    fn hosts_ignore_port_case_and_support_wildcards_and_ipv6() {
+        let mut api = prefix("api", "/");
+        api.hosts = vec!["api.example.com".into()];
+        let mut wild = prefix("wild", "/");
+        wild.hosts = vec!["*.Example.com".into()];
+        let mut v6 = prefix("v6", "/");
+        v6.hosts = vec!["[::1]".into(), "2001:db8::2".into()];
+        let mut v4 = prefix("v4", "/");
+        v4.hosts = vec!["127.0.0.1".into()];
+        check(
+            vec![api, wild, v6, v4],
+            &[
+                (req("GET", Some("api.example.com"), "/"), Some("api")),
+                (req("GET", Some("API.Example.COM:8443"), "/"), Some("api")),
+                (req("GET", Some("api.example.com."), "/"), Some("api")),
+                (req("GET", Some("a.example.com"), "/"), Some("wild")),
+                (req("GET", Some("a.b.EXAMPLE.com:80"), "/"), Some("wild")),
+                (req("GET", Some("example.com"), "/"), None),
+                (req("GET", Some("badexample.com"), "/"), None),
+                (req("GET", Some("[::1]:8080"), "/"), Some("v6")),
+                (req("GET", Some("[::1]"), "/"), Some("v6")),
+                (req("GET", Some("[2001:DB8::2]:443"), "/"), Some("v6")),
+                (req("GET", Some("127.0.0.1:9000"), "/"), Some("v4")),
+                (req("GET", Some("127.0.0.2"), "/"), None),
+                (req("GET", None, "/"), None),
+            ],
+        );
+    }
+
+    #[test]
+    fn methods() {
+        let mut read = prefix("read", "/");
+        read.methods = vec![Method::GET, Method::HEAD];
+        check(
+            vec![read],
+            &[
+                (req("GET", None, "/"), Some("read")),
+                (req("HEAD", None, "/"), Some("read")),
+                (req("POST", None, "/"), None),
+                (req("PURGE", None, "/"), None),
+            ],
+        );
+    }
+
+    #[test]
+    fn headers_have_case_insensitive_names_and_exact_values() {
+        let mut v2 = prefix("v2", "/");
+        v2.headers = vec![
+            (HeaderName::from_static("x-api-version"), "2".into()),
+            (HeaderName::from_static("x-tenant"), "acme".into()),
+        ];
+        check(
+            vec![v2],
+            &[
+                (
+                    req("GET", None, "/")
+                        .header("x-api-version", "2")
+                        .header("x-tenant", "acme"),
+                    Some("v2"),
+                ),
+                // http normalises names to lowercase when parsed, whatever the wire case.
+                (
+                    req("GET", None, "/")
+                        .header("x-tenant", "other")
+                        .header("x-tenant", "acme")
+                        .header("x-api-version", "2"),
+                    Some("v2"),
+                ),
+                (req("GET", None, "/").header("x-api-version", "2"), None),
+                (
+                    req("GET", None, "/")
+                        .header("x-api-version", "2 ")
+                        .header("x-tenant", "acme"),
+                    None,
+                ),
+                (
+                    req("GET", None, "/")
+                        .header("x-api-version", "2")
+                        .header("x-tenant", "ACME"),
+                    None,
+                ),
+            ],
+        );
+        // The name in the spec is parsed from any case too.
+        assert_eq!(
+            HeaderName::from_bytes(b"X-Api-Version").unwrap(),
+            HeaderName::from_static("x-api-version")
+        );
+    }
+
+    #[test]
+    fn query_is_decoded_and_any_repeat_counts() {
+        let mut beta = prefix("beta", "/");
+        beta.query = vec![("beta".into(), "1".into()), ("q".into(), "a b/c".into())];
+        check(
+            vec![beta],
+            &[
+                (req("GET", None, "/?beta=1&q=a+b/c"), Some("beta")),
+                (req("GET", None, "/?q=a%20b%2Fc&beta=1"), Some("beta")),
+                (req("GET", None, "/?%62eta=%31&q=a+b%2fc"), Some("beta")),
+                (req("GET", None, "/?beta=0&beta=1&q=a+b/c"), Some("beta")),
+                (req("GET", None, "/?beta=1&&q=a+b/c&x"), Some("beta")),
+                (req("GET", None, "/?beta=1"), None),
+                (req("GET", None, "/?beta=10&q=a+b/c"), None),
+                (req("GET", None, "/?beta&q=a+b/c"), None),
+                (req("GET", None, "/"), None),
+            ],
+        );
+        let mut flag = prefix("flag", "/");
+        flag.query = vec![("debug".into(), "".into()), ("pct".into(), "100%".into())];
+        check(
+            vec![flag],
+            &[
+                (req("GET", None, "/?debug&pct=100%"), Some("flag")),
+                (req("GET", None, "/?debug=&pct=100%25"), Some("flag")),
+                (req("GET", None, "/?debug=1&pct=100%"), None),
+            ],
+        );
+    }
+
+    #[test]
+    fn decoding_helpers() {
+        assert!(decoded_eq("a+b%41%zz%", "a bA%zz%"));
+        assert!(decoded_eq("%C3%A9", "é"));
+        assert!(!decoded_eq("ab", "abc"));
+        assert!(!decoded_eq("abc", "ab"));
+        let keys: Vec<&str> = prefix_keys("/api/x/").collect();
+        assert_eq!(keys, ["/api/x/", "/api/x", "/api/", "/api", "/"]);
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        assert_eq!(normalize_host("::1"), "::1");
+        assert_eq!(normalize_host("Host:80"), "Host");
+    }
+
+    #[test]
+    fn bad_regex_names_the_route() {
+        let err = Router::new(vec![prefix("ok", "/"), regex("broken", "/(")]).unwrap_err();
+        assert!(err.to_string().contains("\"broken\""), "{err}");
+    }
+
+    #[test]
+    fn explain_gives_a_reason_for_every_other_route() {
+        let mut read = prefix("read", "/api");
+        read.methods = vec![Method::GET, Method::HEAD];
+        let mut hosted = prefix("hosted", "/api");
+        hosted.hosts = vec!["api.example.com".into()];
+        let mut versioned = prefix("versioned", "/api");
+        versioned.headers = vec![(HeaderName::from_static("x-api-version"), "2".into())];
+        let mut beta = prefix("beta", "/api");
+        beta.query = vec![("beta".into(), "1".into())];
+        let router = Router::new(vec![
+            exact("ping", "/ping"),
+            read,
+            hosted,
+            versioned,
+            beta,
+            prefix("fallback", "/api"),
+            prefix("root", "/"),
+        ])
+        .unwrap();
+
+        let r = req("POST", Some("other.test:80"), "/api/x?beta=2").header("x-api-version", "1");
+        let e = router.explain(&r.view());
+        let name = |i: usize| router.spec(i).name.as_str();
+        assert_eq!(e.chosen.map(name), Some("fallback"));
+        let reasons: Vec<(&str, String)> = e
+            .near_misses
+            .iter()
+            .map(|(i, m)| (name(*i), m.to_string()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("read", "method POST not in [GET, HEAD]".to_owned()),
+                (
+                    "hosted",
+                    "host other.test:80 not in [api.example.com]".to_owned()
+                ),
+                ("versioned", "header x-api-version is not \"2\"".to_owned()),
+                ("beta", "query parameter beta is not \"1\"".to_owned()),
+                (
+                    "root",
+                    "matched, but route fallback takes precedence".to_owned()
+                ),
+                ("ping", "path /api/x does not match path /ping".to_owned()),
+            ]
+        );
+        assert!(matches!(e.near_misses[4].1, Miss::Shadowed { by: 5, .. }));
+
+        let r = req("GET", None, "/nothing");
+        let e = Router::new(vec![exact("ping", "/ping")])
+            .unwrap()
+            .explain(&r.view());
+        assert_eq!(e.chosen, None);
+        assert_eq!(
+            e.near_misses[0].1.to_string(),
+            "path /nothing does not match path /ping"
+        );
+    }
+
+    #[test]
+    fn explain_reports_missing_header_and_query() {
+        let mut both = exact("both", "/");
+        both.headers = vec![(HeaderName::from_static("x-a"), "1".into())];
+        let mut q = exact("q", "/");
+        q.query = vec![("k".into(), "v".into())];
+        let router = Router::new(vec![both, q]).unwrap();
+        let r = req("GET", None, "/");
+        let e = router.explain(&r.view());
+        assert_eq!(e.chosen, None);
+        let reasons: Vec<String> = e.near_misses.iter().map(|(_, m)| m.to_string()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "header x-a missing (want \"1\")",
+                "query parameter k missing (want \"v\")"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_router_finds_nothing() {
+        let router = Router::new(vec![]).unwrap();
+        assert!(router.is_empty());
+        assert_eq!(router.find(&req("GET", None, "/").view()), None);
     }
 }

@@ -148,12 +148,17 @@ fn compile_upstream(
     let strategy: Strategy = up
         .balance
         .parse()
-        .map_err(|m: String| err(format!("{path}.balance"), m))?;
-    let weights: Vec<u32> = up.targets.iter().map(|t| t.weight).collect();
+        .map_err(|e| err(format!("{path}.balance"), e))?;
+    // Targets are identified by URL, so removing one from the middle of the list
+    // does not remap the hash keys of the others.
+    let balancer = Balancer::with_ids(
+        strategy,
+        up.targets.iter().map(|t| (t.url.as_str(), t.weight)),
+    );
     Ok(Upstream {
         name: name.into(),
         targets,
-        balancer: Balancer::new(strategy, &weights),
+        balancer,
         client: UpstreamClient::new(&PoolSettings {
             connect_timeout: up.timeouts.connect.get(),
             idle_timeout: up.timeouts.idle.get(),
