@@ -77,16 +77,20 @@ pub fn instructions(gw: SocketAddr, admin: Option<SocketAddr>) -> String {
 tollgate demo is running: the gateway on http://{gw}, two echo upstreams behind it.
 
 Try:
-  curl -i http://{gw}/ping                       # answered by the gateway itself
-  curl -s http://{gw}/api/hello                  # proxied, /api stripped; repeat it:
+  # answered by the gateway itself
+  curl -i http://{gw}/ping
+  # proxied with /api stripped; weighted round robin sends echo-a twice as often as echo-b
   for i in 1 2 3 4 5 6; do curl -s http://{gw}/api/hello | grep upstream; done
-                                                 # weighted round robin: echo-a twice as often as echo-b
-  curl -s -H 'x-user: alice' http://{gw}/sticky  # hashed on x-user: alice always lands on the same echo
-  curl -i http://{gw}/nowhere                    # 404 no_route, as JSON
-  curl -i -X POST --data-binary @/dev/zero -H 'content-length: 2000000' http://{gw}/api/upload
-                                                 # 413 payload_too_large (limit 1MiB)
+  # hashed on x-user: alice always lands on the same echo
+  curl -s -H 'x-user: alice' http://{gw}/sticky | grep upstream
+  # 404 no_route, as JSON
+  curl -i http://{gw}/nowhere
+  # 413 payload_too_large (the demo allows 1MiB bodies)
+  head -c 2000000 /dev/zero | curl -i --data-binary @- http://{gw}/api/upload
+  # Prometheus metrics
   curl -s http://{admin}/metrics | grep tollgate_requests_total
-  tollgate routes --config config/demo.yaml /api/users   # explain a routing decision
+  # explain a routing decision offline
+  cargo run --release -- routes --config config/demo.yaml /api/users
 
 Press Ctrl-C to stop (graceful shutdown).
 "

@@ -34,10 +34,10 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} {}{}",
+        "{} {} (host: {})",
         probe.method,
-        probe.host.as_deref().unwrap_or("(any host)"),
-        probe.target
+        probe.target,
+        probe.host.as_deref().unwrap_or("none")
     );
     match ex.chosen {
         None => {
