@@ -19,7 +19,12 @@ pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
 /// Starts an echo server on a free loopback port: it answers every request with
 /// JSON naming itself and describing what it received.
 pub async fn start_echo(name: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    serve_echo(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Starts the echo server on `addr` and returns the bound address.
+pub async fn serve_echo(name: &'static str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
