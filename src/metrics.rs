@@ -3,7 +3,10 @@
 //! The request path never formats label strings for route or target labels:
 //! `compile` resolves per-route and per-target handles once per config version
 //! (`RouteMetrics`, `TargetMetrics`), and only the `(method, status)` pair of
-//! `tollgate_requests_total` is looked up when a request ends.
+//! `tollgate_requests_total` is resolved when a request ends, from a per-route
+//! cache filled on first use.
+
+use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -31,20 +34,62 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
 }
 
+/// The `method` label values: the standard methods, and `OTHER` for the rest so
+/// that clients cannot create series at will.
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+/// Statuses whose counters are cached per route (sorted, for binary search).
+/// Anything else is looked up in the metric family, which takes its lock.
+const CACHED_STATUSES: [u16; 28] = [
+    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413,
+    415, 422, 429, 431, 500, 501, 502, 503, 504,
+];
+
+/// Index of `m` in the `method` label values.
+pub fn method_index(m: &http::Method) -> usize {
+    use http::Method;
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
 /// Handles of one route, resolved when the config compiles.
-#[derive(Clone)]
 pub struct RouteMetrics {
     requests_total: IntCounterVec,
     route: std::sync::Arc<str>,
+    /// `(method, status)` counters, filled on first use: the metric family's
+    /// own lookup hashes the labels under a lock shared by every route.
+    counters: OnceLock<Box<[OnceLock<IntCounter>]>>,
     pub duration: Histogram,
 }
 
 impl RouteMetrics {
-    /// Counts one finished request. `method` must be a bounded value (the
-    /// standard methods or `OTHER`), never a raw client string.
-    pub fn count(&self, method: &str, status: http::StatusCode) {
-        self.requests_total
-            .with_label_values(&[&*self.route, method, status.as_str()])
+    /// Counts one finished request.
+    pub fn count(&self, method: &http::Method, status: http::StatusCode) {
+        let m = method_index(method);
+        let labels = |m: usize| [&*self.route, METHODS[m], status.as_str()];
+        let Ok(s) = CACHED_STATUSES.binary_search(&status.as_u16()) else {
+            self.requests_total.with_label_values(&labels(m)).inc();
+            return;
+        };
+        let table = self.counters.get_or_init(|| {
+            (0..METHODS.len() * CACHED_STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        table[m * CACHED_STATUSES.len() + s]
+            .get_or_init(|| self.requests_total.with_label_values(&labels(m)))
             .inc();
     }
 }
@@ -169,6 +214,7 @@ impl Metrics {
         RouteMetrics {
             requests_total: self.requests_total.clone(),
             route: name.into(),
+            counters: OnceLock::new(),
             duration: self.request_duration.with_label_values(&[name]),
         }
     }
@@ -207,5 +253,44 @@ impl Metrics {
         // our registration rules out; an empty scrape is the safe answer anyway.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, StatusCode};
+
+    fn line_value(text: &str, prefix: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+    }
+
+    #[test]
+    fn route_counters_cached_and_uncached_statuses() {
+        let m = Metrics::new().unwrap();
+        let r = m.route("users");
+        r.count(&Method::GET, StatusCode::OK);
+        r.count(&Method::GET, StatusCode::OK);
+        r.count(&Method::from_bytes(b"PURGE").unwrap(), StatusCode::OK);
+        r.count(&Method::POST, StatusCode::from_u16(299).unwrap());
+        let text = String::from_utf8(m.render()).unwrap();
+        let get = r#"tollgate_requests_total{method="GET",route="users",status="200"}"#;
+        let other = r#"tollgate_requests_total{method="OTHER",route="users",status="200"}"#;
+        let odd = r#"tollgate_requests_total{method="POST",route="users",status="299"}"#;
+        assert_eq!(line_value(&text, get).as_deref(), Some("2"));
+        assert_eq!(line_value(&text, other).as_deref(), Some("1"));
+        assert_eq!(line_value(&text, odd).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn config_version_keeps_one_series() {
+        let m = Metrics::new().unwrap();
+        m.set_config_version("aaa");
+        m.set_config_version("bbb");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains(r#"version="aaa""#));
+        assert!(text.contains(r#"tollgate_config_info{version="bbb"} 1"#));
     }
 }

@@ -39,23 +39,6 @@ pub struct RequestRecord {
     pub holds_upstream_slot: bool,
 }
 
-/// The `method` label: the standard methods, or `OTHER` so that clients cannot
-/// create series at will.
-pub fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
-    }
-}
-
 impl RequestRecord {
     /// Called once, when the response body is done or dropped.
     pub fn finish(self: Box<Self>, bytes_out: u64, complete: bool) {
@@ -72,12 +55,12 @@ impl RequestRecord {
         let status = self.status;
         match route {
             Some(r) => {
-                r.metrics.count(method_label(&self.method), status);
+                r.metrics.count(&self.method, status);
                 r.metrics.duration.observe(elapsed.as_secs_f64());
             }
             None => {
                 if let Some(s) = snap {
-                    s.unmatched.count(method_label(&self.method), status);
+                    s.unmatched.count(&self.method, status);
                     s.unmatched.duration.observe(elapsed.as_secs_f64());
                 }
             }
