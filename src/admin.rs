@@ -29,13 +29,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, life: Lifecycle) 
                     continue;
                 }
             },
-            _ = life.stop.cancelled() => break,
+            // Kept open through the drain so /readyz can say 503 and
+            // scrapes still work; it closes with the process.
+            _ = life.abort.cancelled() => break,
         };
         let shared = shared.clone();
         let builder = builder.clone();
         let life = life.clone();
-        // The admin listener is not tracked for draining: scrapes during a drain
-        // should still work, and it dies with the process.
+        // Admin connections are not tracked for draining: they must not hold
+        // the shutdown up.
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();

@@ -1,0 +1,380 @@
+//! Server limits and request hygiene (SPEC §2 `server.limits`, §3 smuggling, §4):
+//! header and body sizes, body stalls, malformed and smuggling requests on raw
+//! sockets, slowloris, keep-alive idling, and `max_connections`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::Request;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn config(limits: &str) -> String {
+    server_block(&format!("limits: {{ {limits} }}"))
+        + r#"
+upstreams:
+  up:
+    targets: [ { url: "http://${UP}" } ]
+    timeouts: { connect: 500ms, request: 5s }
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: up
+"#
+}
+
+async fn setup(limits: &str) -> (Upstream, Gateway) {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&config(limits), &[("UP", up.host_port())]).await;
+    (up, gw)
+}
+
+#[tokio::test]
+async fn oversized_header_block_is_a_431() {
+    let (up, gw) = setup("max_header_bytes: 1KiB").await;
+    let big = "a".repeat(2000);
+    let r = get_with(&gw.url("/x"), &[("x-big", &big)]).await;
+    r.assert_error(431, "headers_too_large");
+    assert_eq!(up.hits(), 0, "the upstream never sees it");
+    // Just under the limit still passes.
+    let ok = "a".repeat(600);
+    assert_eq!(get_with(&gw.url("/x"), &[("x-big", &ok)]).await.status, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn declared_body_over_the_limit_is_refused_before_the_upstream() {
+    let (up, gw) = setup("max_body_bytes: 1KiB").await;
+    // Only the head and a few bytes: the answer must not wait for the body.
+    let reply = raw(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\nabc",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(reply.status(), Some(413), "{}", reply.text());
+    assert!(
+        reply.text().contains("\"payload_too_large\""),
+        "{}",
+        reply.text()
+    );
+    assert!(reply.closed, "the connection is closed after a 413");
+    assert!(
+        reply.elapsed < Duration::from_secs(2),
+        "{:?}",
+        reply.elapsed
+    );
+    assert_eq!(up.hits(), 0, "the upstream was never contacted");
+
+    // At the limit is fine.
+    let r = send(
+        Request::post(gw.url("/upload"))
+            .body(body(vec![b'x'; 1024]))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_bytes"], 1024);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn chunked_body_growing_over_the_limit_is_a_413() {
+    let (up, gw) = setup("max_body_bytes: 1KiB").await;
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..8 {
+        req.extend_from_slice(b"200\r\n");
+        req.extend_from_slice(&[b'y'; 0x200]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let reply = raw(gw.addr, &req, Duration::from_secs(3)).await;
+    assert_eq!(reply.status(), Some(413), "{}", reply.text());
+    assert!(
+        reply.text().contains("\"payload_too_large\""),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        up.body_bytes() <= 1024,
+        "the upstream got {} bytes of a 4096-byte body over a 1024-byte limit",
+        up.body_bytes()
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_body_is_a_408() {
+    let (_up, gw) = setup("body_read_timeout: 300ms").await;
+    let started = Instant::now();
+    let reply = raw(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789",
+        Duration::from_secs(3),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(reply.status(), Some(408), "{}", reply.text());
+    assert!(
+        reply.text().contains("\"request_timeout\""),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    gw.shutdown().await;
+}
+
+/// Asserts a malformed request gets a 400 and a closed connection.
+async fn assert_refused(gw: &Gateway, up: &Upstream, what: &str, bytes: &[u8]) {
+    let reply = raw(gw.addr, bytes, Duration::from_secs(3)).await;
+    println!("{what}: closed={} reply={:?}", reply.closed, reply.text());
+    assert_eq!(reply.status(), Some(400), "{what}: {}", reply.text());
+    assert!(reply.closed, "{what}: the connection must be closed");
+    assert_eq!(reply.responses(), 1, "{what}: {}", reply.text());
+    assert_eq!(up.hits(), 0, "{what}: reached the upstream");
+}
+
+#[tokio::test]
+async fn duplicate_differing_content_length_is_refused() {
+    let (up, gw) = setup("").await;
+    assert_refused(
+        &gw,
+        &up,
+        "duplicate content-length",
+        b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+    )
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn obs_fold_header_is_refused() {
+    let (up, gw) = setup("").await;
+    assert_refused(
+        &gw,
+        &up,
+        "obs-fold",
+        b"GET /x HTTP/1.1\r\nhost: x\r\nx-folded: a\r\n  b\r\n\r\n",
+    )
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_chunk_size_is_refused_and_closed() {
+    let (up, gw) = setup("").await;
+    let reply = raw(
+        gw.addr,
+        b"POST /x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    println!(
+        "bad chunk size: closed={} reply={:?}",
+        reply.closed,
+        reply.text()
+    );
+    assert!(reply.closed, "the connection must be closed");
+    // hyper reads the head, so the request may be routed; its body then fails
+    // to parse. Either no answer at all or a 400, never a success.
+    match reply.status() {
+        None => {}
+        Some(s) => assert_eq!(s, 400, "{}", reply.text()),
+    }
+    assert!(
+        up.paths().is_empty() || up.body_bytes() == 0,
+        "the upstream got a body from a broken chunk stream"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn te_and_cl_together_cannot_smuggle_a_second_request() {
+    let (up, gw) = setup("").await;
+    // A front end trusting Content-Length would see one request with body
+    // "0\r\n\r\nGET /smuggled ..."; a chunked reader sees an empty body, then a
+    // second request. Neither may reach the upstream as a separate request.
+    let reply = raw(
+        gw.addr,
+        b"POST /first HTTP/1.1\r\nhost: x\r\ncontent-length: 35\r\ntransfer-encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    println!(
+        "TE+CL: closed={} responses={} upstream saw {:?}\n{}",
+        reply.closed,
+        reply.responses(),
+        up.paths(),
+        reply.text()
+    );
+    assert!(
+        !up.paths().iter().any(|p| p.contains("smuggled")),
+        "the smuggled request reached the upstream: {:?}",
+        up.paths()
+    );
+    assert!(!reply.text().contains("/smuggled"), "{}", reply.text());
+    assert_eq!(
+        reply.responses(),
+        1,
+        "exactly one response: {}",
+        reply.text()
+    );
+    assert!(reply.closed, "the connection is closed after the response");
+    assert!(
+        reply.text().starts_with("HTTP/1.1 400"),
+        "refused with 400: {}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains(r#""error":"bad_request""#),
+        "with the JSON error body: {}",
+        reply.text()
+    );
+    // SPEC §3 says such a request is refused with 400.
+    assert_eq!(reply.status(), Some(400), "{}", reply.text());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_after_header_read_timeout() {
+    let (_up, gw) = setup("header_read_timeout: 500ms, idle_timeout: 5s").await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+
+    // Another client is served meanwhile.
+    let r = get_with(&gw.url("/other"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    let reply = read_until_close(&mut slow, Duration::from_secs(3)).await;
+    let took = started.elapsed();
+    assert!(reply.closed, "the slow connection was never closed");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "closed after {took:?}, header_read_timeout is 500ms"
+    );
+    // A 408 (or nothing) may be sent, never a proxied answer.
+    assert!(!reply.text().contains("200 OK"), "{}", reply.text());
+
+    // A connection that sends nothing at all is cut too.
+    let started = Instant::now();
+    let reply = raw(gw.addr, b"", Duration::from_secs(3)).await;
+    assert!(reply.closed);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_closes_after_idle_timeout_not_header_timeout() {
+    let (_up, gw) = setup("header_read_timeout: 300ms, idle_timeout: 700ms").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n";
+    s.write_all(req).await.unwrap();
+    let first = read_one_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    // Idle past the header timeout: the keep-alive connection must survive.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    s.write_all(req).await.unwrap();
+    let second = read_one_response(&mut s).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "keep-alive did not survive past header_read_timeout: {second}"
+    );
+
+    // Then idle until idle_timeout.
+    let reply = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(reply.closed, "the idle connection was never closed");
+    assert!(
+        reply.elapsed >= Duration::from_millis(600) && reply.elapsed < Duration::from_millis(1500),
+        "closed {:?} after the last response, idle_timeout is 700ms",
+        reply.elapsed
+    );
+    assert!(reply.bytes.is_empty(), "{}", reply.text());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_connections_holds_extra_connections_back() {
+    let (_up, gw) = setup("max_connections: 2, header_read_timeout: 5s, idle_timeout: 5s").await;
+    let req = b"GET /c HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut c1 = TcpStream::connect(gw.addr).await.unwrap();
+    c1.write_all(req).await.unwrap();
+    read_one_response(&mut c1).await;
+    let mut c2 = TcpStream::connect(gw.addr).await.unwrap();
+    c2.write_all(req).await.unwrap();
+    read_one_response(&mut c2).await;
+
+    // The third connection is accepted by the kernel but not served.
+    let mut c3 = TcpStream::connect(gw.addr).await.unwrap();
+    c3.write_all(req).await.unwrap();
+    let waiting = read_until_close(&mut c3, Duration::from_millis(400)).await;
+    assert!(
+        waiting.bytes.is_empty() && !waiting.closed,
+        "a third connection was served: {}",
+        waiting.text()
+    );
+
+    // Once one closes, the third is served.
+    drop(c1);
+    let third = read_one_response(&mut c3).await;
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    drop(c2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "KNOWN GAP: requests hyper refuses while parsing (duplicate Content-Length, obs-fold, a head over twice max_header_bytes) get hyper's own bare 400/431; hyper 1 has no hook to shape that response"]
+async fn refused_malformed_requests_get_the_json_error_body() {
+    let (_up, gw) = setup("max_header_bytes: 1KiB").await;
+    let big = format!(
+        "GET /x HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let cases: [(&str, &[u8], u16, &str); 3] = [
+        (
+            "duplicate content-length",
+            b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            400,
+            "bad_request",
+        ),
+        (
+            "obs-fold",
+            b"GET /x HTTP/1.1\r\nhost: x\r\nx-folded: a\r\n  b\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "head far over the limit",
+            big.as_bytes(),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (what, bytes, status, code) in cases {
+        let reply = raw(gw.addr, bytes, Duration::from_secs(3)).await;
+        assert_eq!(reply.status(), Some(status), "{what}: {}", reply.text());
+        let text = reply.text();
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/json"),
+            "{what}: {text}"
+        );
+        assert!(
+            text.contains(&format!("\"error\":\"{code}\"")),
+            "{what}: {text}"
+        );
+    }
+    gw.shutdown().await;
+}

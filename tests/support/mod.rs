@@ -1,0 +1,904 @@
+//! Shared helpers for the integration tests: loopback upstreams on 127.0.0.1:0,
+//! the gateway started through the same `tollgate::build` as `main`, a small HTTP
+//! client and a raw-TCP client for malformed requests.
+//!
+//! Every wait is bounded: a broken gateway makes a test fail, never hang.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tollgate::access_log::LogFormat;
+use tollgate::{App, BuildOptions};
+
+/// The longest any single helper waits before failing the test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Upstreams
+// ---------------------------------------------------------------------------
+
+/// What a test upstream does with each request.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// 200 with JSON: `server`, `method`, `path` (with query), `headers`,
+    /// `body_bytes` (the body is counted as it streams, never buffered).
+    Echo,
+    /// A fixed status and body.
+    Status(u16, &'static str),
+    /// Reads the request head, then never answers (raw TCP).
+    Hang,
+    /// Waits, then echoes. (Echo also waits when the query has `delay_ms=N`.)
+    Slow(Duration),
+    /// 200 with a body of this many bytes, generated chunk by chunk.
+    Stream(u64),
+    /// Announces a 1000-byte body, sends 100 bytes, then resets (raw TCP).
+    ResetMidBody,
+}
+
+/// A loopback upstream server counting the requests it receives.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    /// Requests received (heads read).
+    hits: Arc<AtomicUsize>,
+    /// Request body bytes received in total.
+    body_bytes: Arc<AtomicU64>,
+    /// Requests being served right now.
+    active: Arc<AtomicUsize>,
+    /// Path and query of every request received, in order.
+    paths: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str, behavior: Behavior) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let body_bytes = Arc::new(AtomicU64::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let state = Srv {
+            paths: paths.clone(),
+            name,
+            behavior,
+            hits: hits.clone(),
+            body_bytes: body_bytes.clone(),
+            active: active.clone(),
+        };
+        let task = tokio::spawn(async move {
+            // Connections that hang are kept here so they stay open.
+            let mut held = Vec::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                match state.behavior {
+                    Behavior::Hang | Behavior::ResetMidBody => {
+                        held.push(tokio::spawn(raw_upstream(stream, state)));
+                    }
+                    _ => {
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req| {
+                                let state = state.clone();
+                                async move { Ok::<_, Infallible>(state.serve(req).await) }
+                            });
+                            let _ = auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+        Upstream {
+            addr,
+            name,
+            hits,
+            body_bytes,
+            active,
+            paths,
+            task,
+        }
+    }
+
+    pub async fn echo(name: &'static str) -> Upstream {
+        Upstream::start(name, Behavior::Echo).await
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().expect("paths lock").clone()
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// `127.0.0.1:PORT`, for the config.
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// An address where nothing listens: connections are refused.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+#[derive(Clone)]
+struct Srv {
+    name: &'static str,
+    behavior: Behavior,
+    hits: Arc<AtomicUsize>,
+    body_bytes: Arc<AtomicU64>,
+    active: Arc<AtomicUsize>,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed()
+}
+
+impl Srv {
+    async fn serve(&self, req: Request<Incoming>) -> Response<TestBody> {
+        self.paths.lock().expect("paths lock").push(
+            req.uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+        );
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let resp = match &self.behavior {
+            Behavior::Status(code, body) => {
+                let _ = self.drain(req.into_body()).await;
+                let mut r = Response::new(full(*body));
+                *r.status_mut() = StatusCode::from_u16(*code).expect("status");
+                r.headers_mut()
+                    .insert("x-upstream", self.name.parse().expect("name"));
+                r
+            }
+            Behavior::Slow(d) => {
+                tokio::time::sleep(*d).await;
+                self.echo(req).await
+            }
+            Behavior::Stream(n) => {
+                let _ = self.drain(req.into_body()).await;
+                let mut r = Response::new(GenBody::new(*n).boxed());
+                r.headers_mut().insert(
+                    http::header::CONTENT_LENGTH,
+                    n.to_string().parse().expect("len"),
+                );
+                r
+            }
+            _ => {
+                // `?delay_ms=N` holds this one request for N ms before echoing.
+                let delay = req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("delay_ms="))
+                        .and_then(|v| v.parse::<u64>().ok())
+                });
+                if let Some(ms) = delay {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                self.echo(req).await
+            }
+        };
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        resp
+    }
+
+    /// Counts the body frame by frame; returns the count and whether it ended cleanly.
+    async fn drain(&self, mut body: Incoming) -> (u64, bool) {
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        n += d.len() as u64;
+                        self.body_bytes.fetch_add(d.len() as u64, Ordering::SeqCst);
+                    }
+                }
+                Err(_) => return (n, false),
+            }
+        }
+        (n, true)
+    }
+
+    async fn echo(&self, req: Request<Incoming>) -> Response<TestBody> {
+        let (parts, body) = req.into_parts();
+        let (n, complete) = self.drain(body).await;
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &parts.headers {
+            let v = Value::from(v.to_str().unwrap_or("<binary>"));
+            match headers.get_mut(k.as_str()) {
+                Some(Value::Array(a)) => a.push(v),
+                Some(old) => *old = Value::Array(vec![old.clone(), v]),
+                None => {
+                    headers.insert(k.to_string(), v);
+                }
+            }
+        }
+        let json = serde_json::json!({
+            "server": self.name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            "version": format!("{:?}", parts.version),
+            "headers": headers,
+            "body_bytes": n,
+            "body_complete": complete,
+        });
+        let mut r = Response::new(full(serde_json::to_vec(&json).expect("json")));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().expect("ct"));
+        r.headers_mut()
+            .insert("x-upstream", self.name.parse().expect("name"));
+        r
+    }
+}
+
+/// Raw-TCP upstream behaviours that hyper cannot produce.
+async fn raw_upstream(mut stream: TcpStream, state: Srv) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let path = line.split(' ').nth(1).unwrap_or("?").to_string();
+    state.paths.lock().expect("paths lock").push(path);
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    match state.behavior {
+        Behavior::Hang => {
+            // Keep the connection open without answering, until the peer leaves.
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Behavior::ResetMidBody => {
+            let head =
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ncontent-type: text/plain\r\n\r\n";
+            let _ = stream.write_all(head).await;
+            let _ = stream.write_all(&[b'x'; 100]).await;
+            let _ = stream.flush().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // SO_LINGER 0: closing sends a RST instead of a FIN.
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+        _ => {}
+    }
+}
+
+/// A body of `remaining` bytes, produced 64 KiB at a time from one shared
+/// buffer: constant memory whatever its size.
+pub struct GenBody {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl GenBody {
+    pub fn new(len: u64) -> GenBody {
+        GenBody {
+            remaining: len,
+            chunk: Bytes::from(vec![b'a'; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for GenBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64);
+        self.remaining -= n;
+        let data = self.chunk.slice(..n as usize);
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// A body that sends `first` and then never sends anything more (never ends).
+pub struct StallBody {
+    first: Option<Bytes>,
+}
+
+impl StallBody {
+    pub fn new(first: &'static [u8]) -> StallBody {
+        StallBody {
+            first: Some(Bytes::from_static(first)),
+        }
+    }
+}
+
+impl Body for StallBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.first.take() {
+            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The gateway
+// ---------------------------------------------------------------------------
+
+/// An access-log sink the test can read.
+#[derive(Clone, Default)]
+pub struct LogBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub app: Option<App>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: LogBuf,
+}
+
+/// The server block every test config starts with; `extra_server` goes inside
+/// `server:` (limits, trusted_proxies, shutdown_grace), indented by 2.
+pub fn server_block(extra_server: &str) -> String {
+    let mut s = String::from(
+        "server:\n  listeners:\n    - name: http\n      bind: 127.0.0.1:0\n  admin:\n    bind: 127.0.0.1:0\n",
+    );
+    for line in extra_server.lines() {
+        if !line.trim().is_empty() {
+            s.push_str("  ");
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+impl Gateway {
+    /// Starts the gateway from `yaml`. `${NAME}` placeholders are replaced from
+    /// `vars` (e.g. `("UP", "127.0.0.1:4567")`).
+    pub async fn start(yaml: &str, vars: &[(&str, String)]) -> Gateway {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let loaded = match tollgate::config::load_str_with_env(yaml, "test.yaml", &env) {
+            Ok(l) => l,
+            Err(e) => panic!("test config is invalid:\n{e}\n---\n{yaml}"),
+        };
+        let log = LogBuf::default();
+        let app = tollgate::build(
+            loaded,
+            BuildOptions {
+                access_log: Box::new(log.clone()),
+                log_format: LogFormat::Json,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+        let addr = app.listener_addr("http").expect("http listener");
+        let admin = app.admin_addr().expect("admin listener");
+        let gw = Gateway {
+            app: Some(app),
+            addr,
+            admin,
+            log,
+        };
+        // Ready when /readyz says so (polled, never slept on).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = get(&gw.admin_url("/readyz")).await
+                && r.status == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gw
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("app already shut down")
+    }
+
+    /// Every access-log line written so far, parsed.
+    pub fn log_lines(&self) -> Vec<Value> {
+        let buf = self.log.0.lock().expect("log lock").clone();
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// The raw access log text.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&self.log.0.lock().expect("log lock")).into_owned()
+    }
+
+    /// Waits until at least `n` log lines exist (the log is written by a
+    /// background thread), and returns them.
+    pub async fn wait_log_lines(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let lines = self.log_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} access-log lines, got {}: {lines:?}",
+                lines.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for the log line of the request with this id.
+    pub async fn wait_log_for(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .log_lines()
+                .into_iter()
+                .find(|l| l["request_id"] == request_id)
+            {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line for request id {request_id}: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = get(&self.admin_url("/metrics")).await.expect("metrics");
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            tokio::time::timeout(Duration::from_secs(30), app.shutdown())
+                .await
+                .expect("shutdown took too long");
+        }
+    }
+}
+
+/// The value of one sample line of the exposition, e.g.
+/// `metric(text, r#"tollgate_requests_total{method="GET",route="r",status="200"}"#)`.
+/// Label order in `series` does not matter.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    let (name, labels) = split_series(series);
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        let (n, ls) = split_series(s);
+        (n == name && ls == labels).then(|| v.parse().ok())?
+    })
+}
+
+fn split_series(s: &str) -> (String, Vec<String>) {
+    match s.split_once('{') {
+        None => (s.trim().to_string(), Vec::new()),
+        Some((name, rest)) => {
+            let inner = rest.trim_end().trim_end_matches('}');
+            let mut labels: Vec<String> = split_labels(inner);
+            labels.sort();
+            (name.to_string(), labels)
+        }
+    }
+}
+
+fn split_labels(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_str = false;
+    let mut esc = false;
+    for c in s.chars() {
+        if esc {
+            cur.push(c);
+            esc = false;
+            continue;
+        }
+        match c {
+            '\\' => {
+                esc = true;
+                cur.push(c);
+            }
+            '"' => {
+                in_str = !in_str;
+                cur.push(c);
+            }
+            ',' if !in_str => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------
+
+/// A received response, body collected.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a SPEC §4 error body with this status and code; returns the body.
+    pub fn assert_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "status; body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "content-type of the error"
+        );
+        let j = self.json();
+        assert_eq!(j["error"], code, "error code in {j}");
+        assert!(
+            j["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "message in {j}"
+        );
+        let id = j["request_id"].as_str().expect("request_id");
+        assert!(!id.is_empty());
+        assert_eq!(
+            self.header("x-request-id"),
+            Some(id),
+            "x-request-id matches the body"
+        );
+        j
+    }
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection; the whole exchange is
+/// bounded by `WAIT`.
+pub async fn send<B>(req: Request<B>) -> Result<Resp, String>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    send_within(req, WAIT).await
+}
+
+pub async fn send_within<B>(req: Request<B>, limit: Duration) -> Result<Resp, String>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::time::timeout(limit, send_inner(req))
+        .await
+        .map_err(|_| format!("no complete response within {limit:?}"))?
+}
+
+async fn send_inner<B>(mut req: Request<B>) -> Result<Resp, String>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let authority = req.uri().authority().expect("absolute URI").clone();
+    let stream = TcpStream::connect(authority.as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    if !req.headers().contains_key(http::header::HOST) {
+        req.headers_mut().insert(
+            http::header::HOST,
+            authority.as_str().parse().expect("host"),
+        );
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *req.uri_mut() = pq.parse().expect("path");
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    collect(resp).await
+}
+
+/// One client connection kept open for several requests (keep-alive).
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Conn {
+            sender,
+            authority: addr.to_string(),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Resp, String> {
+        let req = Request::get(path)
+            .header(http::header::HOST, self.authority.as_str())
+            .body(empty())
+            .expect("request");
+        tokio::time::timeout(WAIT, async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| format!("ready: {e}"))?;
+            let resp = self
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            collect(resp).await
+        })
+        .await
+        .map_err(|_| "no response in time".to_string())?
+    }
+}
+
+pub async fn collect(resp: Response<Incoming>) -> Result<Resp, String> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    })
+}
+
+pub async fn get(url: &str) -> Result<Resp, String> {
+    send(Request::get(url).body(empty()).expect("request")).await
+}
+
+/// `GET url` with extra headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(empty()).expect("request"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
+
+pub fn body(b: impl Into<Bytes>) -> Full<Bytes> {
+    Full::new(b.into())
+}
+
+// ---------------------------------------------------------------------------
+// Raw TCP
+// ---------------------------------------------------------------------------
+
+/// What a raw exchange produced.
+#[derive(Debug)]
+pub struct RawReply {
+    pub bytes: Vec<u8>,
+    /// The server closed (EOF or reset) before the wait was over.
+    pub closed: bool,
+    pub elapsed: Duration,
+}
+
+impl RawReply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The status code of the first response, if any.
+    pub fn status(&self) -> Option<u16> {
+        let t = self.text();
+        let line = t.lines().next()?;
+        line.split(' ').nth(1)?.parse().ok()
+    }
+
+    /// How many HTTP responses (status lines) the reply holds.
+    pub fn responses(&self) -> usize {
+        self.text().matches("HTTP/1.1 ").count()
+    }
+}
+
+/// Connects, sends `bytes`, and reads until the server closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> RawReply {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    read_until_close(&mut s, wait).await
+}
+
+/// Reads until the peer closes or `wait` passes.
+pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> RawReply {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    };
+    RawReply {
+        bytes: out,
+        closed,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Reads one complete HTTP/1.1 response with a Content-Length (or none) from a
+/// raw stream, within `WAIT`; returns its text.
+pub async fn read_one_response(s: &mut TcpStream) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            if out.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&out[..end + 4 + len]).into_owned();
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => panic!(
+                "no complete response in time; got {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => panic!(
+                "connection closed before a complete response; got {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds, failing after `WAIT`.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
