@@ -17,10 +17,12 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod upstream;
 
 use std::io::Write;
@@ -41,12 +43,15 @@ use config::compile::{CompileError, compile};
 use metrics::Metrics;
 use server::{ConnSettings, Lifecycle};
 use snapshot::Snapshot;
+use state::Carryover;
 
 /// State shared by every request of the process.
 pub struct Shared {
     /// The running config version; one load per request.
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
+    /// State that outlives config versions (pools, per-target state).
+    pub carryover: Carryover,
     pub access_log: AccessLog,
     /// Requests in flight, for `server.limits.max_concurrent_requests`.
     pub in_flight: AtomicUsize,
@@ -94,7 +99,8 @@ pub struct App {
 
 pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, StartError> {
     let metrics = Metrics::new()?;
-    let snapshot = compile(&loaded, &metrics)?;
+    let carryover = Carryover::default();
+    let snapshot = compile(&loaded, &metrics, &carryover)?;
     metrics.set_config_version(&snapshot.version);
     metrics.config_last_reload_success.set(unix_now());
     let server_cfg = &loaded.config.server;
@@ -114,6 +120,7 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         metrics,
+        carryover,
         access_log: AccessLog::new(opts.access_log, opts.log_format),
         in_flight: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
@@ -209,10 +216,12 @@ impl App {
     /// and server-limit changes need a restart for now.
     pub fn reload(&self, loaded: &LoadedConfig) -> Result<(), CompileError> {
         let metrics = &self.shared.metrics;
-        match compile(loaded, metrics) {
+        match compile(loaded, metrics, &self.shared.carryover) {
             Ok(snapshot) => {
                 metrics.set_config_version(&snapshot.version);
-                self.shared.snapshot.store(Arc::new(snapshot));
+                let snapshot = Arc::new(snapshot);
+                self.shared.snapshot.store(snapshot.clone());
+                self.shared.carryover.retain(&snapshot);
                 metrics.config_reloads_success.inc();
                 metrics.config_last_reload_success.set(unix_now());
                 Ok(())

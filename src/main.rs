@@ -148,7 +148,8 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
             let rt = runtime_for_cli().map_err(runtime)?;
             let text = rt.block_on(async {
                 let metrics = tollgate::metrics::Metrics::new()?;
-                let snap = config::compile::compile(&loaded, &metrics)?;
+                let carry = tollgate::state::Carryover::default();
+                let snap = config::compile::compile(&loaded, &metrics, &carry)?;
                 anyhow::Ok(explain::explain(&snap, &loaded.config, &probe))
             });
             print!("{}", text.map_err(usage)?);

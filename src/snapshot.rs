@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 
 use crate::metrics::RouteMetrics;
+use crate::policy::RoutePolicies;
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -40,6 +41,7 @@ pub struct Route {
     pub action: Action,
     pub rewrite: Rewrite,
     pub timeout: Option<Duration>,
+    pub policies: RoutePolicies,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub metrics: RouteMetrics,

@@ -13,10 +13,12 @@ use ipnet::IpNet;
 use super::LoadedConfig;
 use super::schema;
 use crate::metrics::Metrics;
+use crate::policy::RoutePolicies;
 use crate::router::{PathSpec, RouteSpec, Router};
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
+use crate::state::Carryover;
 use crate::upstream::balancer::{Balancer, Strategy};
-use crate::upstream::pool::{PoolSettings, UpstreamClient};
+use crate::upstream::pool::PoolSettings;
 use crate::upstream::{Target, Upstream};
 
 /// A config that validated but still could not be built. Validation is meant to
@@ -35,12 +37,16 @@ fn err(path: impl Into<String>, message: impl std::fmt::Display) -> CompileError
     }
 }
 
-pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Snapshot, CompileError> {
+pub fn compile(
+    loaded: &LoadedConfig,
+    metrics: &Metrics,
+    carry: &Carryover,
+) -> Result<Snapshot, CompileError> {
     let cfg = &loaded.config;
 
     let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
     for (name, up) in &cfg.upstreams {
-        upstreams.push(compile_upstream(name, up, metrics)?);
+        upstreams.push(compile_upstream(name, up, metrics, carry)?);
     }
     let upstream_index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
 
@@ -87,6 +93,7 @@ pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Snapshot, Com
             action,
             rewrite,
             timeout: r.timeout.map(|t| t.get()),
+            policies: RoutePolicies::default(),
             request_headers: header_ops(&r.request_headers, &format!("{path}.request_headers"))?,
             response_headers: header_ops(&r.response_headers, &format!("{path}.response_headers"))?,
             metrics: metrics.route(&r.name),
@@ -131,6 +138,7 @@ fn compile_upstream(
     name: &str,
     up: &schema::Upstream,
     metrics: &Metrics,
+    carry: &Carryover,
 ) -> Result<Upstream, CompileError> {
     let path = format!("upstreams.{name}");
     let mut targets = Vec::with_capacity(up.targets.len());
@@ -139,10 +147,11 @@ fn compile_upstream(
             target_authority(&t.url).map_err(|m| err(format!("{path}.targets[{i}].url"), m))?;
         let label: Arc<str> = authority.as_str().into();
         targets.push(Target {
+            url: t.url.as_str().into(),
             metrics: metrics.target(name, &label),
+            state: carry.target(name, &t.url),
             authority,
             label,
-            in_flight: Default::default(),
         });
     }
     let strategy: Strategy = up
@@ -155,15 +164,17 @@ fn compile_upstream(
         strategy,
         up.targets.iter().map(|t| (t.url.as_str(), t.weight)),
     );
+    let pool_settings = PoolSettings {
+        connect_timeout: up.timeouts.connect.get(),
+        idle_timeout: up.timeouts.idle.get(),
+        max_idle_per_target: up.pool.max_idle_per_target,
+    };
     Ok(Upstream {
         name: name.into(),
         targets,
         balancer,
-        client: UpstreamClient::new(&PoolSettings {
-            connect_timeout: up.timeouts.connect.get(),
-            idle_timeout: up.timeouts.idle.get(),
-            max_idle_per_target: up.pool.max_idle_per_target,
-        }),
+        client: carry.pool(name, pool_settings),
+        pool_settings,
         request_timeout: up.timeouts.request.get(),
         max_concurrent: up.max_concurrent_requests.unwrap_or(0),
         in_flight: Default::default(),

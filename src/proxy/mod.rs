@@ -14,12 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::Shared;
 use crate::error::GatewayError;
 use crate::metrics::Outcome;
+use crate::policy::Decision;
 use crate::router::RequestView;
 use crate::server::ConnInfo;
 use crate::snapshot::{Action, Snapshot};
@@ -29,15 +30,30 @@ use body::{RequestBody, ResponseBody};
 use headers::X_REQUEST_ID;
 use record::RequestRecord;
 
-/// What `forward` learned, for the record.
-#[derive(Default)]
-struct Facts {
-    route: Option<usize>,
-    target: Option<(usize, usize)>,
-    upstream_ms: Option<f64>,
-    bytes_in: Option<Arc<AtomicU64>>,
-    holds_global_slot: bool,
-    holds_upstream_slot: bool,
+/// What the gateway knows about one request as it moves through the phases.
+/// Policies read and add to it; when the response ends it becomes the access-log
+/// line and the metrics (`RequestRecord`).
+pub struct Exchange {
+    pub request_id: HeaderValue,
+    pub client_ip: IpAddr,
+    /// The Host the client asked for (HTTP/2: the authority).
+    pub host: Option<HeaderValue>,
+    pub route: Option<usize>,
+    /// (upstream index, target index) once a target was chosen.
+    pub target: Option<(usize, usize)>,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub retries: u32,
+    /// Who the request was authenticated as: an API key id or a JWT subject.
+    /// Safe to log; never the credential itself.
+    pub consumer: Option<String>,
+    /// The verified JWT claims, for `require_claims` and `jwt:<claim>` keys.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// Headers every answer to this request carries, success or error (for
+    /// example rate-limit or CORS headers added by policies).
+    pub response_headers: HeaderMap,
+    pub holds_global_slot: bool,
+    pub holds_upstream_slot: bool,
 }
 
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
@@ -51,73 +67,77 @@ pub async fn handle(
     shared.metrics.in_flight.inc();
     let snapshot = shared.snapshot.load_full();
 
-    let request_id = request_id(req.headers());
-    let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies);
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let mut ex = Exchange {
+        request_id: request_id(req.headers()),
+        client_ip: headers::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies),
+        host: req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+        route: None,
+        target: None,
+        upstream_ms: None,
+        bytes_in: None,
+        retries: 0,
+        consumer: None,
+        claims: None,
+        response_headers: HeaderMap::new(),
+        holds_global_slot: false,
+        holds_upstream_slot: false,
+    };
     let method = req.method().clone();
     let uri = req.uri().clone();
 
-    let mut facts = Facts::default();
-    let result = serve(
-        req,
-        &snapshot,
-        &shared,
-        &conn,
-        client_ip,
-        host.as_ref(),
-        &request_id,
-        &mut facts,
-    )
-    .await;
+    let result = serve(req, &snapshot, &shared, &conn, &mut ex).await;
     let (mut resp, error) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
-            let id = request_id.to_str().unwrap_or_default();
+            let id = ex.request_id.to_str().unwrap_or_default();
             (e.to_response(id), Some(e.code()))
         }
     };
-    resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let headers = resp.headers_mut();
+    // Policy headers replace what the upstream said; a repeated one keeps all
+    // its values (drain yields the name once, then `None` for the extra values).
+    let mut last = None;
+    for (name, value) in ex.response_headers.drain() {
+        match name {
+            Some(name) => {
+                headers.insert(name.clone(), value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
 
     let record = Box::new(RequestRecord {
+        status: resp.status(),
         shared,
         conn,
-        snapshot: Some(snapshot),
+        snapshot,
         started,
         ts: SystemTime::now() - started.elapsed(),
-        request_id,
-        client_ip,
         method,
-        host,
         uri,
-        route: facts.route,
-        target: facts.target,
-        status: resp.status(),
-        upstream_ms: facts.upstream_ms,
-        bytes_in: facts.bytes_in,
-        retries: 0,
         error,
-        holds_global_slot: facts.holds_global_slot,
-        holds_upstream_slot: facts.holds_upstream_slot,
+        ex,
     });
     resp.body_mut().set_record(record);
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     req: Request<Incoming>,
     snap: &Snapshot,
     shared: &Shared,
     conn: &ConnInfo,
-    client_ip: IpAddr,
-    host: Option<&HeaderValue>,
-    request_id: &HeaderValue,
-    facts: &mut Facts,
+    ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if conn.take_ambiguous_length() && req.headers().contains_key(header::TRANSFER_ENCODING) {
         return Err(GatewayError::BadRequest(
@@ -128,7 +148,7 @@ async fn serve(
     let limits = &snap.limits;
     if limits.max_concurrent_requests > 0 {
         let prev = shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        facts.holds_global_slot = true;
+        ex.holds_global_slot = true;
         if prev >= limits.max_concurrent_requests {
             return Err(GatewayError::Overloaded);
         }
@@ -142,14 +162,23 @@ async fn serve(
     // Routing.
     let view = RequestView {
         method: req.method(),
-        host: host.and_then(|h| h.to_str().ok()),
+        host: ex.host.as_ref().and_then(|h| h.to_str().ok()),
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
     };
     let route_idx = snap.router.find(&view).ok_or(GatewayError::NoRoute)?;
-    facts.route = Some(route_idx);
+    ex.route = Some(route_idx);
     let route = &snap.routes[route_idx];
+    let (mut parts, body) = req.into_parts();
+
+    // Client policies: IP rules, CORS, auth, claims, rate limits.
+    if !route.policies.is_empty() {
+        match route.policies.check(&mut parts, ex).await? {
+            Decision::Continue => {}
+            Decision::Respond(resp) => return Ok(resp),
+        }
+    }
 
     let upstream_idx = match &route.action {
         Action::Respond {
@@ -168,8 +197,8 @@ async fn serve(
 
     // The body limit is checked before the upstream is contacted when the length
     // is declared; a chunked body is counted as it flows (RequestBody).
-    let declared = req
-        .headers()
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -185,26 +214,25 @@ async fn serve(
             upstream: upstream.name.to_string(),
         });
     }
-    facts.holds_upstream_slot = upstream.max_concurrent > 0;
+    ex.holds_upstream_slot = upstream.max_concurrent > 0;
     let pick = PickContext {
-        client_ip,
-        headers: req.headers(),
+        client_ip: ex.client_ip,
+        headers: &parts.headers,
     };
     let target_idx = upstream
         .pick(&pick)
         .ok_or_else(|| GatewayError::NoHealthyUpstream {
             upstream: upstream.name.to_string(),
         })?;
-    facts.target = Some((upstream_idx, target_idx));
+    ex.target = Some((upstream_idx, target_idx));
     let target = &upstream.targets[target_idx];
 
     // Build the upstream request in place from the client's.
-    let (mut parts, body) = req.into_parts();
     let body = if hyper::body::Body::is_end_stream(&body) {
         RequestBody::empty()
     } else {
         let received = Arc::new(AtomicU64::new(0));
-        facts.bytes_in = Some(received.clone());
+        ex.bytes_in = Some(received.clone());
         RequestBody::new(
             body,
             limits.max_body_bytes,
@@ -240,9 +268,9 @@ async fn serve(
     headers::strip_hop_by_hop(h);
     // The gateway already answered `100 Continue` to the client by reading its body.
     h.remove(header::EXPECT);
-    headers::set_forwarded(h, conn.peer.ip(), "http", host);
+    headers::set_forwarded(h, conn.peer.ip(), "http", ex.host.as_ref());
     route.request_headers.apply(h);
-    match (&route.rewrite.host, host) {
+    match (&route.rewrite.host, &ex.host) {
         (Some(rewritten), _) => {
             h.insert(header::HOST, rewritten.clone());
         }
@@ -252,7 +280,7 @@ async fn serve(
         }
         _ => {}
     }
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    h.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
 
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
     let sent = Instant::now();
@@ -262,7 +290,7 @@ async fn serve(
     )
     .await;
     let upstream_time = sent.elapsed();
-    facts.upstream_ms = Some(upstream_time.as_secs_f64() * 1000.0);
+    ex.upstream_ms = Some(upstream_time.as_secs_f64() * 1000.0);
     target.metrics.duration.observe(upstream_time.as_secs_f64());
 
     let mut resp = match result {

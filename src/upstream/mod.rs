@@ -7,20 +7,23 @@ pub mod balancer;
 pub mod pool;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
 
 use crate::metrics::TargetMetrics;
+use crate::state::TargetState;
 use balancer::{Balancer, PickContext};
-use pool::UpstreamClient;
+use pool::{PoolSettings, UpstreamClient};
 
 pub struct Upstream {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
     pub balancer: Balancer,
-    pub client: UpstreamClient,
+    /// Shared with the previous config version while the pool settings match.
+    pub client: Arc<UpstreamClient>,
+    pub pool_settings: PoolSettings,
     /// Time allowed for the whole response head, unless a route overrides it.
     pub request_timeout: Duration,
     /// The bulkhead: at most this many requests in flight (0 = no cap).
@@ -29,10 +32,13 @@ pub struct Upstream {
 }
 
 pub struct Target {
+    /// As written in the config; the target's identity across reloads.
+    pub url: Arc<str>,
     pub authority: Authority,
     /// `host:port`, the `target` metric label and log field.
     pub label: Arc<str>,
-    pub in_flight: AtomicU32,
+    /// Carried across reloads (see `state`).
+    pub state: Arc<TargetState>,
     pub metrics: TargetMetrics,
 }
 
@@ -54,10 +60,13 @@ impl Upstream {
     pub fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let i = self.balancer.pick(
             ctx,
-            |i| self.targets[i].in_flight.load(Ordering::Relaxed),
+            |i| self.targets[i].state.in_flight.load(Ordering::Relaxed),
             |_| true,
         )?;
-        self.targets[i].in_flight.fetch_add(1, Ordering::Relaxed);
+        self.targets[i]
+            .state
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         Some(i)
     }
 }

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::proxy::body::{BodyError, RequestBody};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
