@@ -33,6 +33,13 @@ pub enum GatewayError {
     BodyTimeout,
     #[error("the gateway is at its concurrent request limit")]
     Overloaded,
+    #[error("rate limit `{policy}` exceeded; retry in {retry_after_secs} s")]
+    RateLimited {
+        policy: std::sync::Arc<str>,
+        retry_after_secs: u64,
+    },
+    #[error("the rate-limit store is unreachable")]
+    RateLimitUnavailable,
     #[error("upstream `{upstream}` is at its concurrent request limit")]
     UpstreamOverloaded { upstream: String },
     #[error("upstream `{upstream}` has no target available")]
@@ -51,7 +58,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded
+            | GatewayError::RateLimitUnavailable
             | GatewayError::UpstreamOverloaded { .. }
             | GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
@@ -68,6 +77,8 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => "headers_too_large",
             GatewayError::BodyTimeout => "request_timeout",
             GatewayError::Overloaded | GatewayError::UpstreamOverloaded { .. } => "overloaded",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -81,7 +92,10 @@ impl GatewayError {
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::HeadersTooLarge { .. }
             | GatewayError::BodyTimeout => Fault::Client,
-            GatewayError::Overloaded | GatewayError::UpstreamOverloaded { .. } => Fault::Gateway,
+            GatewayError::RateLimited { .. } => Fault::Client,
+            GatewayError::Overloaded
+            | GatewayError::UpstreamOverloaded { .. }
+            | GatewayError::RateLimitUnavailable => Fault::Gateway,
             GatewayError::NoHealthyUpstream { .. }
             | GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamTimeout { .. } => Fault::Upstream,
@@ -117,6 +131,12 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let GatewayError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

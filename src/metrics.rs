@@ -32,6 +32,8 @@ pub struct Metrics {
     pub config_reloads_success: IntCounter,
     pub config_reloads_failure: IntCounter,
     pub config_last_reload_success: IntGauge,
+    rate_limited_total: IntCounterVec,
+    rate_limit_store_errors: IntCounterVec,
 }
 
 /// The `method` label values: the standard methods, and `OTHER` for the rest so
@@ -194,6 +196,22 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(build_info))?;
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_rate_limited_total",
+                "Requests refused with 429, by route and rate-limit policy.",
+            ),
+            &["route", "policy"],
+        )?;
+        let rate_limit_store_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_rate_limit_store_errors_total",
+                "Rate-limit decisions taken without the store (Redis unreachable or slow), by what on_store_error decided.",
+            ),
+            &["policy", "decision"],
+        )?;
+        registry.register(Box::new(rate_limited_total.clone()))?;
+        registry.register(Box::new(rate_limit_store_errors.clone()))?;
 
         Ok(Metrics {
             registry,
@@ -207,6 +225,8 @@ impl Metrics {
             config_reloads_success: reloads.with_label_values(&["success"]),
             config_reloads_failure: reloads.with_label_values(&["failure"]),
             config_last_reload_success,
+            rate_limited_total,
+            rate_limit_store_errors,
         })
     }
 
@@ -234,6 +254,20 @@ impl Metrics {
             ],
             duration: self.upstream_duration.with_label_values(&[upstream]),
         }
+    }
+
+    pub fn rate_limited(&self, route: &str, policy: &str) -> IntCounter {
+        self.rate_limited_total.with_label_values(&[route, policy])
+    }
+
+    /// [allowed, denied] decisions taken while the store of `policy` failed.
+    pub fn rate_limit_store_errors(&self, policy: &str) -> [IntCounter; 2] {
+        [
+            self.rate_limit_store_errors
+                .with_label_values(&[policy, "allow"]),
+            self.rate_limit_store_errors
+                .with_label_values(&[policy, "deny"]),
+        ]
     }
 
     pub fn listener_connections(&self, listener: &str) -> IntGauge {

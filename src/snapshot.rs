@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
+use crate::policy::rate_limit::RateLimitPolicy;
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -21,6 +22,8 @@ pub struct Snapshot {
     /// In file order; `router.find` returns indexes into it.
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
+    /// Every `rate_limits` policy (routes hold their own references).
+    pub rate_limits: Vec<Arc<RateLimitPolicy>>,
     /// Metric handles for requests no route matched (`route="_none"`).
     pub unmatched: RouteMetrics,
     pub limits: RequestLimits,

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::policy::rate_limit::RateLimitPolicy;
 use crate::snapshot::Snapshot;
 use crate::upstream::pool::{PoolSettings, UpstreamClient};
 
@@ -28,6 +29,8 @@ type TargetKey = (String, String);
 pub struct Carryover {
     targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
     pools: Mutex<HashMap<String, (PoolSettings, Arc<UpstreamClient>)>>,
+    /// Rate-limit policies by name, with the definition they were built from.
+    rate_limits: Mutex<HashMap<String, (String, Arc<RateLimitPolicy>)>>,
 }
 
 impl Carryover {
@@ -53,6 +56,25 @@ impl Carryover {
         client
     }
 
+    /// The policy called `name`: the existing one (buckets and all) while its
+    /// definition is unchanged, else a new one from `make`.
+    pub fn rate_limit(
+        &self,
+        name: &str,
+        definition: String,
+        make: impl FnOnce() -> Result<RateLimitPolicy, String>,
+    ) -> Result<Arc<RateLimitPolicy>, String> {
+        let mut map = self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((def, policy)) = map.get(name)
+            && *def == definition
+        {
+            return Ok(policy.clone());
+        }
+        let policy = Arc::new(make()?);
+        map.insert(name.to_string(), (definition, policy.clone()));
+        Ok(policy)
+    }
+
     /// Forgets the state of upstreams and targets `snap` does not have.
     pub fn retain(&self, snap: &Snapshot) {
         let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
@@ -68,6 +90,9 @@ impl Carryover {
                 .iter()
                 .any(|u| &*u.name == up && u.pool_settings == *settings)
         });
+        drop(pools);
+        let mut limits = self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner);
+        limits.retain(|_, (_, policy)| snap.rate_limits.iter().any(|p| Arc::ptr_eq(p, policy)));
     }
 }
 

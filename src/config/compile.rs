@@ -13,7 +13,10 @@ use ipnet::IpNet;
 use super::LoadedConfig;
 use super::schema;
 use crate::metrics::Metrics;
-use crate::policy::RoutePolicies;
+use crate::policy::rate_limit::{
+    KeyKind, LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
+};
+use crate::policy::{RouteLimit, RoutePolicies};
 use crate::router::{PathSpec, RouteSpec, Router};
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
 use crate::state::Carryover;
@@ -47,6 +50,16 @@ pub fn compile(
     let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
     for (name, up) in &cfg.upstreams {
         upstreams.push(compile_upstream(name, up, metrics, carry)?);
+    }
+    let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
+    for (name, rl) in &cfg.rate_limits {
+        let path = format!("rate_limits.{name}");
+        let policy = carry
+            .rate_limit(name, definition(rl), || {
+                rate_limit_policy(name, rl, cfg.redis.as_ref(), metrics)
+            })
+            .map_err(|m| err(path, m))?;
+        rate_limits.push(policy);
     }
     let upstream_index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
 
@@ -93,7 +106,25 @@ pub fn compile(
             action,
             rewrite,
             timeout: r.timeout.map(|t| t.get()),
-            policies: RoutePolicies::default(),
+            policies: RoutePolicies {
+                rate_limits: r
+                    .rate_limit
+                    .iter()
+                    .flatten()
+                    .map(|name| {
+                        let policy = rate_limits
+                            .iter()
+                            .find(|p| &*p.name == name.as_str())
+                            .ok_or_else(|| {
+                                err(format!("{path}.rate_limit"), format!("unknown rate limit `{name}`"))
+                            })?;
+                        Ok(RouteLimit {
+                            policy: policy.clone(),
+                            refused: metrics.rate_limited(&r.name, name),
+                        })
+                    })
+                    .collect::<Result<_, CompileError>>()?,
+            },
             request_headers: header_ops(&r.request_headers, &format!("{path}.request_headers"))?,
             response_headers: header_ops(&r.response_headers, &format!("{path}.response_headers"))?,
             metrics: metrics.route(&r.name),
@@ -116,6 +147,7 @@ pub fn compile(
         router,
         routes,
         upstreams,
+        rate_limits,
         unmatched: metrics.route("_none"),
         limits: RequestLimits {
             max_header_bytes: limits.max_header_bytes.0,
@@ -282,4 +314,54 @@ fn header_ops(ops: &schema::HeaderOps, path: &str) -> Result<HeaderOps, CompileE
             })
             .collect::<Result<_, _>>()?,
     })
+}
+
+fn rate_limit_policy(
+    name: &str,
+    rl: &schema::RateLimit,
+    redis: Option<&schema::Redis>,
+    metrics: &Metrics,
+) -> Result<RateLimitPolicy, String> {
+    let key: KeyKind = rl.key.parse()?;
+    let burst = rl.burst.unwrap_or_else(|| u32::try_from(rl.rate.count).unwrap_or(u32::MAX));
+    let quota = quota(&rl.rate, burst).ok_or("the rate and burst do not make a valid bucket")?;
+    let store = match rl.store.as_str() {
+        "local" => {
+            let limiter = Arc::new(LocalLimiter::new(quota, key == KeyKind::Route, rl.max_keys));
+            spawn_sweeper(&limiter);
+            Store::Local(limiter)
+        }
+        "redis" => {
+            let redis = redis.ok_or("`store: redis` needs the top-level `redis` section")?;
+            Store::Redis(RedisLimiter::new(&redis.url, redis.timeout.get(), name, quota)?)
+        }
+        other => return Err(format!("unknown store `{other}`; expected local or redis")),
+    };
+    Ok(RateLimitPolicy {
+        name: name.into(),
+        key,
+        store,
+        deny_on_store_error: rl.on_store_error == "deny",
+        store_errors: metrics.rate_limit_store_errors(name),
+    })
+}
+
+/// Frees idle keys of a local limiter every few seconds, for as long as the
+/// limiter exists (the task holds only a weak reference).
+fn spawn_sweeper(limiter: &Arc<LocalLimiter>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(limiter);
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(limiter) => limiter.sweep(),
+                None => break,
+            }
+        }
+    });
 }

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use super::positions::{child, item};
 use super::schema::{Config, HeaderOps, Match, Route, Upstream};
 use super::suggest;
+use crate::policy::rate_limit::KeyKind;
 
 /// A problem: the key path it is about and what is wrong.
 pub type Issue = (String, String);
@@ -24,6 +25,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
         v.upstream(&child("upstreams", name), upstream);
     }
     v.routes(config);
+    v.rate_limits(config);
     v.unsupported(config);
     v.issues
 }
@@ -70,11 +72,6 @@ const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
             r.require_claims.is_some()
         })
     }),
-    ("route rate_limit", |c| {
-        indexed(&c.routes, "routes", "rate_limit", |r| {
-            r.rate_limit.is_some()
-        })
-    }),
     ("route cors", |c| {
         indexed(&c.routes, "routes", "cors", |r| r.cors.is_some())
     }),
@@ -87,12 +84,16 @@ const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
     ("compress", |c| {
         indexed(&c.routes, "routes", "compress", |r| r.compress.is_some())
     }),
-    ("rate_limits", |c| {
-        nonempty(!c.rate_limits.is_empty(), "rate_limits")
-    }),
     ("cors", |c| nonempty(!c.cors.is_empty(), "cors")),
-    ("redis", |c| nonempty(c.redis.is_some(), "redis")),
 ];
+
+/// A URL with any password replaced, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_string(),
+    }
+}
 
 /// `base[i].field` for each item that uses the feature.
 fn indexed<T>(items: &[T], base: &str, field: &str, uses: fn(&T) -> bool) -> Vec<String> {
@@ -288,6 +289,66 @@ impl Checker {
                 child(at, "max_concurrent_requests"),
                 "must be above zero; leave it out for no limit",
             );
+        }
+    }
+
+    fn rate_limits(&mut self, config: &Config) {
+        for (name, rl) in &config.rate_limits {
+            let at = child("rate_limits", name);
+            if let Err(e) = rl.key.parse::<KeyKind>() {
+                let hint = suggest::hint(&rl.key, ["client_ip", "api_key", "route"]);
+                self.err(child(&at, "key"), format!("{e}{hint}"));
+            }
+            if rl.burst == Some(0) {
+                self.err(child(&at, "burst"), "burst must be at least 1");
+            }
+            if rl.max_keys == 0 {
+                self.err(child(&at, "max_keys"), "max_keys must be at least 1");
+            }
+            match rl.store.as_str() {
+                "local" => {}
+                "redis" => {
+                    if config.redis.is_none() {
+                        self.err(
+                            child(&at, "store"),
+                            "`store: redis` needs the top-level `redis: { url: ... }` section",
+                        );
+                    }
+                }
+                other => {
+                    let hint = suggest::hint(other, ["local", "redis"]);
+                    self.err(
+                        child(&at, "store"),
+                        format!("unknown store `{other}`; expected local or redis{hint}"),
+                    );
+                }
+            }
+            if !matches!(rl.on_store_error.as_str(), "allow" | "deny") {
+                let hint = suggest::hint(&rl.on_store_error, ["allow", "deny"]);
+                self.err(
+                    child(&at, "on_store_error"),
+                    format!("expected allow or deny, got `{}`{hint}", rl.on_store_error),
+                );
+            }
+        }
+        if let Some(redis) = &config.redis {
+            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+                self.err("redis.url", format!("expected a redis:// URL, got `{}`", redacted(&redis.url)));
+            }
+            if redis.timeout.get().is_zero() {
+                self.err("redis.timeout", "the timeout must be above zero");
+            }
+        }
+        for (i, route) in config.routes.iter().enumerate() {
+            for (j, name) in route.rate_limit.iter().flatten().enumerate() {
+                if !config.rate_limits.contains_key(name) {
+                    let hint = suggest::hint(name, config.rate_limits.keys().map(String::as_str));
+                    self.err(
+                        item(&child(&item("routes", i), "rate_limit"), j),
+                        format!("unknown rate limit `{name}`{hint}"),
+                    );
+                }
+            }
         }
     }
 
