@@ -64,7 +64,10 @@ impl Carryover {
         definition: String,
         make: impl FnOnce() -> Result<RateLimitPolicy, String>,
     ) -> Result<Arc<RateLimitPolicy>, String> {
-        let mut map = self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .rate_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some((def, policy)) = map.get(name)
             && *def == definition
         {
@@ -91,7 +94,10 @@ impl Carryover {
                 .any(|u| &*u.name == up && u.pool_settings == *settings)
         });
         drop(pools);
-        let mut limits = self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut limits = self
+            .rate_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         limits.retain(|_, (_, policy)| snap.rate_limits.iter().any(|p| Arc::ptr_eq(p, policy)));
     }
 }

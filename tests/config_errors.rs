@@ -258,19 +258,16 @@ upstreams:
 fn features_still_to_come_are_refused_not_ignored() {
     let text = format!(
         "{UPSTREAMS}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: users\n    \
-         rate_limit: [per_client]\nredis:\n  url: redis://127.0.0.1:6379\n"
+         compress: [gzip]\n"
     );
     let all = errors(&text);
     let got: Vec<_> = all.iter().map(|e| (at(e), e.message.as_str())).collect();
     assert_eq!(
         got,
-        [
-            (
-                (10, 5, "routes[0].rate_limit"),
-                "route rate_limit is not supported yet"
-            ),
-            ((11, 1, "redis"), "redis is not supported yet"),
-        ]
+        [(
+            (10, 5, "routes[0].compress"),
+            "compress is not supported yet"
+        )]
     );
 }
 

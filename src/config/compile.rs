@@ -116,7 +116,10 @@ pub fn compile(
                             .iter()
                             .find(|p| &*p.name == name.as_str())
                             .ok_or_else(|| {
-                                err(format!("{path}.rate_limit"), format!("unknown rate limit `{name}`"))
+                                err(
+                                    format!("{path}.rate_limit"),
+                                    format!("unknown rate limit `{name}`"),
+                                )
                             })?;
                         Ok(RouteLimit {
                             policy: policy.clone(),
@@ -323,7 +326,9 @@ fn rate_limit_policy(
     metrics: &Metrics,
 ) -> Result<RateLimitPolicy, String> {
     let key: KeyKind = rl.key.parse()?;
-    let burst = rl.burst.unwrap_or_else(|| u32::try_from(rl.rate.count).unwrap_or(u32::MAX));
+    let burst = rl
+        .burst
+        .unwrap_or_else(|| u32::try_from(rl.rate.count).unwrap_or(u32::MAX));
     let quota = quota(&rl.rate, burst).ok_or("the rate and burst do not make a valid bucket")?;
     let store = match rl.store.as_str() {
         "local" => {
@@ -333,7 +338,12 @@ fn rate_limit_policy(
         }
         "redis" => {
             let redis = redis.ok_or("`store: redis` needs the top-level `redis` section")?;
-            Store::Redis(RedisLimiter::new(&redis.url, redis.timeout.get(), name, quota)?)
+            Store::Redis(RedisLimiter::new(
+                &redis.url,
+                redis.timeout.get(),
+                name,
+                quota,
+            )?)
         }
         other => return Err(format!("unknown store `{other}`; expected local or redis")),
     };

@@ -90,7 +90,9 @@ const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
 /// A URL with any password replaced, for messages.
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
         _ => url.to_string(),
     }
 }
@@ -333,7 +335,10 @@ impl Checker {
         }
         if let Some(redis) = &config.redis {
             if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
-                self.err("redis.url", format!("expected a redis:// URL, got `{}`", redacted(&redis.url)));
+                self.err(
+                    "redis.url",
+                    format!("expected a redis:// URL, got `{}`", redacted(&redis.url)),
+                );
             }
             if redis.timeout.get().is_zero() {
                 self.err("redis.timeout", "the timeout must be above zero");

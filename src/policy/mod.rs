@@ -68,7 +68,11 @@ impl RoutePolicies {
 
     /// Every limit must admit the request. The `RateLimit-*` headers describe
     /// the tightest limit (the fewest remaining tokens), or the one that refused.
-    async fn check_rate_limits(&self, parts: &Parts, ex: &mut Exchange) -> Result<(), GatewayError> {
+    async fn check_rate_limits(
+        &self,
+        parts: &Parts,
+        ex: &mut Exchange,
+    ) -> Result<(), GatewayError> {
         let src = KeySource {
             client_ip: ex.client_ip,
             parts,

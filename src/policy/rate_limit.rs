@@ -41,9 +41,7 @@ impl std::str::FromStr for KeyKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!(
-                "expected client_ip, header:<name>, jwt:<claim>, api_key or route, got `{s}`"
-            )
+            format!("expected client_ip, header:<name>, jwt:<claim>, api_key or route, got `{s}`")
         };
         Ok(match s.split_once(':') {
             None if s == "client_ip" => KeyKind::ClientIp,
@@ -82,16 +80,13 @@ impl KeyKind {
                 h.write_u8(1);
                 h.write(v.as_bytes());
             }),
-            KeyKind::JwtClaim(claim) => src
-                .claims
-                .and_then(|c| c.get(claim))
-                .map(|v| {
-                    h.write_u8(2);
-                    match v {
-                        serde_json::Value::String(s) => h.write(s.as_bytes()),
-                        other => h.write(other.to_string().as_bytes()),
-                    }
-                }),
+            KeyKind::JwtClaim(claim) => src.claims.and_then(|c| c.get(claim)).map(|v| {
+                h.write_u8(2);
+                match v {
+                    serde_json::Value::String(s) => h.write(s.as_bytes()),
+                    other => h.write(other.to_string().as_bytes()),
+                }
+            }),
             KeyKind::ApiKey => src.consumer.map(|id| {
                 h.write_u8(3);
                 h.write(id.as_bytes());
@@ -159,7 +154,9 @@ impl BoundedStore {
     pub fn new(capacity: usize) -> Self {
         let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
         BoundedStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
         }
     }
 
@@ -207,7 +204,11 @@ impl StateStore for SharedStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut map = self.0.shard(*key).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .0
+            .shard(*key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (out, tat) = f(map.get(key).copied())?;
         map.put(*key, tat);
         Ok(out)
@@ -378,7 +379,9 @@ impl RedisLimiter {
             conn,
             script: redis::Script::new(GCRA_LUA),
             prefix: format!("tollgate:rl:{policy}:"),
-            interval_us: u64::try_from(interval.as_micros()).unwrap_or(u64::MAX).max(1),
+            interval_us: u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
             burst: quota.burst_size().get(),
             timeout,
         })
@@ -394,9 +397,10 @@ impl RedisLimiter {
         }
         let mut invocation = self.script.key(redis_key);
         invocation.arg(self.interval_us).arg(self.burst);
-        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
+        let reply: Vec<i64> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))??;
         let [allowed, remaining, retry_us, reset_us] = reply[..] else {
             return Err(StoreError::BadReply);
         };
@@ -406,7 +410,11 @@ impl RedisLimiter {
             limit: self.burst,
             remaining: u32::try_from(remaining).unwrap_or(0),
             reset_secs: ceil_secs(us(reset_us)),
-            retry_after_secs: if allowed == 1 { 0 } else { ceil_secs(us(retry_us)).max(1) },
+            retry_after_secs: if allowed == 1 {
+                0
+            } else {
+                ceil_secs(us(retry_us)).max(1)
+            },
         })
     }
 }
@@ -470,10 +478,16 @@ mod tests {
     async fn exact_admit_and_deny_sequence() {
         // 2/s with a burst of 3: three at once, then one per 500 ms.
         let l = limiter("2/s", 3, false, 100);
-        let seen: Vec<(bool, u32)> = (0..4).map(|_| l.check(7)).map(|v| (v.allowed, v.remaining)).collect();
+        let seen: Vec<(bool, u32)> = (0..4)
+            .map(|_| l.check(7))
+            .map(|v| (v.allowed, v.remaining))
+            .collect();
         assert_eq!(seen, vec![(true, 2), (true, 1), (true, 0), (false, 0)]);
         let refused = l.check(7);
-        assert_eq!(refused.retry_after_secs, 1, "500 ms rounds up to 1 s, never 0");
+        assert_eq!(
+            refused.retry_after_secs, 1,
+            "500 ms rounds up to 1 s, never 0"
+        );
         assert_eq!((refused.limit, refused.reset_secs), (3, 2));
 
         tokio::time::advance(Duration::from_millis(499)).await;
@@ -530,7 +544,10 @@ mod tests {
         assert!(l.keys() <= 100_000 + SHARDS);
         if let (Some(before), Some(after)) = (rss_at_cap, rss_kib()) {
             // 800k more keys through a full store: memory stays flat.
-            assert!(after < before + 4 * 1024, "RSS grew from {before} KiB to {after} KiB");
+            assert!(
+                after < before + 4 * 1024,
+                "RSS grew from {before} KiB to {after} KiB"
+            );
         }
     }
 
@@ -560,7 +577,11 @@ mod tests {
         assert!("header:bad header".parse::<KeyKind>().is_err());
         assert!("cookie:x".parse::<KeyKind>().is_err());
 
-        let (parts, _) = http::Request::get("/").header("x-user", "alice").body(()).unwrap().into_parts();
+        let (parts, _) = http::Request::get("/")
+            .header("x-user", "alice")
+            .body(())
+            .unwrap()
+            .into_parts();
         let src = |ip: &str| KeySource {
             client_ip: ip.parse().unwrap(),
             parts: &parts,
@@ -568,7 +589,10 @@ mod tests {
             claims: None,
         };
         let by_header: KeyKind = "header:x-user".parse().unwrap();
-        assert_eq!(by_header.key(&src("1.1.1.1")), by_header.key(&src("2.2.2.2")));
+        assert_eq!(
+            by_header.key(&src("1.1.1.1")),
+            by_header.key(&src("2.2.2.2"))
+        );
         let missing: KeyKind = "header:x-other".parse().unwrap();
         assert_ne!(missing.key(&src("1.1.1.1")), missing.key(&src("2.2.2.2")));
         assert_eq!(
