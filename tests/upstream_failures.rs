@@ -198,3 +198,51 @@ async fn server_max_concurrent_requests_sheds_with_503() {
     assert_sheds_while_busy(&gw, &up).await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_releases_its_slots_and_is_logged_as_499() {
+    let up = Upstream::start("hang", Behavior::Hang).await;
+    let gw = Gateway::start(
+        &config(
+            "limits: { max_concurrent_requests: 1 }",
+            "    max_concurrent_requests: 1",
+            "",
+        ),
+        &[("UP", up.host_port())],
+    )
+    .await;
+    // The client gives up on a request the upstream never answers.
+    let gave_up = send_within(
+        Request::get(gw.url("/stuck"))
+            .header("x-request-id", "leaver")
+            .body(empty())
+            .unwrap(),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the hanging request was answered: {gave_up:?}"
+    );
+
+    // Its slots (global and the upstream's bulkhead) come back: the next
+    // request is not shed. It hangs too, so it ends by timing out.
+    let line = gw.wait_log_for("leaver").await;
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["error"], "client_closed_request");
+    let next = send_within(
+        Request::get(gw.url("/again")).body(empty()).unwrap(),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        next.is_err(),
+        "expected the second request to reach the hanging upstream, got {next:?}"
+    );
+    assert_eq!(
+        up.hits(),
+        2,
+        "both requests reached the upstream: no slot leaked"
+    );
+    gw.shutdown().await;
+}

@@ -207,9 +207,9 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
+        if let Some(mut record) = self.record.take() {
             let complete = !self.failed && self.is_end_stream();
-            record.finish(self.sent, complete);
+            record.body_done(self.sent, complete);
         }
     }
 }

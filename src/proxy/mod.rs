@@ -10,7 +10,7 @@ pub mod record;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -53,7 +53,8 @@ pub struct Exchange {
     /// example rate-limit or CORS headers added by policies).
     pub response_headers: HeaderMap,
     pub holds_global_slot: bool,
-    pub holds_upstream_slot: bool,
+    /// The upstream whose bulkhead slot this request holds.
+    pub upstream_slot: Option<usize>,
 }
 
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
@@ -67,7 +68,7 @@ pub async fn handle(
     shared.metrics.in_flight.inc();
     let snapshot = shared.snapshot.load_full();
 
-    let mut ex = Exchange {
+    let ex = Exchange {
         request_id: request_id(req.headers()),
         client_ip: headers::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies),
         host: req.headers().get(header::HOST).cloned().or_else(|| {
@@ -77,6 +78,7 @@ pub async fn handle(
         }),
         route: None,
         target: None,
+        upstream_slot: None,
         upstream_ms: None,
         bytes_in: None,
         retries: 0,
@@ -84,16 +86,25 @@ pub async fn handle(
         claims: None,
         response_headers: HeaderMap::new(),
         holds_global_slot: false,
-        holds_upstream_slot: false,
     };
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-
-    let result = serve(req, &snapshot, &shared, &conn, &mut ex).await;
+    // The record exists from the start: if the client goes away before the
+    // answer (the future is dropped), dropping it still releases every slot
+    // and logs the request as 499.
+    let mut record = Box::new(RequestRecord::new(
+        shared,
+        conn,
+        snapshot,
+        started,
+        req.method().clone(),
+        req.uri().clone(),
+        ex,
+    ));
+    let rec = &mut *record;
+    let result = serve(req, &rec.snapshot, &rec.shared, &rec.conn, &mut rec.ex).await;
     let (mut resp, error) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
-            let id = ex.request_id.to_str().unwrap_or_default();
+            let id = rec.ex.request_id.to_str().unwrap_or_default();
             (e.to_response(id), Some(e.code()))
         }
     };
@@ -101,7 +112,7 @@ pub async fn handle(
     // Policy headers replace what the upstream said; a repeated one keeps all
     // its values (drain yields the name once, then `None` for the extra values).
     let mut last = None;
-    for (name, value) in ex.response_headers.drain() {
+    for (name, value) in rec.ex.response_headers.drain() {
         match name {
             Some(name) => {
                 headers.insert(name.clone(), value);
@@ -114,20 +125,8 @@ pub async fn handle(
             }
         }
     }
-    headers.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
-
-    let record = Box::new(RequestRecord {
-        status: resp.status(),
-        shared,
-        conn,
-        snapshot,
-        started,
-        ts: SystemTime::now() - started.elapsed(),
-        method,
-        uri,
-        error,
-        ex,
-    });
+    headers.insert(X_REQUEST_ID.clone(), rec.ex.request_id.clone());
+    rec.answered(resp.status(), error);
     resp.body_mut().set_record(record);
     resp
 }
@@ -214,7 +213,9 @@ async fn serve(
             upstream: upstream.name.to_string(),
         });
     }
-    ex.holds_upstream_slot = upstream.max_concurrent > 0;
+    if upstream.max_concurrent > 0 {
+        ex.upstream_slot = Some(upstream_idx);
+    }
     let pick = PickContext {
         client_ip: ex.client_ip,
         headers: &parts.headers,

@@ -19,18 +19,62 @@ pub struct RequestRecord {
     pub conn: Arc<ConnInfo>,
     /// The config version the request started on, kept until it ends.
     pub snapshot: Arc<Snapshot>,
-    pub started: Instant,
-    pub ts: SystemTime,
-    pub method: Method,
-    pub uri: Uri,
-    pub status: StatusCode,
-    pub error: Option<&'static str>,
+    started: Instant,
+    ts: SystemTime,
+    method: Method,
+    uri: Uri,
+    status: StatusCode,
+    error: Option<&'static str>,
     pub ex: Exchange,
+    bytes_out: u64,
+    complete: bool,
 }
 
+/// nginx's code for a request whose client left before the answer.
+const CLIENT_CLOSED: u16 = 499;
+
 impl RequestRecord {
-    /// Called once, when the response body is done or dropped.
-    pub fn finish(self: Box<Self>, bytes_out: u64, complete: bool) {
+    pub fn new(
+        shared: Arc<Shared>,
+        conn: Arc<ConnInfo>,
+        snapshot: Arc<Snapshot>,
+        started: Instant,
+        method: Method,
+        uri: Uri,
+        ex: Exchange,
+    ) -> Self {
+        RequestRecord {
+            shared,
+            conn,
+            snapshot,
+            started,
+            ts: SystemTime::now(),
+            method,
+            uri,
+            status: StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST),
+            error: Some("client_closed_request"),
+            ex,
+            bytes_out: 0,
+            complete: false,
+        }
+    }
+
+    /// The answer the client is about to receive.
+    pub fn answered(&mut self, status: StatusCode, error: Option<&'static str>) {
+        self.status = status;
+        self.error = error;
+    }
+
+    /// The response body ended (`complete`) or was abandoned after `bytes_out`.
+    pub fn body_done(&mut self, bytes_out: u64, complete: bool) {
+        self.bytes_out = bytes_out;
+        self.complete = complete;
+    }
+}
+
+impl Drop for RequestRecord {
+    /// Runs once per request, however it ended: metrics, slots, access log.
+    fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         let shared = &self.shared;
         shared.metrics.in_flight.dec();
@@ -41,6 +85,9 @@ impl RequestRecord {
         self.conn.request_done();
 
         let snap = &*self.snapshot;
+        if let Some(u) = ex.upstream_slot {
+            snap.upstreams[u].in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
         let route = ex.route.map(|i| &snap.routes[i]);
         let status = self.status;
         match route {
@@ -57,12 +104,11 @@ impl RequestRecord {
             let upstream = &snap.upstreams[u];
             let target = &upstream.targets[t];
             target.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if ex.holds_upstream_slot {
-                upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
             (&*upstream.name, &*target.label)
         });
 
+        let complete = self.complete;
+        let bytes_out = self.bytes_out;
         let error = match self.error {
             Some(e) => Some(e),
             None if !complete => Some("response_incomplete"),
