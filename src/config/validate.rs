@@ -92,6 +92,14 @@ const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
     }),
     ("cors", |c| nonempty(!c.cors.is_empty(), "cors")),
     ("redis", |c| nonempty(c.redis.is_some(), "redis")),
+    // OTLP span export needs the `otel` cargo feature, which is not built yet;
+    // trace-context propagation itself needs no setting.
+    ("tracing.otlp_endpoint (OpenTelemetry export)", |c| {
+        nonempty(
+            c.tracing.as_ref().is_some_and(|t| t.otlp_endpoint.is_some()),
+            "tracing.otlp_endpoint",
+        )
+    }),
 ];
 
 /// `base[i].field` for each item that uses the feature.

@@ -451,6 +451,7 @@ impl Gateway {
             BuildOptions {
                 access_log: Box::new(log.clone()),
                 log_format: LogFormat::Json,
+                ..Default::default()
             },
         )
         .await
