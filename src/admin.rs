@@ -263,8 +263,11 @@ const SECRET_HEADERS: &[&str] = &[
 /// configured values of credential headers.
 pub fn redacted_config(loaded: &LoadedConfig) -> Value {
     let mut v = serde_json::to_value(&loaded.config).unwrap_or(Value::Null);
-    redact(&mut v, None);
-    if let Some(sets) = v.pointer_mut("/auth/api_keys").and_then(Value::as_object_mut) {
+    redact(&mut v);
+    if let Some(sets) = v
+        .pointer_mut("/auth/api_keys")
+        .and_then(Value::as_object_mut)
+    {
         for set in sets.values_mut() {
             if let Some(keys) = set.get_mut("keys").and_then(Value::as_array_mut) {
                 for k in keys {
@@ -278,22 +281,21 @@ pub fn redacted_config(loaded: &LoadedConfig) -> Value {
     v
 }
 
-fn redact(v: &mut Value, key: Option<&str>) {
+fn redact(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
-                if k == "secret" && !child.is_null() {
-                    *child = Value::from(REDACTED);
-                } else if SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str())
-                    && child.is_string()
-                {
+                let secret = (k == "secret" && !child.is_null())
+                    || (SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+                        && child.is_string());
+                if secret {
                     *child = Value::from(REDACTED);
                 } else {
-                    redact(child, Some(k));
+                    redact(child);
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|c| redact(c, key)),
+        Value::Array(items) => items.iter_mut().for_each(redact),
         Value::String(s) => {
             if let Some(clean) = redact_url_password(s) {
                 *s = clean;
@@ -311,10 +313,7 @@ fn redact_url_password(s: &str) -> Option<String> {
     let at = authority.rfind('@')?;
     let userinfo = &authority[..at];
     let (user, _password) = userinfo.split_once(':')?;
-    Some(format!(
-        "{scheme}://{user}:{REDACTED}@{}",
-        &rest[at + 1..]
-    ))
+    Some(format!("{scheme}://{user}:{REDACTED}@{}", &rest[at + 1..]))
 }
 
 #[cfg(test)]

@@ -29,12 +29,15 @@ use crate::config::{ConfigErrors, LoadedConfig};
 use crate::server::{self, ConnSettings, Lifecycle};
 use crate::snapshot::Snapshot;
 
+/// `${VAR}` lookups for a config file.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Where the running config comes from, for reloads.
 #[derive(Clone)]
 pub struct ConfigFile {
     pub path: PathBuf,
     /// `${VAR}` lookups (the process environment in `main`).
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvLookup,
 }
 
 impl ConfigFile {
@@ -331,7 +334,9 @@ impl Reloader {
         });
         let settings = Arc::new(ConnSettings::new(&loaded.config.server.limits));
         for (name, bind, listener) in opened {
-            if let Err(e) = self.spawn_listener(table, name.clone(), bind, listener, settings.clone()) {
+            if let Err(e) =
+                self.spawn_listener(table, name.clone(), bind, listener, settings.clone())
+            {
                 tracing::error!(listener = %name, error = %e, "listener could not start");
             }
         }
@@ -392,8 +397,7 @@ impl Reloader {
         .map_err(|e| e.to_string())?;
 
         let mut dirs: HashSet<PathBuf> = HashSet::new();
-        let mut sync = move |debouncer: &mut Watcher,
-                             files: &[PathBuf]| {
+        let mut sync = move |debouncer: &mut Watcher, files: &[PathBuf]| {
             let mut wanted = HashSet::new();
             let mut wanted_names = HashSet::new();
             for f in std::iter::once(&file.path).chain(files) {

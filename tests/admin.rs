@@ -94,7 +94,10 @@ async fn post_reload_answers_the_diff_and_400_with_every_error() {
     );
 
     let added = "  - name: orders\n    match: { path_prefix: /orders }\n    upstream: users\n";
-    replace(&s.path, &config(added, "").replace("body: pong", "body: pong2"));
+    replace(
+        &s.path,
+        &config(added, "").replace("body: pong", "body: pong2"),
+    );
     let r = s.gw.post_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
@@ -141,7 +144,10 @@ async fn removed_routes_and_targets_leave_metrics() {
     assert!(m.contains(r#"upstream="users""#));
     let only_ping = config("", "")
         .replace("  - name: users\n", "  - name: gone\n")
-        .replace("upstream: users\n    rewrite", "respond: { status: 204 }\n    rewrite")
+        .replace(
+            "upstream: users\n    rewrite",
+            "respond: { status: 204 }\n    rewrite",
+        )
         .replace("    rewrite: { strip_prefix: /users }\n", "")
         .replace(
             "upstreams:\n  users:\n    targets: [{ url: 'http://${UP}' }]\n",
@@ -211,7 +217,10 @@ async fn a_port_that_cannot_be_bound_refuses_the_reload() {
         "    - name: extra\n      bind: {}\n",
         taken.local_addr().unwrap()
     );
-    replace(&s.path, &config("", &extra).replace("body: pong", "body: new"));
+    replace(
+        &s.path,
+        &config("", &extra).replace("body: pong", "body: new"),
+    );
     let r = s.gw.post_reload().await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["errors"][0]["path"], "server.listeners[1].bind");
@@ -222,9 +231,11 @@ async fn a_port_that_cannot_be_bound_refuses_the_reload() {
 #[tokio::test]
 async fn explain_answers_like_tollgate_routes() {
     let s = setup().await;
-    let r = get(&s.gw.admin_url("/explain?method=GET&path=/users/7&header.x-a=1"))
-        .await
-        .unwrap();
+    let r = get(&s
+        .gw
+        .admin_url("/explain?method=GET&path=/users/7&header.x-a=1"))
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(j["route"]["name"], "users");
@@ -240,7 +251,10 @@ async fn explain_answers_like_tollgate_routes() {
     assert!(j["route"].is_null(), "{j}");
     let misses = j["near_misses"].as_array().unwrap();
     assert_eq!(misses[0]["route"], "users");
-    assert!(misses[0]["reason"].as_str().unwrap().contains("POST"), "{j}");
+    assert!(
+        misses[0]["reason"].as_str().unwrap().contains("POST"),
+        "{j}"
+    );
 
     let r = get(&s.gw.admin_url("/explain?method=GET")).await.unwrap();
     assert_eq!(r.status, 400);

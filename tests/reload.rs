@@ -50,7 +50,11 @@ fn replace(path: &Path, text: &str) {
 async fn reloads(gw: &Gateway) -> (f64, f64) {
     let m = gw.metrics().await;
     let get = |r: &str| {
-        metric(&m, &format!(r#"tollgate_config_reloads_total{{result="{r}"}}"#)).unwrap_or(0.0)
+        metric(
+            &m,
+            &format!(r#"tollgate_config_reloads_total{{result="{r}"}}"#),
+        )
+        .unwrap_or(0.0)
     };
     (get("success"), get("failure"))
 }
@@ -123,9 +127,7 @@ async fn a_hundred_rewrites_under_load_fail_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
     std::fs::write(&path, version(0)).unwrap();
-    let gw = Arc::new(
-        Gateway::start_file(&path, &[("UP", up.host_port())], Some(DEBOUNCE)).await,
-    );
+    let gw = Arc::new(Gateway::start_file(&path, &[("UP", up.host_port())], Some(DEBOUNCE)).await);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -148,7 +150,10 @@ async fn a_hundred_rewrites_under_load_fail_nothing() {
                     Ok(r) if r.status == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failures.lock().unwrap().push(format!("{path}: {}", r.status)),
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{path}: {}", r.status)),
                     Err(e) => failures.lock().unwrap().push(format!("{path}: {e}")),
                 }
             }

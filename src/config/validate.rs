@@ -96,7 +96,9 @@ const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
     // trace-context propagation itself needs no setting.
     ("tracing.otlp_endpoint (OpenTelemetry export)", |c| {
         nonempty(
-            c.tracing.as_ref().is_some_and(|t| t.otlp_endpoint.is_some()),
+            c.tracing
+                .as_ref()
+                .is_some_and(|t| t.otlp_endpoint.is_some()),
             "tracing.otlp_endpoint",
         )
     }),

@@ -134,7 +134,9 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// trace id sent upstream.
 pub fn propagate_trace(headers: &mut HeaderMap) -> [u8; 32] {
     let incoming = match headers.get_all(&TRACEPARENT).iter().count() {
-        1 => headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())),
+        1 => headers
+            .get(&TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes())),
         _ => None,
     };
     let (trace_id, flags) = match incoming {
@@ -170,8 +172,7 @@ fn parse_traceparent(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
     if !lower_hex(version) || version == b"ff" || !lower_hex(trace) || !lower_hex(parent) {
         return None;
     }
-    if !lower_hex(flags) || trace.iter().all(|&c| c == b'0') || parent.iter().all(|&c| c == b'0')
-    {
+    if !lower_hex(flags) || trace.iter().all(|&c| c == b'0') || parent.iter().all(|&c| c == b'0') {
         return None;
     }
     if (version == b"00" && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
@@ -312,7 +313,10 @@ mod tests {
             h.insert("tracestate", HeaderValue::from_static("a=b"));
             propagate_trace(&mut h);
             let out = h["traceparent"].to_str().unwrap();
-            assert!(parse_traceparent(out.as_bytes()).is_some(), "{bad} -> {out}");
+            assert!(
+                parse_traceparent(out.as_bytes()).is_some(),
+                "{bad} -> {out}"
+            );
             assert!(!out.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{bad}");
             assert!(out.ends_with("-00"));
             assert!(h.get("tracestate").is_none(), "{bad}");
@@ -324,7 +328,12 @@ mod tests {
             HeaderValue::from_static("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-zz"),
         );
         propagate_trace(&mut h);
-        assert!(h["traceparent"].to_str().unwrap().contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(
+            h["traceparent"]
+                .to_str()
+                .unwrap()
+                .contains("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         let mut none = HeaderMap::new();
         propagate_trace(&mut none);
         assert!(parse_traceparent(none["traceparent"].as_bytes()).is_some());

@@ -489,7 +489,7 @@ impl Gateway {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync> =
+        let env: tollgate::reload::EnvLookup =
             Arc::new(move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
         let loaded = match tollgate::config::load_file_with_env(path, &*env) {
             Ok(l) => l,
