@@ -319,3 +319,15 @@ fn alert_rules_have_the_prometheus_rule_file_shape() {
     let unknown: Vec<_> = used.difference(&spec).collect();
     assert!(unknown.is_empty(), "not in SPEC §7: {unknown:?}");
 }
+
+#[test]
+fn otlp_export_is_refused_until_the_otel_feature_exists() {
+    let yaml = "tracing: { otlp_endpoint: 'http://collector:4317' }\nroutes: []\n";
+    let err = tollgate::config::load_str(yaml, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tracing.otlp_endpoint"), "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+    let ok = tollgate::config::load_str("tracing: {}\nroutes: []\n", "t.yaml");
+    assert!(ok.is_ok(), "{ok:?}");
+}
