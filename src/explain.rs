@@ -123,3 +123,90 @@ fn list_or(items: Option<&[String]>, none: &str) -> String {
         _ => none.to_string(),
     }
 }
+
+/// The same answer as `explain`, as JSON for `GET /explain` on the admin API:
+/// `{request, route, near_misses: [{route, reason}]}`; `route` is `null` when
+/// nothing matches (the gateway would answer 404 no_route).
+pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let (path, query) = match probe.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (probe.target.as_str(), None),
+    };
+    let view = RequestView {
+        method: &probe.method,
+        host: probe.host.as_deref(),
+        path,
+        query,
+        headers: &probe.headers,
+    };
+    let ex = snap.router.explain(&view);
+    let route = ex.chosen.map(|i| {
+        let route = &snap.routes[i];
+        let raw = &cfg.routes[i];
+        let mut out = json!({
+            "name": &*route.name,
+            "auth": raw.auth.clone().unwrap_or_default(),
+            "require_claims": raw.require_claims,
+            "rate_limits": raw.rate_limit.clone().unwrap_or_default(),
+            "cors": raw.cors,
+            "ip_allow": raw.ip_allow,
+            "ip_deny": raw.ip_deny,
+            "request_headers": {
+                "set": route.request_headers.set.iter()
+                    .map(|(n, v)| (n.to_string(), Value::from(v.to_str().unwrap_or("?"))))
+                    .collect::<serde_json::Map<_, _>>(),
+                "remove": route.request_headers.remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            },
+        });
+        match &route.action {
+            Action::Respond { status, body, .. } => {
+                out["respond"] = json!({ "status": status.as_u16(), "body_bytes": body.len() });
+                out["upstream"] = Value::Null;
+            }
+            Action::Proxy { upstream } => {
+                let up = &snap.upstreams[*upstream];
+                let raw_up = cfg.upstreams.get(&*up.name);
+                let weights = raw_up.map(|u| u.targets.as_slice()).unwrap_or_default();
+                let targets: Vec<Value> = up
+                    .targets
+                    .iter()
+                    .zip(weights)
+                    .map(|(t, r)| {
+                        json!({
+                            "url": &*t.url,
+                            "target": &*t.label,
+                            "weight": r.weight,
+                            "in_flight": t.state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                let timeout = route.timeout.unwrap_or(up.request_timeout);
+                out["upstream"] = json!({
+                    "name": &*up.name,
+                    "balance": raw_up.map_or("round_robin", |u| u.balance.as_str()),
+                    "targets": targets,
+                    "path": route.rewrite.path(path).unwrap_or_else(|| path.to_string()),
+                    "host": route.rewrite.host.as_ref().and_then(|h| h.to_str().ok()),
+                    "timeout": crate::config::units::Duration(timeout).to_string(),
+                });
+            }
+        }
+        out
+    });
+    let near_misses: Vec<Value> = ex
+        .near_misses
+        .iter()
+        .map(|(i, miss)| json!({ "route": &*snap.routes[*i].name, "reason": miss.to_string() }))
+        .collect();
+    json!({
+        "request": {
+            "method": probe.method.as_str(),
+            "host": probe.host,
+            "path": probe.target,
+        },
+        "version": snap.version,
+        "route": route,
+        "near_misses": near_misses,
+    })
+}

@@ -19,6 +19,7 @@ pub mod explain;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
@@ -63,13 +64,24 @@ pub struct BuildOptions {
     /// Where access-log lines go (stdout in `main`).
     pub access_log: Box<dyn Write + Send>,
     pub log_format: LogFormat,
+    /// The file the config came from: SIGHUP and `POST /reload` re-read it.
+    /// `None` (the demo, tests from text): reloads are refused.
+    pub config_file: Option<reload::ConfigFile>,
+    /// Watch `config_file` and the files it names, reloading this long after
+    /// the last change. `None`: no watching.
+    pub watch_debounce: Option<Duration>,
 }
+
+/// The file watcher's default debounce in `main`.
+pub const DEFAULT_WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             access_log: Box::new(std::io::sink()),
             log_format: LogFormat::Json,
+            config_file: None,
+            watch_debounce: None,
         }
     }
 }
@@ -90,7 +102,7 @@ pub enum StartError {
 
 /// A running gateway.
 pub struct App {
-    listeners: Vec<(String, SocketAddr)>,
+    reloader: Arc<reload::Reloader>,
     admin: Option<SocketAddr>,
     shared: Arc<Shared>,
     life: Lifecycle,
@@ -133,32 +145,48 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
     let settings = Arc::new(ConnSettings::new(&server_cfg.limits));
     let max_connections = Arc::new(Semaphore::new(server_cfg.limits.max_connections));
 
-    let mut listeners = Vec::new();
-    for (name, listener) in bound {
-        let addr = local_addr(&name, &listener)?;
-        tracing::info!(listener = %name, %addr, "listening");
-        listeners.push((name.clone(), addr));
-        tokio::spawn(server::accept_loop(
-            listener,
-            name.into(),
-            shared.clone(),
-            settings.clone(),
-            max_connections.clone(),
-            life.clone(),
-        ));
-    }
+    let reloader = Arc::new(reload::Reloader::new(
+        shared.clone(),
+        opts.config_file,
+        life.clone(),
+        max_connections,
+    ));
+    let bound = server_cfg
+        .listeners
+        .iter()
+        .zip(bound)
+        .map(|(l, (name, listener))| (name, l.bind.clone(), listener))
+        .collect();
+    reloader
+        .start_listeners(bound, settings)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: "?".into(),
+            addr: "?".into(),
+            source,
+        })?;
     let admin = match admin {
         Some(listener) => {
             let addr = local_addr("admin", &listener)?;
             tracing::info!(%addr, "admin listening");
-            tokio::spawn(admin::serve(listener, shared.clone(), life.clone()));
+            tokio::spawn(admin::serve(
+                listener,
+                shared.clone(),
+                reloader.clone(),
+                life.clone(),
+            ));
             Some(addr)
         }
         None => None,
     };
+    if let Some(debounce) = opts.watch_debounce
+        && let Err(e) = reloader.watch(debounce)
+    {
+        tracing::warn!(error = %e, "cannot watch the config file; SIGHUP and POST /reload still work");
+    }
 
     Ok(App {
-        listeners,
+        reloader,
         admin,
         shared,
         life,
@@ -184,7 +212,7 @@ fn local_addr(name: &str, l: &TcpListener) -> Result<SocketAddr, StartError> {
     })
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -193,14 +221,19 @@ fn unix_now() -> i64 {
 impl App {
     /// The bound address of the listener called `name` (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
+        self.listeners()
+            .into_iter()
             .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.listeners
+    /// The client listeners accepting now (reloads open and close them).
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.reloader.listener_addrs()
+    }
+
+    pub fn reloader(&self) -> &Arc<reload::Reloader> {
+        &self.reloader
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -211,31 +244,22 @@ impl App {
         &self.shared
     }
 
-    /// Swaps in a new config version. Requests already running finish on the
-    /// version they started with; the next request sees the new one. Listener
-    /// and server-limit changes need a restart for now.
-    pub fn reload(&self, loaded: &LoadedConfig) -> Result<(), CompileError> {
-        let metrics = &self.shared.metrics;
-        match compile(loaded, metrics, &self.shared.carryover) {
-            Ok(snapshot) => {
-                metrics.set_config_version(&snapshot.version);
-                let snapshot = Arc::new(snapshot);
-                self.shared.snapshot.store(snapshot.clone());
-                self.shared.carryover.retain(&snapshot);
-                metrics.config_reloads_success.inc();
-                metrics.config_last_reload_success.set(unix_now());
-                Ok(())
-            }
-            Err(e) => {
-                metrics.config_reloads_failure.inc();
-                Err(e)
-            }
-        }
+    /// Swaps in an already loaded config version (see `reload::Reloader`).
+    /// Requests already running finish on the version they started with; the
+    /// next request sees the new one.
+    pub async fn reload(
+        &self,
+        loaded: LoadedConfig,
+    ) -> Result<reload::Reloaded, Vec<reload::ReloadError>> {
+        self.reloader.apply(loaded, reload::Trigger::Admin).await
     }
 
-    /// Counts a reload that failed before compiling (unreadable or invalid file).
-    pub fn reload_failed(&self) {
-        self.shared.metrics.config_reloads_failure.inc();
+    /// Re-reads the config file (what SIGHUP does).
+    pub async fn reload_file(
+        &self,
+        trigger: reload::Trigger,
+    ) -> Result<reload::Reloaded, Vec<reload::ReloadError>> {
+        self.reloader.reload(trigger).await
     }
 
     /// Graceful shutdown: `/readyz` turns 503, listeners stop accepting, in-flight

@@ -231,6 +231,8 @@ async fn serve(
     let opts = BuildOptions {
         access_log: Box::new(std::io::stdout()),
         log_format: format,
+        watch_debounce: path.is_some().then_some(tollgate::DEFAULT_WATCH_DEBOUNCE),
+        config_file: path.clone().map(tollgate::reload::ConfigFile::new),
     };
     let version = loaded.version.clone();
     let app = tollgate::build(loaded, opts).await.map_err(|e| match e {
@@ -263,7 +265,7 @@ async fn wait_for_signals(app: &App, path: Option<&Path>) -> anyhow::Result<()> 
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(app, path),
+            _ = hup.recv() => reload(app, path).await,
         }
     }
 }
@@ -274,23 +276,11 @@ async fn wait_for_signals(_app: &App, _path: Option<&Path>) -> anyhow::Result<()
     Ok(())
 }
 
-fn reload(app: &App, path: Option<&Path>) {
-    let Some(path) = path else {
+async fn reload(app: &App, path: Option<&Path>) {
+    if path.is_none() {
         tracing::info!("the demo has no config file to reload");
         return;
-    };
-    match config::load_file(path) {
-        Ok(loaded) => match app.reload(&loaded) {
-            Ok(()) => tracing::info!(version = %loaded.version, "config reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "config reload failed; the old config keeps serving")
-            }
-        },
-        Err(errors) => {
-            app.reload_failed();
-            for e in &errors.0 {
-                tracing::error!(error = %e, "config reload failed; the old config keeps serving");
-            }
-        }
     }
+    // The reloader logs the outcome (every error on failure) and counts it.
+    let _ = app.reload_file(tollgate::reload::Trigger::Signal).await;
 }

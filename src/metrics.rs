@@ -34,6 +34,7 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     rate_limited_total: IntCounterVec,
     rate_limit_store_errors: IntCounterVec,
+    access_log_dropped: IntCounter,
 }
 
 /// The `method` label values: the standard methods, and `OTHER` for the rest so
@@ -195,6 +196,12 @@ impl Metrics {
         registry.register(Box::new(config_info.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
+        // An addition to SPEC §7: access-log lines dropped because the writer
+        // could not keep up (the request path never waits for it).
+        let access_log_dropped = IntCounter::new(
+            "tollgate_access_log_dropped_total",
+            "Access-log lines dropped because the log writer fell behind.",
+        )?;
         registry.register(Box::new(build_info))?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
@@ -212,6 +219,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(rate_limit_store_errors.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
 
         Ok(Metrics {
             registry,
@@ -227,6 +235,7 @@ impl Metrics {
             config_last_reload_success,
             rate_limited_total,
             rate_limit_store_errors,
+            access_log_dropped,
         })
     }
 
@@ -280,6 +289,39 @@ impl Metrics {
         self.config_info.with_label_values(&[version]).set(1);
     }
 
+    /// Brings `tollgate_access_log_dropped_total` up to the access log's own
+    /// count (called at scrape time).
+    pub fn sync_access_log_dropped(&self, dropped: u64) {
+        let seen = self.access_log_dropped.get();
+        if dropped > seen {
+            self.access_log_dropped.inc_by(dropped - seen);
+        }
+    }
+
+    /// Drops every series of a route that no longer exists, so `/metrics` stops
+    /// showing it. Requests still running on the old version count into
+    /// detached handles, which is lost to nobody.
+    pub fn forget_route(&self, route: &str) {
+        remove_matching(&self.requests_total, "route", route, &[]);
+        let _ = self.request_duration.remove_label_values(&[route]);
+    }
+
+    /// Drops the series of a target (`host:port`) of `upstream`.
+    pub fn forget_target(&self, upstream: &str, target: &str) {
+        remove_matching(
+            &self.upstream_requests_total,
+            "upstream",
+            upstream,
+            &[("target", target)],
+        );
+    }
+
+    /// Drops the series of an upstream that no longer exists.
+    pub fn forget_upstream(&self, upstream: &str) {
+        remove_matching(&self.upstream_requests_total, "upstream", upstream, &[]);
+        let _ = self.upstream_duration.remove_label_values(&[upstream]);
+    }
+
     /// The text exposition format for `GET /metrics`.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -287,6 +329,24 @@ impl Metrics {
         // our registration rules out; an empty scrape is the safe answer anyway.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Removes every child of `vec` whose label `name` is `value` (and whose labels
+/// in `also` match too). `MetricVec` only removes by the full label set, so
+/// the children are found by collecting the family.
+fn remove_matching(vec: &IntCounterVec, name: &str, value: &str, also: &[(&str, &str)]) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels = m.get_label();
+            let has = |n: &str, v: &str| labels.iter().any(|l| l.name() == n && l.value() == v);
+            if has(name, value) && also.iter().all(|(n, v)| has(n, v)) {
+                let map: std::collections::HashMap<&str, &str> =
+                    labels.iter().map(|l| (l.name(), l.value())).collect();
+                let _ = vec.remove(&map);
+            }
+        }
     }
 }
 
@@ -316,6 +376,30 @@ mod tests {
         assert_eq!(line_value(&text, get).as_deref(), Some("2"));
         assert_eq!(line_value(&text, other).as_deref(), Some("1"));
         assert_eq!(line_value(&text, odd).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn forgetting_a_route_or_target_drops_its_series_only() {
+        let m = Metrics::new().unwrap();
+        let (a, b) = (m.route("a"), m.route("b"));
+        a.count(&Method::GET, StatusCode::OK);
+        a.count(&Method::POST, StatusCode::from_u16(299).unwrap());
+        a.duration.observe(0.1);
+        b.count(&Method::GET, StatusCode::OK);
+        let t1 = m.target("up", "h:1");
+        let t2 = m.target("up", "h:2");
+        t1.record(Outcome::Success);
+        t2.record(Outcome::Success);
+        m.forget_route("a");
+        m.forget_target("up", "h:1");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains(r#"route="a""#), "{text}");
+        assert!(text.contains(r#"route="b""#));
+        assert!(!text.contains(r#"target="h:1""#), "{text}");
+        assert!(text.contains(r#"target="h:2""#));
+        m.forget_upstream("up");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains(r#"upstream="up""#), "{text}");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub unmatched: RouteMetrics,
     pub limits: RequestLimits,
     pub trusted_proxies: Vec<IpNet>,
+    /// The config this version was compiled from: `GET /config` shows it and a
+    /// reload diffs against it. Never read on the request path.
+    pub source: Arc<crate::config::LoadedConfig>,
 }
 
 /// Per-request limits from `server.limits`.

@@ -124,13 +124,13 @@ async fn buckets_survive_a_reload_while_the_policy_is_unchanged() {
     // Same policy, another route added: still limited.
     let more = yaml.replace("  - name: open", "  - name: extra\n    match: { path: /extra }\n    respond: { status: 204 }\n  - name: open");
     let loaded = tollgate::config::load_str_with_env(&more, "t.yaml", &env).unwrap();
-    gw.app().reload(&loaded).unwrap();
+    gw.app().reload(loaded).await.unwrap();
     assert_eq!(get_with(&url, &[("x-user", "z")]).await.status, 429);
 
     // A changed definition starts with fresh buckets.
     let changed = more.replace("burst: 3", "burst: 5");
     let loaded = tollgate::config::load_str_with_env(&changed, "t.yaml", &env).unwrap();
-    gw.app().reload(&loaded).unwrap();
+    gw.app().reload(loaded).await.unwrap();
     assert_eq!(get_with(&url, &[("x-user", "z")]).await.status, 200);
     gw.shutdown().await;
 }

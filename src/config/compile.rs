@@ -159,6 +159,7 @@ pub fn compile(
             max_concurrent_requests: limits.max_concurrent_requests,
         },
         trusted_proxies,
+        source: Arc::new(loaded.clone()),
     })
 }
 

@@ -27,6 +27,18 @@ pub struct Config {
     pub cors: BTreeMap<String, Cors>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// An addition to SPEC §2: span export settings.
+    #[serde(default)]
+    pub tracing: Option<Tracing>,
+}
+
+/// `tracing:` — W3C trace context is always propagated; this section only
+/// configures OpenTelemetry export (cargo feature `otel`, not built yet).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

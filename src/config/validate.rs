@@ -85,6 +85,16 @@ const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
         indexed(&c.routes, "routes", "compress", |r| r.compress.is_some())
     }),
     ("cors", |c| nonempty(!c.cors.is_empty(), "cors")),
+    // OTLP span export needs the `otel` cargo feature, which is not built yet;
+    // trace-context propagation itself needs no setting.
+    ("tracing.otlp_endpoint (OpenTelemetry export)", |c| {
+        nonempty(
+            c.tracing
+                .as_ref()
+                .is_some_and(|t| t.otlp_endpoint.is_some()),
+            "tracing.otlp_endpoint",
+        )
+    }),
 ];
 
 /// A URL with any password replaced, for messages.

@@ -122,6 +122,82 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     client
 }
 
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// W3C trace context (SPEC §3): the gateway is one hop of the trace. A valid
+/// `traceparent` keeps its trace id and flags and gets a new parent id (this
+/// hop's span id); `tracestate` passes unchanged. An absent or malformed
+/// `traceparent` starts a new trace (random trace id, flags `00`: not sampled,
+/// the gateway does not record spans) and any `tracestate` is dropped, as the
+/// W3C spec requires for a tracestate without a valid traceparent. Returns the
+/// trace id sent upstream.
+pub fn propagate_trace(headers: &mut HeaderMap) -> [u8; 32] {
+    let incoming = match headers.get_all(&TRACEPARENT).iter().count() {
+        1 => headers
+            .get(&TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes())),
+        _ => None,
+    };
+    let (trace_id, flags) = match incoming {
+        Some(parsed) => parsed,
+        None => {
+            headers.remove(&TRACESTATE);
+            (hex_id::<32>(), *b"00")
+        }
+    };
+    let span_id = hex_id::<16>();
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    out[3..35].copy_from_slice(&trace_id);
+    out[35] = b'-';
+    out[36..52].copy_from_slice(&span_id);
+    out[52] = b'-';
+    out[53..55].copy_from_slice(&flags);
+    if let Ok(v) = HeaderValue::from_bytes(&out) {
+        headers.insert(TRACEPARENT.clone(), v);
+    }
+    trace_id
+}
+
+/// `version-traceid-parentid-flags` -> (trace id, flags). Version `ff` and
+/// all-zero ids are invalid; a future version may carry more fields after the
+/// flags, which are ignored (W3C trace-context §3.2.4).
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+    let lower_hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    if !lower_hex(version) || version == b"ff" || !lower_hex(trace) || !lower_hex(parent) {
+        return None;
+    }
+    if !lower_hex(flags) || trace.iter().all(|&c| c == b'0') || parent.iter().all(|&c| c == b'0') {
+        return None;
+    }
+    if (version == b"00" && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let mut t = [0u8; 32];
+    t.copy_from_slice(trace);
+    Some((t, [flags[0], flags[1]]))
+}
+
+/// N random lowercase hex digits, never all zero.
+fn hex_id<const N: usize>() -> [u8; N] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'0'; N];
+    while out.iter().all(|&c| c == b'0') {
+        for chunk in out.chunks_mut(32) {
+            let n = fastrand::u128(..);
+            for (i, b) in chunk.iter_mut().enumerate() {
+                *b = HEX[((n >> (i * 4)) & 0xf) as usize];
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +280,62 @@ mod tests {
             client_ip(peer_trusted, &all_trusted, &trusted),
             "10.9.9.9".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn traceparent_keeps_trace_and_flags_and_replaces_the_parent() {
+        let mut h = HeaderMap::new();
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", HeaderValue::from_static(incoming));
+        h.insert("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
+        propagate_trace(&mut h);
+        let out = h["traceparent"].to_str().unwrap();
+        assert_eq!(out.len(), 55);
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_ne!(&out[36..52], "00f067aa0ba902b7");
+        assert_eq!(h["tracestate"], "congo=t61rcWkgMzE");
+    }
+
+    #[test]
+    fn a_bad_or_missing_traceparent_starts_a_new_trace() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_str(bad).unwrap());
+            h.insert("tracestate", HeaderValue::from_static("a=b"));
+            propagate_trace(&mut h);
+            let out = h["traceparent"].to_str().unwrap();
+            assert!(
+                parse_traceparent(out.as_bytes()).is_some(),
+                "{bad} -> {out}"
+            );
+            assert!(!out.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{bad}");
+            assert!(out.ends_with("-00"));
+            assert!(h.get("tracestate").is_none(), "{bad}");
+        }
+        // A future version with extra fields is understood.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-zz"),
+        );
+        propagate_trace(&mut h);
+        assert!(
+            h["traceparent"]
+                .to_str()
+                .unwrap()
+                .contains("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let mut none = HeaderMap::new();
+        propagate_trace(&mut none);
+        assert!(parse_traceparent(none["traceparent"].as_bytes()).is_some());
     }
 }

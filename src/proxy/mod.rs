@@ -270,6 +270,7 @@ async fn serve(
     // The gateway already answered `100 Continue` to the client by reading its body.
     h.remove(header::EXPECT);
     headers::set_forwarded(h, conn.peer.ip(), "http", ex.host.as_ref());
+    headers::propagate_trace(h);
     route.request_headers.apply(h);
     match (&route.rewrite.host, &ex.host) {
         (Some(rewritten), _) => {

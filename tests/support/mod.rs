@@ -451,6 +451,7 @@ impl Gateway {
             BuildOptions {
                 access_log: Box::new(log.clone()),
                 log_format: LogFormat::Json,
+                ..Default::default()
             },
         )
         .await
@@ -475,6 +476,71 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         gw
+    }
+
+    /// Starts the gateway from a config file, as `main` does: reloads re-read
+    /// it, and with `debounce` it is watched for changes.
+    pub async fn start_file(
+        path: &std::path::Path,
+        vars: &[(&str, String)],
+        debounce: Option<Duration>,
+    ) -> Gateway {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let env: tollgate::reload::EnvLookup =
+            Arc::new(move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
+        let loaded = match tollgate::config::load_file_with_env(path, &*env) {
+            Ok(l) => l,
+            Err(e) => panic!("test config is invalid:\n{e}"),
+        };
+        let log = LogBuf::default();
+        let app = tollgate::build(
+            loaded,
+            BuildOptions {
+                access_log: Box::new(log.clone()),
+                log_format: LogFormat::Json,
+                config_file: Some(tollgate::reload::ConfigFile {
+                    path: path.to_path_buf(),
+                    env,
+                }),
+                watch_debounce: debounce,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+        Gateway::ready(app, log).await
+    }
+
+    async fn ready(app: App, log: LogBuf) -> Gateway {
+        let addr = app.listener_addr("http").expect("http listener");
+        let admin = app.admin_addr().expect("admin listener");
+        let gw = Gateway {
+            app: Some(app),
+            addr,
+            admin,
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = get(&gw.admin_url("/readyz")).await
+                && r.status == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gw
+    }
+
+    /// `POST /reload` on the admin API.
+    pub async fn post_reload(&self) -> Resp {
+        let req = Request::post(self.admin_url("/reload"))
+            .body(empty())
+            .expect("request");
+        send(req).await.expect("POST /reload")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,610 @@
+//! Config reload (SPEC §6): every trigger — the file watcher, SIGHUP,
+//! `POST /reload` — goes through one `Reloader`, which runs one reload at a time:
+//! load -> validate -> compile -> open new listeners -> swap the snapshot ->
+//! close removed listeners. Nothing changes until every step that can fail has
+//! passed, so an invalid file (or a port that cannot be bound) leaves the
+//! running version untouched.
+//!
+//! Requests load the snapshot once, so in-flight requests finish on the version
+//! they began with; connections are never closed by a reload, except those of a
+//! listener removed from the file, which are drained gracefully.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::config::compile::compile;
+use crate::config::schema::Config;
+use crate::config::{ConfigErrors, LoadedConfig};
+use crate::server::{self, ConnSettings, Lifecycle};
+use crate::snapshot::Snapshot;
+
+/// `${VAR}` lookups for a config file.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Where the running config comes from, for reloads.
+#[derive(Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    /// `${VAR}` lookups (the process environment in `main`).
+    pub env: EnvLookup,
+}
+
+impl ConfigFile {
+    /// A config file whose `${VAR}`s come from the process environment.
+    pub fn new(path: PathBuf) -> Self {
+        ConfigFile {
+            path,
+            env: Arc::new(|k| std::env::var(k).ok()),
+        }
+    }
+}
+
+/// What started a reload (for the log).
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    FileChange,
+    Signal,
+    Admin,
+}
+
+/// Names of what a reload added, removed or changed: `route:NAME`,
+/// `upstream:NAME`, `jwt:NAME`, `api_key:NAME`, `rate_limit:NAME`, `cors:NAME`,
+/// `listener:NAME`, and the sections `server.limits`, `server.admin`,
+/// `server.trusted_proxies`, `server.shutdown_grace`, `redis`, `tracing`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// A successful reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reloaded {
+    pub version: String,
+    pub changes: Changes,
+}
+
+/// One reason a reload was refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadError {
+    pub file: Option<String>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}:")?;
+            if let (Some(l), Some(c)) = (self.line, self.column) {
+                write!(f, "{l}:{c}:")?;
+            }
+            write!(f, " ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+fn plain_error(path: impl Into<String>, message: impl Into<String>) -> ReloadError {
+    ReloadError {
+        file: None,
+        line: None,
+        column: None,
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn config_errors(errors: ConfigErrors) -> Vec<ReloadError> {
+    errors
+        .0
+        .into_iter()
+        .map(|e| ReloadError {
+            file: Some(e.file),
+            line: (e.line != 0).then_some(e.line),
+            column: (e.line != 0).then_some(e.column),
+            path: e.path,
+            message: e.message,
+        })
+        .collect()
+}
+
+/// A client listener accepting right now.
+struct RunningListener {
+    name: String,
+    bind: String,
+    addr: SocketAddr,
+    /// Cancelling it stops this listener's accept loop and drains its
+    /// connections gracefully (a child of the process-wide stop token).
+    stop: CancellationToken,
+}
+
+/// The listener table; the async mutex around it serializes reloads.
+struct Listeners {
+    running: Vec<RunningListener>,
+}
+
+pub struct Reloader {
+    shared: Arc<Shared>,
+    file: Option<ConfigFile>,
+    listeners: tokio::sync::Mutex<Listeners>,
+    /// Names and bound addresses, readable without waiting for a reload.
+    addrs: Mutex<Vec<(String, SocketAddr)>>,
+    life: Lifecycle,
+    max_connections: Arc<Semaphore>,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        file: Option<ConfigFile>,
+        life: Lifecycle,
+        max_connections: Arc<Semaphore>,
+    ) -> Self {
+        Reloader {
+            shared,
+            file,
+            listeners: tokio::sync::Mutex::new(Listeners {
+                running: Vec::new(),
+            }),
+            addrs: Mutex::new(Vec::new()),
+            life,
+            max_connections,
+        }
+    }
+
+    pub fn config_file(&self) -> Option<&ConfigFile> {
+        self.file.as_ref()
+    }
+
+    /// The client listeners accepting now, with their bound addresses.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.addrs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts the listeners bound at startup.
+    pub(crate) async fn start_listeners(
+        &self,
+        bound: Vec<(String, String, TcpListener)>,
+        settings: Arc<ConnSettings>,
+    ) -> std::io::Result<()> {
+        let mut table = self.listeners.lock().await;
+        for (name, bind, listener) in bound {
+            self.spawn_listener(&mut table, name, bind, listener, settings.clone())?;
+        }
+        Ok(())
+    }
+
+    fn spawn_listener(
+        &self,
+        table: &mut Listeners,
+        name: String,
+        bind: String,
+        listener: TcpListener,
+        settings: Arc<ConnSettings>,
+    ) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        tracing::info!(listener = %name, %addr, "listening");
+        let stop = self.life.stop.child_token();
+        let life = Lifecycle {
+            stop: stop.clone(),
+            abort: self.life.abort.clone(),
+            tracker: self.life.tracker.clone(),
+        };
+        tokio::spawn(server::accept_loop(
+            listener,
+            name.as_str().into(),
+            self.shared.clone(),
+            settings,
+            self.max_connections.clone(),
+            life,
+        ));
+        table.running.push(RunningListener {
+            name,
+            bind,
+            addr,
+            stop,
+        });
+        self.publish_addrs(table);
+        Ok(())
+    }
+
+    fn publish_addrs(&self, table: &Listeners) {
+        *self.addrs.lock().unwrap_or_else(PoisonError::into_inner) = table
+            .running
+            .iter()
+            .map(|l| (l.name.clone(), l.addr))
+            .collect();
+    }
+
+    /// Re-reads the config file and applies it. Every call counts in
+    /// `tollgate_config_reloads_total`, whether or not the file changed.
+    pub async fn reload(&self, trigger: Trigger) -> Result<Reloaded, Vec<ReloadError>> {
+        let Some(file) = self.file.clone() else {
+            let e = plain_error("", "this gateway was not started from a config file");
+            return Err(self.failed(trigger, vec![e]));
+        };
+        let mut table = self.listeners.lock().await;
+        let path = file.path.clone();
+        let env = file.env.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || crate::config::load_file_with_env(&path, &*env))
+                .await;
+        match loaded {
+            Ok(Ok(loaded)) => self.apply_locked(&mut table, loaded, trigger).await,
+            Ok(Err(errors)) => Err(self.failed(trigger, config_errors(errors))),
+            Err(e) => Err(self.failed(trigger, vec![plain_error("", e.to_string())])),
+        }
+    }
+
+    /// Applies an already loaded (validated) config.
+    pub async fn apply(
+        &self,
+        loaded: LoadedConfig,
+        trigger: Trigger,
+    ) -> Result<Reloaded, Vec<ReloadError>> {
+        let mut table = self.listeners.lock().await;
+        self.apply_locked(&mut table, loaded, trigger).await
+    }
+
+    fn failed(&self, trigger: Trigger, errors: Vec<ReloadError>) -> Vec<ReloadError> {
+        self.shared.metrics.config_reloads_failure.inc();
+        for e in &errors {
+            tracing::error!(?trigger, error = %e, "config reload failed; the old config keeps serving");
+        }
+        errors
+    }
+
+    async fn apply_locked(
+        &self,
+        table: &mut Listeners,
+        loaded: LoadedConfig,
+        trigger: Trigger,
+    ) -> Result<Reloaded, Vec<ReloadError>> {
+        let shared = &self.shared;
+        let metrics = &shared.metrics;
+        let old = shared.snapshot.load_full();
+        let snapshot = match compile(&loaded, metrics, &shared.carryover) {
+            Ok(s) => s,
+            Err(e) => return Err(self.failed(trigger, vec![plain_error(e.path, e.message)])),
+        };
+
+        // Bind the listeners that are new (or moved) before changing anything:
+        // a port that cannot be bound refuses the whole reload.
+        let wanted = &loaded.config.server.listeners;
+        let mut opened = Vec::new();
+        let mut errors = Vec::new();
+        for (i, l) in wanted.iter().enumerate() {
+            let running = table
+                .running
+                .iter()
+                .any(|r| r.name == l.name && r.bind == l.bind);
+            if running {
+                continue;
+            }
+            match TcpListener::bind(&l.bind).await {
+                Ok(listener) => opened.push((l.name.clone(), l.bind.clone(), listener)),
+                Err(e) => errors.push(plain_error(
+                    format!("server.listeners[{i}].bind"),
+                    format!("cannot listen on {}: {e}", l.bind),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            // Undo what compile registered for names the old version lacks.
+            forget_stale(metrics, &snapshot, &old);
+            shared.carryover.retain(&old);
+            return Err(self.failed(trigger, errors));
+        }
+
+        let snapshot = Arc::new(snapshot);
+        metrics.set_config_version(&snapshot.version);
+        shared.snapshot.store(snapshot.clone());
+        shared.carryover.retain(&snapshot);
+        forget_stale(metrics, &old, &snapshot);
+
+        // Close listeners no longer wanted (or moved), then start the new ones.
+        table.running.retain(|r| {
+            let keep = wanted.iter().any(|l| l.name == r.name && l.bind == r.bind);
+            if !keep {
+                tracing::info!(listener = %r.name, addr = %r.addr, "closing listener");
+                r.stop.cancel();
+            }
+            keep
+        });
+        let settings = Arc::new(ConnSettings::new(&loaded.config.server.limits));
+        for (name, bind, listener) in opened {
+            if let Err(e) =
+                self.spawn_listener(table, name.clone(), bind, listener, settings.clone())
+            {
+                tracing::error!(listener = %name, error = %e, "listener could not start");
+            }
+        }
+        self.publish_addrs(table);
+
+        let changes = diff(&old.source.config, &loaded.config);
+        if changes.changed.iter().any(|c| c == "server.admin") {
+            tracing::warn!("server.admin changed: the admin listener moves only on restart");
+        }
+        metrics.config_reloads_success.inc();
+        metrics.config_last_reload_success.set(crate::unix_now());
+        tracing::info!(
+            ?trigger,
+            version = %loaded.version,
+            added = ?changes.added,
+            removed = ?changes.removed,
+            changed = ?changes.changed,
+            "config reloaded"
+        );
+        Ok(Reloaded {
+            version: loaded.version.clone(),
+            changes,
+        })
+    }
+
+    /// Watches the config file and every file it names, through their
+    /// directories (so rename-and-replace and Kubernetes `..data` symlink swaps
+    /// are seen), and reloads `debounce` after the last change.
+    pub fn watch(self: &Arc<Self>, debounce: Duration) -> Result<(), String> {
+        use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
+        use notify_debouncer_full::{
+            DebounceEventResult, Debouncer, RecommendedCache, new_debouncer,
+        };
+        type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
+
+        let Some(file) = self.file.clone() else {
+            return Ok(());
+        };
+        let names: Arc<Mutex<HashSet<OsString>>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let filter = names.clone();
+        let mut debouncer = new_debouncer(debounce, None, move |res: DebounceEventResult| {
+            let Ok(events) = res else { return };
+            let names = filter.lock().unwrap_or_else(PoisonError::into_inner);
+            let relevant = events.iter().any(|e| {
+                !matches!(e.kind, EventKind::Access(_))
+                    && e.paths.iter().any(|p| {
+                        p.file_name().is_some_and(|n| {
+                            names.contains(n) || n.to_string_lossy().starts_with("..")
+                        })
+                    })
+            });
+            if relevant {
+                // A full channel already holds a pending reload: coalesce.
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        let mut sync = move |debouncer: &mut Watcher, files: &[PathBuf]| {
+            let mut wanted = HashSet::new();
+            let mut wanted_names = HashSet::new();
+            for f in std::iter::once(&file.path).chain(files) {
+                if let Some(n) = f.file_name() {
+                    wanted_names.insert(n.to_os_string());
+                }
+                wanted.insert(dir_of(f));
+            }
+            *names.lock().unwrap_or_else(PoisonError::into_inner) = wanted_names;
+            for d in dirs.difference(&wanted) {
+                let _ = debouncer.unwatch(d);
+            }
+            for d in wanted.difference(&dirs) {
+                if let Err(e) = debouncer.watch(d, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch for config changes");
+                }
+            }
+            dirs = wanted;
+        };
+        sync(&mut debouncer, &self.shared.snapshot.load().source.files);
+
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = rx.recv() => if got.is_none() { break },
+                    _ = me.life.stop.cancelled() => break,
+                }
+                let _ = me.reload(Trigger::FileChange).await;
+                sync(&mut debouncer, &me.shared.snapshot.load().source.files);
+            }
+            debouncer.stop_nonblocking();
+        });
+        Ok(())
+    }
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Drops the metric series of routes, upstreams and targets `old` had and `new`
+/// does not.
+fn forget_stale(metrics: &crate::metrics::Metrics, old: &Snapshot, new: &Snapshot) {
+    for r in &old.routes {
+        if !new.routes.iter().any(|n| n.name == r.name) {
+            metrics.forget_route(&r.name);
+        }
+    }
+    for u in &old.upstreams {
+        match new.upstreams.iter().find(|n| n.name == u.name) {
+            None => metrics.forget_upstream(&u.name),
+            Some(n) => {
+                for t in &u.targets {
+                    if !n.targets.iter().any(|nt| nt.label == t.label) {
+                        metrics.forget_target(&u.name, &t.label);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What differs between two configs, by name.
+pub fn diff(old: &Config, new: &Config) -> Changes {
+    let mut changes = Changes::default();
+    let routes = |c: &Config| -> BTreeMap<String, Value> {
+        c.routes
+            .iter()
+            .map(|r| (r.name.clone(), to_value(r)))
+            .collect()
+    };
+    let listeners = |c: &Config| -> BTreeMap<String, Value> {
+        c.server
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), to_value(l)))
+            .collect()
+    };
+    compare(&mut changes, "route", &routes(old), &routes(new));
+    compare(
+        &mut changes,
+        "upstream",
+        &values(&old.upstreams),
+        &values(&new.upstreams),
+    );
+    compare(
+        &mut changes,
+        "jwt",
+        &values(&old.auth.jwt),
+        &values(&new.auth.jwt),
+    );
+    compare(
+        &mut changes,
+        "api_key",
+        &values(&old.auth.api_keys),
+        &values(&new.auth.api_keys),
+    );
+    compare(
+        &mut changes,
+        "rate_limit",
+        &values(&old.rate_limits),
+        &values(&new.rate_limits),
+    );
+    compare(&mut changes, "cors", &values(&old.cors), &values(&new.cors));
+    compare(&mut changes, "listener", &listeners(old), &listeners(new));
+    let sections: [(&str, Value, Value); 6] = [
+        (
+            "server.limits",
+            to_value(&old.server.limits),
+            to_value(&new.server.limits),
+        ),
+        (
+            "server.admin",
+            to_value(&old.server.admin),
+            to_value(&new.server.admin),
+        ),
+        (
+            "server.trusted_proxies",
+            to_value(&old.server.trusted_proxies),
+            to_value(&new.server.trusted_proxies),
+        ),
+        (
+            "server.shutdown_grace",
+            to_value(&old.server.shutdown_grace),
+            to_value(&new.server.shutdown_grace),
+        ),
+        ("redis", to_value(&old.redis), to_value(&new.redis)),
+        ("tracing", to_value(&old.tracing), to_value(&new.tracing)),
+    ];
+    for (name, a, b) in sections {
+        if a != b {
+            changes.changed.push(name.to_string());
+        }
+    }
+    changes
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn values<T: Serialize>(m: &BTreeMap<String, T>) -> BTreeMap<String, Value> {
+    m.iter().map(|(k, v)| (k.clone(), to_value(v))).collect()
+}
+
+fn compare(
+    changes: &mut Changes,
+    kind: &str,
+    old: &BTreeMap<String, Value>,
+    new: &BTreeMap<String, Value>,
+) {
+    for (name, v) in new {
+        match old.get(name) {
+            None => changes.added.push(format!("{kind}:{name}")),
+            Some(o) if o != v => changes.changed.push(format!("{kind}:{name}")),
+            Some(_) => {}
+        }
+    }
+    for name in old.keys() {
+        if !new.contains_key(name) {
+            changes.removed.push(format!("{kind}:{name}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    #[test]
+    fn diff_names_added_removed_and_changed_entries() {
+        let a = load_str(
+            "
+upstreams:
+  u: { targets: [{ url: 'http://127.0.0.1:1' }] }
+  gone: { targets: [{ url: 'http://127.0.0.1:2' }] }
+routes:
+  - { name: keep, match: { path: /k }, upstream: u }
+  - { name: edit, match: { path: /e }, upstream: u }
+  - { name: old, match: { path: /o }, upstream: gone }
+",
+            "a.yaml",
+        )
+        .unwrap();
+        let b = load_str(
+            "
+upstreams:
+  u: { targets: [{ url: 'http://127.0.0.1:1' }, { url: 'http://127.0.0.1:3' }] }
+routes:
+  - { name: keep, match: { path: /k }, upstream: u }
+  - { name: edit, match: { path: /e2 }, upstream: u }
+  - { name: new, match: { path: /n }, upstream: u }
+server:
+  limits: { idle_timeout: 5s }
+",
+            "b.yaml",
+        )
+        .unwrap();
+        let c = diff(&a.config, &b.config);
+        assert_eq!(c.added, vec!["route:new"]);
+        assert_eq!(c.removed, vec!["route:old", "upstream:gone"]);
+        assert_eq!(c.changed, vec!["route:edit", "upstream:u", "server.limits"]);
+        assert_eq!(diff(&a.config, &a.config), Changes::default());
+    }
+}
