@@ -35,8 +35,10 @@ pub enum GatewayError {
     Overloaded,
     #[error("upstream `{upstream}` is at its concurrent request limit")]
     UpstreamOverloaded { upstream: String },
-    #[error("upstream `{upstream}` has no target available")]
+    #[error("upstream `{upstream}` has no healthy target")]
     NoHealthyUpstream { upstream: String },
+    #[error("the circuit breaker of every target of upstream `{upstream}` is open")]
+    CircuitOpen { upstream: String },
     #[error("could not reach upstream `{upstream}`")]
     UpstreamUnavailable { upstream: String },
     #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
@@ -53,7 +55,8 @@ impl GatewayError {
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Overloaded
             | GatewayError::UpstreamOverloaded { .. }
-            | GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -69,6 +72,7 @@ impl GatewayError {
             GatewayError::BodyTimeout => "request_timeout",
             GatewayError::Overloaded | GatewayError::UpstreamOverloaded { .. } => "overloaded",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
         }
@@ -83,6 +87,7 @@ impl GatewayError {
             | GatewayError::BodyTimeout => Fault::Client,
             GatewayError::Overloaded | GatewayError::UpstreamOverloaded { .. } => Fault::Gateway,
             GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::CircuitOpen { .. }
             | GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamTimeout { .. } => Fault::Upstream,
         }

@@ -125,6 +125,7 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
         in_flight: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
     });
+    shared.carryover.sync_health(&shared.snapshot.load());
     let life = Lifecycle {
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
@@ -222,6 +223,7 @@ impl App {
                 let snapshot = Arc::new(snapshot);
                 self.shared.snapshot.store(snapshot.clone());
                 self.shared.carryover.retain(&snapshot);
+                self.shared.carryover.sync_health(&snapshot);
                 metrics.config_reloads_success.inc();
                 metrics.config_last_reload_success.set(unix_now());
                 Ok(())

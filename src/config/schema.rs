@@ -242,6 +242,10 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     #[serde(default)]
     pub expect_status: Option<StatusRange>,
+    /// Beyond SPEC §2: when every target is unhealthy, send traffic to all of
+    /// them anyway instead of answering 503 `no_healthy_upstream`.
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 fn default_hc_interval() -> Duration {
