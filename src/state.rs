@@ -59,7 +59,10 @@ pub struct Carryover {
 
 impl Drop for Carryover {
     fn drop(&mut self) {
-        let tasks = self.health.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let tasks = self
+            .health
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         for (_, token) in tasks.values() {
             token.cancel();
         }

@@ -58,7 +58,10 @@ async fn wait_report(gw: &Gateway, what: &str, cond: impl Fn(&Value) -> bool) ->
         if cond(&r) {
             return r;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -71,7 +74,10 @@ async fn gauge(gw: &Gateway, name: &str, up: &Upstream) -> Option<f64> {
     let text = gw.metrics().await;
     metric(
         &text,
-        &series(name, &format!(r#"upstream="svc",target="{}""#, up.host_port())),
+        &series(
+            name,
+            &format!(r#"upstream="svc",target="{}""#, up.host_port()),
+        ),
     )
 }
 
@@ -96,7 +102,10 @@ async fn health_checks_take_a_target_out_and_bring_it_back() {
     let bp = b.host_port();
 
     b.control.set_unhealthy(true);
-    let report = wait_report(&gw, "b unhealthy", |r| target_of(r, &bp)["healthy"] == false).await;
+    let report = wait_report(&gw, "b unhealthy", |r| {
+        target_of(r, &bp)["healthy"] == false
+    })
+    .await;
     assert_eq!(target_of(&report, &a.host_port())["healthy"], true);
     assert_eq!(gauge(&gw, "tollgate_upstream_healthy", &b).await, Some(0.0));
     assert_eq!(gauge(&gw, "tollgate_upstream_healthy", &a).await, Some(1.0));
@@ -111,7 +120,10 @@ async fn health_checks_take_a_target_out_and_bring_it_back() {
     assert!(b.control.health_hits() >= 2, "b was probed");
 
     b.control.set_unhealthy(false);
-    wait_report(&gw, "b healthy again", |r| target_of(r, &bp)["healthy"] == true).await;
+    wait_report(&gw, "b healthy again", |r| {
+        target_of(r, &bp)["healthy"] == true
+    })
+    .await;
     assert_eq!(gauge(&gw, "tollgate_upstream_healthy", &b).await, Some(1.0));
     for _ in 0..4 {
         assert_eq!(get(&gw.url("/x")).await.expect("request").status, 200);
@@ -138,7 +150,10 @@ async fn all_targets_unhealthy_is_503_unless_fail_open() {
     gw.shutdown().await;
 
     // fail_open: every target unhealthy means the checks are suspect; send anyway.
-    let hc = FAST_HC.replace("unhealthy_threshold: 2", "unhealthy_threshold: 2, fail_open: true");
+    let hc = FAST_HC.replace(
+        "unhealthy_threshold: 2",
+        "unhealthy_threshold: 2, fail_open: true",
+    );
     let gw = Gateway::start(&two_targets(&hc, ""), &vars(&a, &b)).await;
     wait_report(&gw, "both unhealthy", |r| {
         r["upstreams"][0]["targets"]
@@ -182,7 +197,11 @@ async fn circuit_opens_after_consecutive_failures_and_closes_after_a_good_probe(
     for _ in 0..4 {
         assert_eq!(get(&gw.url("/x")).await.expect("request").status, 200);
     }
-    assert!(b.hits() >= 4, "b got the probe and then traffic: {}", b.hits());
+    assert!(
+        b.hits() >= 4,
+        "b got the probe and then traffic: {}",
+        b.hits()
+    );
     let report = gw.upstreams().await;
     assert_eq!(target_of(&report, &bp)["circuit"], "closed", "{report}");
     assert_eq!(gauge(&gw, "tollgate_circuit_state", &b).await, Some(0.0));
@@ -194,9 +213,18 @@ async fn every_circuit_open_is_503_circuit_open() {
     let dead = dead_addr().await;
     let cb = "    circuit_breaker: { consecutive_failures: 2, open_for: 30s }\n";
     let gw = Gateway::start(&one_target(cb, ""), &[("A", dead.to_string())]).await;
-    get(&gw.url("/x")).await.expect("1").assert_error(502, "upstream_unavailable");
-    get(&gw.url("/x")).await.expect("2").assert_error(502, "upstream_unavailable");
-    get(&gw.url("/x")).await.expect("3").assert_error(503, "circuit_open");
+    get(&gw.url("/x"))
+        .await
+        .expect("1")
+        .assert_error(502, "upstream_unavailable");
+    get(&gw.url("/x"))
+        .await
+        .expect("2")
+        .assert_error(502, "upstream_unavailable");
+    get(&gw.url("/x"))
+        .await
+        .expect("3")
+        .assert_error(503, "circuit_open");
     let report = gw.upstreams().await;
     let t = target_of(&report, &dead.to_string());
     assert_eq!(t["circuit"], "open");
@@ -228,7 +256,10 @@ async fn failed_attempts_are_retried_on_the_other_target() {
     assert!(a.hits() >= 1);
     assert_eq!(retries_metric(&gw, "503").await, a.hits() as f64);
     let lines = gw.wait_log_lines(10).await;
-    let logged: u64 = lines.iter().map(|l| l["retries"].as_u64().unwrap_or(0)).sum();
+    let logged: u64 = lines
+        .iter()
+        .map(|l| l["retries"].as_u64().unwrap_or(0))
+        .sum();
     assert_eq!(logged, a.hits() as u64, "access-log retries");
     gw.shutdown().await;
 }
@@ -275,7 +306,11 @@ async fn small_bodies_are_replayed_but_post_and_large_bodies_are_not() {
         }
     }
     assert!(failed >= 1, "some large PUTs met a");
-    assert_eq!(a.hits() - a0 + b.hits() - b0, 4, "one attempt per large PUT");
+    assert_eq!(
+        a.hits() - a0 + b.hits() - b0,
+        4,
+        "one attempt per large PUT"
+    );
     assert_eq!(retries_metric(&gw, "503").await, retried);
     gw.shutdown().await;
 }
@@ -314,12 +349,22 @@ async fn timed_out_attempts_are_retried_within_the_route_deadline() {
     // One hanging target: every attempt times out, and all of them together
     // stop at the route's deadline.
     let up = "    timeouts: { request: 200ms }\n    retries: { attempts: 5, on: [timeout], backoff: 1ms, budget_percent: 100 }\n";
-    let gw = Gateway::start(&one_target(up, "    timeout: 500ms\n"), &[("A", hang.host_port())]).await;
+    let gw = Gateway::start(
+        &one_target(up, "    timeout: 500ms\n"),
+        &[("A", hang.host_port())],
+    )
+    .await;
     let before = hang.hits();
     let started = Instant::now();
-    get(&gw.url("/x")).await.expect("request").assert_error(504, "upstream_timeout");
+    get(&gw.url("/x"))
+        .await
+        .expect("request")
+        .assert_error(504, "upstream_timeout");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
     let attempts = hang.hits() - before;
     assert!((2..=3).contains(&attempts), "{attempts} attempts");
     gw.shutdown().await;
@@ -329,25 +374,42 @@ async fn timed_out_attempts_are_retried_within_the_route_deadline() {
 async fn a_client_that_leaves_cancels_the_upstream_request() {
     let hang = Upstream::start("hang", Behavior::Hang).await;
     let up = "    max_concurrent_requests: 1\n";
-    let gw = Gateway::start(&one_target(up, "    timeout: 30s\n"), &[("A", hang.host_port())]).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
-    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-1\r\n\r\n")
+    let gw = Gateway::start(
+        &one_target(up, "    timeout: 30s\n"),
+        &[("A", hang.host_port())],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
         .await
-        .expect("write");
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-1\r\n\r\n",
+    )
+    .await
+    .expect("write");
     wait_until("the upstream got the request", || hang.hits() == 1).await;
     drop(s);
-    wait_until("the upstream connection closed", || hang.control.hung_closed() == 1).await;
+    wait_until("the upstream connection closed", || {
+        hang.control.hung_closed() == 1
+    })
+    .await;
     let line = gw.wait_log_for("gone-1").await;
     assert_eq!(line["status"], 499);
     assert_eq!(line["error"], "client_closed_request");
     let report = gw.upstreams().await;
     assert_eq!(target_of(&report, &hang.host_port())["in_flight"], 0);
     // The bulkhead slot came back: the next request is not shed.
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
     tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    wait_until("the second request reached the upstream", || hang.hits() == 2).await;
+    wait_until("the second request reached the upstream", || {
+        hang.hits() == 2
+    })
+    .await;
     drop(s);
     gw.shutdown().await;
 }
@@ -445,8 +507,11 @@ async fn chaos_a_flapping_target_stays_invisible_to_clients() {
         clients.push(tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
             while started.elapsed() < run {
-                let addr: std::net::SocketAddr =
-                    url.trim_start_matches("http://").trim_end_matches("/x").parse().expect("addr");
+                let addr: std::net::SocketAddr = url
+                    .trim_start_matches("http://")
+                    .trim_end_matches("/x")
+                    .parse()
+                    .expect("addr");
                 let c = match conn.as_mut() {
                     Some(c) => c,
                     None => conn.insert(Conn::open(addr).await),
@@ -465,7 +530,10 @@ async fn chaos_a_flapping_target_stays_invisible_to_clients() {
         c.await.expect("client");
     }
     flapper.await.expect("flapper");
-    let (total, errors) = (total.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    let (total, errors) = (
+        total.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+    );
     let rate = errors as f64 / total as f64 * 100.0;
     println!(
         "chaos: {total} requests, {errors} errors ({rate:.3} %), retries: {}, b reached {} times",
@@ -481,4 +549,55 @@ async fn chaos_a_flapping_target_stays_invisible_to_clients() {
     assert!(b.hits() > 0, "the flapping target took traffic while up");
     assert!(rate < 1.0, "client-visible error rate {rate:.3} %");
     gw.shutdown().await;
+}
+
+#[test]
+fn resilience_settings_are_validated() {
+    let text = "\
+upstreams:
+  svc:
+    targets: [{ url: http://127.0.0.1:9001 }]
+    health_check: { path: healthz, interval: 1s, timeout: 1s, healthy_threshold: 0 }
+    circuit_breaker: { consecutive_failures: 0, failure_statuses: [404] }
+    retries: { attempts: 0, on: [conect_error, 404, 503], methods: [GTE], budget_percent: 150 }
+";
+    let errors = match tollgate::config::load_str_with_env(text, "t.yaml", &|_| None) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.0,
+    };
+    let got: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| (e.path.clone(), e.message.clone()))
+        .collect();
+    let expect = [
+        (
+            "upstreams.svc.health_check.path",
+            "expected a path starting with /",
+        ),
+        (
+            "upstreams.svc.health_check.interval",
+            "must be longer than the timeout",
+        ),
+        ("upstreams.svc.health_check.healthy_threshold", "at least 1"),
+        (
+            "upstreams.svc.circuit_breaker.consecutive_failures",
+            "at least 1",
+        ),
+        ("upstreams.svc.circuit_breaker.failure_statuses[0]", "5xx"),
+        ("upstreams.svc.retries.attempts", "between 1 and 10"),
+        (
+            "upstreams.svc.retries.on[0]",
+            "did you mean `connect_error`",
+        ),
+        ("upstreams.svc.retries.on[1]", "only 5xx"),
+        ("upstreams.svc.retries.methods[0]", "did you mean `GET`"),
+        ("upstreams.svc.retries.budget_percent", "between 0 and 100"),
+    ];
+    for (path, msg) in expect {
+        assert!(
+            got.iter().any(|(p, m)| p == path && m.contains(msg)),
+            "no error at {path} containing {msg:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
 }

@@ -248,8 +248,10 @@ fn retry_policy(
             })
             .collect::<Result<_, _>>()?,
     };
-    let default_on: Vec<String> = DEFAULT_ON.iter().map(|s| s.to_string()).collect();
-    let on = r.on.as_ref().unwrap_or(&default_on);
+    let on: Vec<String> = match &r.on {
+        Some(on) => on.iter().map(ToString::to_string).collect(),
+        None => DEFAULT_ON.iter().map(|s| s.to_string()).collect(),
+    };
     let mut policy = RetryPolicy {
         attempts: r.attempts,
         methods,

@@ -290,13 +290,31 @@ pub struct Retries {
     #[serde(default = "default_attempts")]
     pub attempts: u32,
     #[serde(default)]
-    pub on: Option<Vec<String>>,
+    pub on: Option<Vec<RetryOn>>,
     #[serde(default)]
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub backoff: Option<Duration>,
     #[serde(default)]
     pub budget_percent: Option<u32>,
+}
+
+/// A retry condition: a named outcome (`connect_error`) or a status, written
+/// bare (`503`) or quoted.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Name(String),
+}
+
+impl std::fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryOn::Status(s) => write!(f, "{s}"),
+            RetryOn::Name(n) => f.write_str(n),
+        }
+    }
 }
 
 fn default_attempts() -> u32 {

@@ -337,7 +337,7 @@ impl Checker {
                 );
             }
             for (i, o) in r.on.iter().flatten().enumerate() {
-                if let Err(e) = check_retry_on(o) {
+                if let Err(e) = check_retry_on(&o.to_string()) {
                     self.err(item(&child(&at, "on"), i), e);
                 }
             }

@@ -338,7 +338,9 @@ async fn read_body(body: RequestBody, limit: u64) -> Result<Bytes, GatewayError>
         Ok(collected) => Ok(collected.to_bytes()),
         Err(BodyError::TooLarge(_)) => Err(GatewayError::PayloadTooLarge { limit }),
         Err(BodyError::Timeout) => Err(GatewayError::BodyTimeout),
-        Err(BodyError::Client(_)) => Err(GatewayError::BadRequest("the request body was cut short")),
+        Err(BodyError::Client(_)) => {
+            Err(GatewayError::BadRequest("the request body was cut short"))
+        }
     }
 }
 
@@ -447,7 +449,10 @@ async fn forward(
                     _ => RetryReason::Reset,
                 };
                 upstream.record_attempt(idx, Some(true), done);
-                (Err(send_error(e, &upstream.name, target, parts.uri.path())), reason)
+                (
+                    Err(send_error(e, &upstream.name, target, parts.uri.path())),
+                    reason,
+                )
             }
             Err(_elapsed) => {
                 target.metrics.record(Outcome::Timeout);

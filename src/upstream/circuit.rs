@@ -257,10 +257,7 @@ mod tests {
         now += Duration::from_secs(5);
         assert!(!c.would_admit(&s, now));
         now += Duration::from_secs(5);
-        assert_eq!(
-            c.admit(&s, now),
-            (true, Some(CircuitState::HalfOpen))
-        );
+        assert_eq!(c.admit(&s, now), (true, Some(CircuitState::HalfOpen)));
     }
 
     #[test]

@@ -106,7 +106,9 @@ impl Upstream {
         let mut refused: Vec<usize> = Vec::new();
         loop {
             let usable = |i: usize| {
-                self.passes_health(i, fail_open) && self.circuit_admits(i, now) && !refused.contains(&i)
+                self.passes_health(i, fail_open)
+                    && self.circuit_admits(i, now)
+                    && !refused.contains(&i)
             };
             let picked = self
                 .balancer
@@ -179,7 +181,9 @@ impl Target {
             CircuitState::Open => {
                 tracing::warn!(upstream, target = %self.label, "circuit opened")
             }
-            _ => tracing::info!(upstream, target = %self.label, state = state.as_str(), "circuit state changed"),
+            _ => {
+                tracing::info!(upstream, target = %self.label, state = state.as_str(), "circuit state changed")
+            }
         }
     }
 }

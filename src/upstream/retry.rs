@@ -67,7 +67,9 @@ impl RetryPolicy {
     /// The counter of `reason` when this policy retries it.
     pub fn counter(&self, reason: RetryReason) -> Option<&IntCounter> {
         match reason {
-            RetryReason::ConnectError => self.on_connect_error.then_some(&self.connect_error_counter),
+            RetryReason::ConnectError => {
+                self.on_connect_error.then_some(&self.connect_error_counter)
+            }
             RetryReason::Timeout => self.on_timeout.then_some(&self.timeout_counter),
             RetryReason::Reset => self.on_reset.then_some(&self.reset_counter),
             RetryReason::Status(s) => self

@@ -250,8 +250,7 @@ impl Srv {
             self.hits.fetch_add(1, Ordering::SeqCst);
             return status(503, "down");
         }
-        if c
-            .fail_next
+        if c.fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
@@ -572,7 +571,9 @@ impl Gateway {
 
     /// `GET /upstreams`, parsed.
     pub async fn upstreams(&self) -> Value {
-        let r = get(&self.admin_url("/upstreams")).await.expect("/upstreams");
+        let r = get(&self.admin_url("/upstreams"))
+            .await
+            .expect("/upstreams");
         assert_eq!(r.status, 200);
         r.json()
     }
