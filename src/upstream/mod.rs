@@ -187,3 +187,76 @@ impl Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{compile::compile, load_str};
+    use crate::metrics::Metrics;
+    use crate::snapshot::Snapshot;
+    use crate::state::Carryover;
+
+    fn snapshot() -> Snapshot {
+        let yaml = "
+upstreams:
+  a:
+    targets: [{ url: 'http://127.0.0.1:1' }, { url: 'http://127.0.0.1:2' }]
+    health_check: { path: /h }
+    circuit_breaker: { consecutive_failures: 1, open_for: 10s }
+routes:
+  - { name: r, match: { path_prefix: / }, upstream: a }
+";
+        let loaded = load_str(yaml, "t.yaml").unwrap();
+        compile(&loaded, &Metrics::new().unwrap(), &Carryover::default()).unwrap()
+    }
+
+    fn ctx(headers: &http::HeaderMap) -> PickContext<'_> {
+        PickContext {
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            headers,
+        }
+    }
+
+    #[test]
+    fn pick_skips_open_unhealthy_and_tried_targets() {
+        let snap = snapshot();
+        let up = &snap.upstreams[0];
+        let h = http::HeaderMap::new();
+        let now = Instant::now();
+
+        // Tried targets are avoided while another one is usable, then reused.
+        for _ in 0..4 {
+            assert_eq!(up.pick(&ctx(&h), &[0], now).unwrap(), 1);
+            assert_eq!(up.pick(&ctx(&h), &[1], now).unwrap(), 0);
+        }
+        assert!(up.pick(&ctx(&h), &[0, 1], now).is_ok());
+
+        // Target 0's circuit opens: only target 1 is picked.
+        up.record_attempt(0, Some(true), now);
+        for _ in 0..4 {
+            assert_eq!(up.pick(&ctx(&h), &[], now).unwrap(), 1);
+        }
+        // Both open: circuit_open.
+        up.record_attempt(1, Some(true), now);
+        let e = up.pick(&ctx(&h), &[], now).unwrap_err();
+        assert_eq!(e.code(), "circuit_open");
+        // Both unhealthy: no_healthy_upstream, whatever the circuits.
+        for t in &up.targets {
+            t.state.healthy.store(false, Ordering::Relaxed);
+        }
+        let e = up.pick(&ctx(&h), &[], now).unwrap_err();
+        assert_eq!(e.code(), "no_healthy_upstream");
+        // After open_for one target gets its half-open probe, once.
+        for t in &up.targets {
+            t.state.healthy.store(true, Ordering::Relaxed);
+        }
+        let later = now + Duration::from_secs(10);
+        let probe = up.pick(&ctx(&h), &[], later).unwrap();
+        let other = up.pick(&ctx(&h), &[], later).unwrap();
+        assert_ne!(probe, other);
+        assert_eq!(
+            up.pick(&ctx(&h), &[], later).unwrap_err().code(),
+            "circuit_open"
+        );
+    }
+}

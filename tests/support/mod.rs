@@ -76,7 +76,8 @@ pub struct Upstream {
 /// `hits`, answered 200 unless the upstream is down or `unhealthy`.
 #[derive(Default)]
 pub struct Control {
-    /// Down: new connections are reset at once, requests on open ones get 503.
+    /// Down: new connections are reset at once, requests on open ones get 503
+    /// and the connection closed.
     pub down: std::sync::atomic::AtomicBool,
     /// The health endpoint answers 503 (traffic is still served).
     pub unhealthy: std::sync::atomic::AtomicBool,
@@ -248,7 +249,12 @@ impl Srv {
         }
         if c.down.load(Ordering::SeqCst) {
             self.hits.fetch_add(1, Ordering::SeqCst);
-            return status(503, "down");
+            // Close the keep-alive connection too: the next request opens a
+            // new one, which a down upstream resets.
+            let mut r = status(503, "down");
+            r.headers_mut()
+                .insert(http::header::CONNECTION, "close".parse().expect("close"));
+            return r;
         }
         if c.fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
