@@ -145,7 +145,15 @@ async fn answer(
                 &json!({ "error": "bad_request", "message": message }),
             ),
         },
-        // "/upstreams" => the resilience capability adds this arm (SPEC §5).
+        "/upstreams" => {
+            let body = crate::upstream::report::render(&shared.snapshot.load());
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz, /metrics, /config, /explain or POST /reload\n",

@@ -42,8 +42,10 @@ pub enum GatewayError {
     RateLimitUnavailable,
     #[error("upstream `{upstream}` is at its concurrent request limit")]
     UpstreamOverloaded { upstream: String },
-    #[error("upstream `{upstream}` has no target available")]
+    #[error("upstream `{upstream}` has no healthy target")]
     NoHealthyUpstream { upstream: String },
+    #[error("the circuit breaker of every target of upstream `{upstream}` is open")]
+    CircuitOpen { upstream: String },
     #[error("could not reach upstream `{upstream}`")]
     UpstreamUnavailable { upstream: String },
     #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
@@ -62,7 +64,8 @@ impl GatewayError {
             GatewayError::Overloaded
             | GatewayError::RateLimitUnavailable
             | GatewayError::UpstreamOverloaded { .. }
-            | GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -80,6 +83,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
         }
@@ -97,6 +101,7 @@ impl GatewayError {
             | GatewayError::UpstreamOverloaded { .. }
             | GatewayError::RateLimitUnavailable => Fault::Gateway,
             GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::CircuitOpen { .. }
             | GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamTimeout { .. } => Fault::Upstream,
         }

@@ -137,6 +137,7 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
         in_flight: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
     });
+    shared.carryover.sync_health(&shared.snapshot.load());
     let life = Lifecycle {
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),

@@ -26,6 +26,9 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_requests_total: IntCounterVec,
     upstream_duration: HistogramVec,
+    upstream_healthy: IntGaugeVec,
+    circuit_state: IntGaugeVec,
+    retries_total: IntCounterVec,
     pub in_flight: IntGauge,
     active_connections: IntGaugeVec,
     config_info: IntGaugeVec,
@@ -112,6 +115,10 @@ pub enum Outcome {
 pub struct TargetMetrics {
     outcomes: [IntCounter; 5],
     pub duration: Histogram,
+    /// `tollgate_upstream_healthy` (0/1).
+    pub healthy: IntGauge,
+    /// `tollgate_circuit_state` (0 closed, 1 open, 2 half-open).
+    pub circuit_state: IntGauge,
 }
 
 impl TargetMetrics {
@@ -153,6 +160,27 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
         )?;
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_healthy",
+                "Whether a target passes its active health checks (1) or not (0).",
+            ),
+            &["upstream", "target"],
+        )?;
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_circuit_state",
+                "Circuit breaker state of a target: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["upstream", "target"],
+        )?;
+        let retries_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_retries_total",
+                "Retried upstream attempts, by upstream and the reason of the retry.",
+            ),
+            &["upstream", "reason"],
+        )?;
         let in_flight = IntGauge::new(
             "tollgate_in_flight_requests",
             "Requests being served right now.",
@@ -191,6 +219,9 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_requests_total.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
+        registry.register(Box::new(circuit_state.clone()))?;
+        registry.register(Box::new(retries_total.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(active_connections.clone()))?;
         registry.register(Box::new(config_info.clone()))?;
@@ -227,6 +258,9 @@ impl Metrics {
             request_duration,
             upstream_requests_total,
             upstream_duration,
+            upstream_healthy,
+            circuit_state,
+            retries_total,
             in_flight,
             active_connections,
             config_info,
@@ -262,6 +296,8 @@ impl Metrics {
                 outcome("reset"),
             ],
             duration: self.upstream_duration.with_label_values(&[upstream]),
+            healthy: self.upstream_healthy.with_label_values(&[upstream, target]),
+            circuit_state: self.circuit_state.with_label_values(&[upstream, target]),
         }
     }
 
@@ -277,6 +313,11 @@ impl Metrics {
             self.rate_limit_store_errors
                 .with_label_values(&[policy, "deny"]),
         ]
+    }
+
+    /// The `tollgate_retries_total` counter of one (upstream, reason).
+    pub fn retries(&self, upstream: &str, reason: &str) -> IntCounter {
+        self.retries_total.with_label_values(&[upstream, reason])
     }
 
     pub fn listener_connections(&self, listener: &str) -> IntGauge {
@@ -314,11 +355,18 @@ impl Metrics {
             upstream,
             &[("target", target)],
         );
+        let _ = self
+            .upstream_healthy
+            .remove_label_values(&[upstream, target]);
+        let _ = self.circuit_state.remove_label_values(&[upstream, target]);
     }
 
     /// Drops the series of an upstream that no longer exists.
     pub fn forget_upstream(&self, upstream: &str) {
         remove_matching(&self.upstream_requests_total, "upstream", upstream, &[]);
+        remove_matching(&self.retries_total, "upstream", upstream, &[]);
+        remove_matching(&self.upstream_healthy, "upstream", upstream, &[]);
+        remove_matching(&self.circuit_state, "upstream", upstream, &[]);
         let _ = self.upstream_duration.remove_label_values(&[upstream]);
     }
 
@@ -335,7 +383,12 @@ impl Metrics {
 /// Removes every child of `vec` whose label `name` is `value` (and whose labels
 /// in `also` match too). `MetricVec` only removes by the full label set, so
 /// the children are found by collecting the family.
-fn remove_matching(vec: &IntCounterVec, name: &str, value: &str, also: &[(&str, &str)]) {
+fn remove_matching<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    name: &str,
+    value: &str,
+    also: &[(&str, &str)],
+) {
     use prometheus::core::Collector;
     for family in vec.collect() {
         for m in family.get_metric() {

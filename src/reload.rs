@@ -321,6 +321,7 @@ impl Reloader {
         metrics.set_config_version(&snapshot.version);
         shared.snapshot.store(snapshot.clone());
         shared.carryover.retain(&snapshot);
+        shared.carryover.sync_health(&snapshot);
         forget_stale(metrics, &old, &snapshot);
 
         // Close listeners no longer wanted (or moved), then start the new ones.

@@ -1,6 +1,6 @@
 //! State that outlives a config version, kept beside the snapshot and keyed by
-//! name: per-target counters (and, later, health and circuit state) and the
-//! connection pools. `compile` asks here for the state of every upstream and
+//! name: per-target counters, health and circuit state, the retry budgets, the
+//! connection pools, and the health-check tasks. `compile` asks here for the state of every upstream and
 //! target it builds, so a reload keeps what still exists; after the swap,
 //! `retain` forgets what the new version no longer names.
 //!
@@ -8,18 +8,42 @@
 //! path); requests reach the states through the `Arc`s in the snapshot.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::snapshot::Snapshot;
+use crate::upstream::circuit::Circuit;
+use crate::upstream::health::{self, HealthKey};
 use crate::upstream::pool::{PoolSettings, UpstreamClient};
+use crate::upstream::retry::RetryBudget;
 
 /// What a target carries across config versions.
-#[derive(Default)]
 pub struct TargetState {
     /// Requests in flight to this target (least_request reads it).
     pub in_flight: AtomicU32,
+    /// The active health checks' verdict; true until they say otherwise, and
+    /// ignored when the upstream has no `health_check`.
+    pub healthy: AtomicBool,
+    pub circuit: Circuit,
+    /// Attempts sent to this target, and those that failed (connect error,
+    /// timeout, reset, 5xx), for `/upstreams`.
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl Default for TargetState {
+    fn default() -> Self {
+        TargetState {
+            in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            circuit: Circuit::default(),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
 }
 
 /// (upstream name, target URL)
@@ -31,6 +55,21 @@ pub struct Carryover {
     pools: Mutex<HashMap<String, (PoolSettings, Arc<UpstreamClient>)>>,
     /// Rate-limit policies by name, with the definition they were built from.
     rate_limits: Mutex<HashMap<String, (String, Arc<RateLimitPolicy>)>>,
+    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
+    /// Running health-check tasks per upstream, with what they were started for.
+    health: Mutex<HashMap<String, (HealthKey, CancellationToken)>>,
+}
+
+impl Drop for Carryover {
+    fn drop(&mut self) {
+        let tasks = self
+            .health
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (_, token) in tasks.values() {
+            token.cancel();
+        }
+    }
 }
 
 impl Carryover {
@@ -78,6 +117,49 @@ impl Carryover {
         Ok(policy)
     }
 
+    /// The retry budget of `upstream` (its window survives reloads).
+    pub fn budget(&self, upstream: &str) -> Arc<RetryBudget> {
+        let mut map = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(upstream.to_string()).or_default().clone()
+    }
+
+    /// Makes the running health-check tasks match `snap`: starts those of new
+    /// or changed `health_check`s, stops those of removed or changed ones, and
+    /// leaves the unchanged ones alone. Call it after each swap (needs a Tokio
+    /// runtime).
+    pub fn sync_health(&self, snap: &Snapshot) {
+        let mut tasks = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|name, (key, token)| {
+            let keep = snap
+                .upstreams
+                .iter()
+                .any(|u| &*u.name == name && HealthKey::of(u).as_ref() == Some(key));
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for up in &snap.upstreams {
+            let Some(key) = HealthKey::of(up) else {
+                continue;
+            };
+            if tasks.contains_key(&*up.name) {
+                continue;
+            }
+            let token = CancellationToken::new();
+            health::spawn(up, &token);
+            tasks.insert(up.name.to_string(), (key, token));
+        }
+    }
+
+    /// How many upstreams have health-check tasks running (for tests).
+    pub fn health_task_count(&self) -> usize {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Forgets the state of upstreams and targets `snap` does not have.
     pub fn retain(&self, snap: &Snapshot) {
         let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
@@ -94,6 +176,9 @@ impl Carryover {
                 .any(|u| &*u.name == up && u.pool_settings == *settings)
         });
         drop(pools);
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        budgets.retain(|up, _| snap.upstreams.iter().any(|u| &*u.name == up));
+        drop(budgets);
         let mut limits = self
             .rate_limits
             .lock()

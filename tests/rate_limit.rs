@@ -164,13 +164,14 @@ struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts `redis-server` on a free port, or explains why it cannot.
+    /// Starts `redis-server` on a free port, or explains why it cannot. The
+    /// port is chosen below the kernel's ephemeral range (32768+), so that
+    /// while Redis is stopped mid-test no other test's `127.0.0.1:0` socket can
+    /// take it before Redis restarts there.
     async fn start() -> Option<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+        let port = (0..200)
+            .map(|_| fastrand::u16(20_000..32_000))
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())?;
         Self::start_on(port).await
     }
 

@@ -3,6 +3,7 @@
 //! resolved. Runs once per config version, never per request.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -21,7 +22,12 @@ use crate::router::{PathSpec, RouteSpec, Router};
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
 use crate::state::Carryover;
 use crate::upstream::balancer::{Balancer, Strategy};
+use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
+use crate::upstream::health::{DEFAULT_EXPECT, HealthSettings};
 use crate::upstream::pool::PoolSettings;
+use crate::upstream::retry::{
+    DEFAULT_BACKOFF, DEFAULT_BUDGET_PERCENT, DEFAULT_METHODS, DEFAULT_ON, RetryPolicy,
+};
 use crate::upstream::{Target, Upstream};
 
 /// A config that validated but still could not be built. Validation is meant to
@@ -182,10 +188,18 @@ fn compile_upstream(
         let authority =
             target_authority(&t.url).map_err(|m| err(format!("{path}.targets[{i}].url"), m))?;
         let label: Arc<str> = authority.as_str().into();
+        let state = carry.target(name, &t.url);
+        let target_metrics = metrics.target(name, &label);
+        target_metrics.healthy.set(i64::from(
+            up.health_check.is_none() || state.healthy.load(Ordering::Relaxed),
+        ));
+        target_metrics
+            .circuit_state
+            .set(state.circuit.state().gauge());
         targets.push(Target {
             url: t.url.as_str().into(),
-            metrics: metrics.target(name, &label),
-            state: carry.target(name, &t.url),
+            metrics: target_metrics,
+            state,
             authority,
             label,
         });
@@ -206,6 +220,22 @@ fn compile_upstream(
         max_idle_per_target: up.pool.max_idle_per_target,
     };
     Ok(Upstream {
+        health: health_settings(up, &path)?,
+        circuit: up.circuit_breaker.as_ref().map(|c| CircuitSettings {
+            consecutive_failures: c.consecutive_failures,
+            failure_statuses: c
+                .failure_statuses
+                .clone()
+                .unwrap_or_else(|| DEFAULT_FAILURE_STATUSES.to_vec()),
+            open_for: c.open_for.get(),
+            half_open_max_requests: c.half_open_max_requests,
+        }),
+        retry: up
+            .retries
+            .as_ref()
+            .map(|r| retry_policy(name, r, metrics, &format!("{path}.retries")))
+            .transpose()?,
+        budget: carry.budget(name),
         name: name.into(),
         targets,
         balancer,
@@ -215,6 +245,78 @@ fn compile_upstream(
         max_concurrent: up.max_concurrent_requests.unwrap_or(0),
         in_flight: Default::default(),
     })
+}
+
+fn health_settings(
+    up: &schema::Upstream,
+    path: &str,
+) -> Result<Option<HealthSettings>, CompileError> {
+    let Some(h) = &up.health_check else {
+        return Ok(None);
+    };
+    Ok(Some(HealthSettings {
+        path: h
+            .path
+            .parse()
+            .map_err(|e| err(format!("{path}.health_check.path"), e))?,
+        interval: h.interval.get(),
+        timeout: h.timeout.get(),
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
+        expect: h.expect_status.unwrap_or(DEFAULT_EXPECT),
+        fail_open: h.fail_open,
+    }))
+}
+
+fn retry_policy(
+    upstream: &str,
+    r: &schema::Retries,
+    metrics: &Metrics,
+    path: &str,
+) -> Result<RetryPolicy, CompileError> {
+    let methods = match &r.methods {
+        None => DEFAULT_METHODS.to_vec(),
+        Some(ms) => ms
+            .iter()
+            .map(|m| {
+                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|e| err(format!("{path}.methods"), e))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let on: Vec<String> = match &r.on {
+        Some(on) => on.iter().map(ToString::to_string).collect(),
+        None => DEFAULT_ON.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut policy = RetryPolicy {
+        attempts: r.attempts,
+        methods,
+        on_connect_error: false,
+        on_timeout: false,
+        on_reset: false,
+        on_statuses: Vec::new(),
+        connect_error_counter: metrics.retries(upstream, "connect_error"),
+        timeout_counter: metrics.retries(upstream, "timeout"),
+        reset_counter: metrics.retries(upstream, "reset"),
+        backoff: r.backoff.map_or(DEFAULT_BACKOFF, |b| b.get()),
+        budget_percent: r.budget_percent.unwrap_or(DEFAULT_BUDGET_PERCENT),
+    };
+    for (i, o) in on.iter().enumerate() {
+        match o.as_str() {
+            "connect_error" => policy.on_connect_error = true,
+            "timeout" => policy.on_timeout = true,
+            "reset" => policy.on_reset = true,
+            status => {
+                let code: u16 = status
+                    .parse()
+                    .map_err(|_| err(format!("{path}.on[{i}]"), "unknown retry condition"))?;
+                policy
+                    .on_statuses
+                    .push((code, metrics.retries(upstream, status)));
+            }
+        }
+    }
+    Ok(policy)
 }
 
 /// `http://host[:port][/]` -> `host:port` (port 80 when absent).

@@ -254,6 +254,10 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     #[serde(default)]
     pub expect_status: Option<StatusRange>,
+    /// Beyond SPEC §2: when every target is unhealthy, send traffic to all of
+    /// them anyway instead of answering 503 `no_healthy_upstream`.
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 fn default_hc_interval() -> Duration {
@@ -298,13 +302,31 @@ pub struct Retries {
     #[serde(default = "default_attempts")]
     pub attempts: u32,
     #[serde(default)]
-    pub on: Option<Vec<String>>,
+    pub on: Option<Vec<RetryOn>>,
     #[serde(default)]
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub backoff: Option<Duration>,
     #[serde(default)]
     pub budget_percent: Option<u32>,
+}
+
+/// A retry condition: a named outcome (`connect_error`) or a status, written
+/// bare (`503`) or quoted.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Name(String),
+}
+
+impl std::fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryOn::Status(s) => write!(f, "{s}"),
+            RetryOn::Name(n) => f.write_str(n),
+        }
+    }
 }
 
 fn default_attempts() -> u32 {

@@ -45,21 +45,6 @@ const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
     ("upstream TLS", |c| {
         named(&c.upstreams, "upstreams", "tls", |u| u.tls.is_some())
     }),
-    ("health_check", |c| {
-        named(&c.upstreams, "upstreams", "health_check", |u| {
-            u.health_check.is_some()
-        })
-    }),
-    ("circuit_breaker", |c| {
-        named(&c.upstreams, "upstreams", "circuit_breaker", |u| {
-            u.circuit_breaker.is_some()
-        })
-    }),
-    ("retries", |c| {
-        named(&c.upstreams, "upstreams", "retries", |u| {
-            u.retries.is_some()
-        })
-    }),
     ("auth.jwt", |c| nonempty(!c.auth.jwt.is_empty(), "auth.jwt")),
     ("auth.api_keys", |c| {
         nonempty(!c.auth.api_keys.is_empty(), "auth.api_keys")
@@ -301,6 +286,91 @@ impl Checker {
                 child(at, "max_concurrent_requests"),
                 "must be above zero; leave it out for no limit",
             );
+        }
+        self.resilience(at, u);
+    }
+
+    /// `health_check`, `circuit_breaker` and `retries` of an upstream.
+    fn resilience(&mut self, at: &str, u: &Upstream) {
+        if let Some(h) = &u.health_check {
+            let hc = child(at, "health_check");
+            if !h.path.starts_with('/') || h.path.parse::<http::uri::PathAndQuery>().is_err() {
+                self.err(
+                    child(&hc, "path"),
+                    format!("expected a path starting with /, got `{}`", h.path),
+                );
+            }
+            if h.timeout.get().is_zero() {
+                self.err(child(&hc, "timeout"), "must be above zero");
+            }
+            if h.interval.get() <= h.timeout.get() {
+                self.err(
+                    child(&hc, "interval"),
+                    format!(
+                        "must be longer than the timeout ({}), got {}",
+                        h.timeout, h.interval
+                    ),
+                );
+            }
+            for (key, v) in [
+                ("healthy_threshold", h.healthy_threshold),
+                ("unhealthy_threshold", h.unhealthy_threshold),
+            ] {
+                if v == 0 {
+                    self.err(child(&hc, key), "must be at least 1");
+                }
+            }
+        }
+        if let Some(cb) = &u.circuit_breaker {
+            let at = child(at, "circuit_breaker");
+            if cb.consecutive_failures == 0 {
+                self.err(child(&at, "consecutive_failures"), "must be at least 1");
+            }
+            if cb.half_open_max_requests == 0 {
+                self.err(child(&at, "half_open_max_requests"), "must be at least 1");
+            }
+            if cb.open_for.get().is_zero() {
+                self.err(child(&at, "open_for"), "must be above zero");
+            }
+            for (i, s) in cb.failure_statuses.iter().flatten().enumerate() {
+                if !(500..=599).contains(s) {
+                    self.err(
+                        item(&child(&at, "failure_statuses"), i),
+                        format!("expected a 5xx status, got {s}"),
+                    );
+                }
+            }
+        }
+        if let Some(r) = &u.retries {
+            let at = child(at, "retries");
+            if !(1..=10).contains(&r.attempts) {
+                self.err(
+                    child(&at, "attempts"),
+                    format!("must be between 1 and 10, got {}", r.attempts),
+                );
+            }
+            for (i, o) in r.on.iter().flatten().enumerate() {
+                if let Err(e) = check_retry_on(&o.to_string()) {
+                    self.err(item(&child(&at, "on"), i), e);
+                }
+            }
+            for (i, m) in r.methods.iter().flatten().enumerate() {
+                if let Err(e) = check_method(m) {
+                    self.err(item(&child(&at, "methods"), i), e);
+                }
+            }
+            if r.budget_percent.is_some_and(|p| p > 100) {
+                self.err(
+                    child(&at, "budget_percent"),
+                    format!(
+                        "must be between 0 and 100, got {}",
+                        r.budget_percent.unwrap_or_default()
+                    ),
+                );
+            }
+            if r.backoff.is_some_and(|b| b.get().is_zero()) {
+                self.err(child(&at, "backoff"), "must be above zero");
+            }
         }
     }
 
@@ -660,6 +730,23 @@ fn check_host_pattern(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+const RETRY_CONDITIONS: &[&str] = &["connect_error", "timeout", "reset"];
+
+/// A retry condition: a named outcome or a 5xx status.
+fn check_retry_on(on: &str) -> Result<(), String> {
+    if RETRY_CONDITIONS.contains(&on) {
+        return Ok(());
+    }
+    match on.parse::<u16>() {
+        Ok(s) if (500..=599).contains(&s) => Ok(()),
+        Ok(s) => Err(format!("only 5xx statuses can be retried, got {s}")),
+        Err(_) => Err(format!(
+            "unknown retry condition `{on}`; expected connect_error, timeout, reset or a 5xx status{}",
+            suggest::hint(on, RETRY_CONDITIONS.iter().copied())
+        )),
+    }
+}
+
 /// Any HTTP token is a method, but one a letter away from a standard method is
 /// far more likely a typo than a custom verb.
 fn check_method(method: &str) -> Result<(), String> {
@@ -752,6 +839,19 @@ mod tests {
     fn regex_errors_are_one_line() {
         let e = regex::Regex::new("(a").unwrap_err();
         assert_eq!(regex_reason(&e), "unclosed group");
+    }
+
+    #[test]
+    fn retry_conditions() {
+        for ok in ["connect_error", "timeout", "reset", "502", "599"] {
+            assert!(check_retry_on(ok).is_ok(), "{ok}");
+        }
+        assert!(check_retry_on("404").unwrap_err().contains("5xx"));
+        assert!(
+            check_retry_on("conect_error")
+                .unwrap_err()
+                .contains("did you mean `connect_error`")
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum BodyError {
 /// The client's body on its way upstream.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    /// A body already read in full (kept so that a retry can send it again).
+    buffered: Option<Bytes>,
     limit: u64,
     stall: Duration,
     timer: Option<Pin<Box<Sleep>>>,
@@ -46,6 +48,7 @@ impl RequestBody {
     pub fn new(body: Incoming, limit: u64, stall: Duration, received: Arc<AtomicU64>) -> Self {
         RequestBody {
             inner: Some(body),
+            buffered: None,
             limit,
             stall,
             timer: None,
@@ -57,10 +60,19 @@ impl RequestBody {
     pub fn empty() -> Self {
         RequestBody {
             inner: None,
+            buffered: None,
             limit: 0,
             stall: Duration::ZERO,
             timer: None,
             received: None,
+        }
+    }
+
+    /// A body read in full beforehand; sent as one frame.
+    pub fn buffered(bytes: Bytes) -> Self {
+        RequestBody {
+            buffered: Some(bytes).filter(|b| !b.is_empty()),
+            ..Self::empty()
         }
     }
 }
@@ -74,6 +86,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(bytes) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -111,13 +126,14 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.buffered.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(b) => b.size_hint(),
-            None => SizeHint::with_exact(0),
+        match (&self.buffered, &self.inner) {
+            (Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            (None, Some(b)) => b.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
         }
     }
 }

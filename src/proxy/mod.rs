@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use tokio::time::Instant as TokioInstant;
 
 use crate::Shared;
 use crate::error::GatewayError;
@@ -24,9 +26,12 @@ use crate::policy::Decision;
 use crate::router::RequestView;
 use crate::server::ConnInfo;
 use crate::snapshot::{Action, Snapshot};
+use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
+use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
 use crate::upstream::pool::{BodyErrorKind, SendError};
-use body::{RequestBody, ResponseBody};
+use crate::upstream::retry::{MAX_REPLAY_BODY, RetryReason};
+use body::{BodyError, RequestBody, ResponseBody};
 use headers::X_REQUEST_ID;
 use record::RequestRecord;
 
@@ -216,31 +221,9 @@ async fn serve(
     if upstream.max_concurrent > 0 {
         ex.upstream_slot = Some(upstream_idx);
     }
-    let pick = PickContext {
-        client_ip: ex.client_ip,
-        headers: &parts.headers,
-    };
-    let target_idx = upstream
-        .pick(&pick)
-        .ok_or_else(|| GatewayError::NoHealthyUpstream {
-            upstream: upstream.name.to_string(),
-        })?;
-    ex.target = Some((upstream_idx, target_idx));
-    let target = &upstream.targets[target_idx];
 
-    // Build the upstream request in place from the client's.
-    let body = if hyper::body::Body::is_end_stream(&body) {
-        RequestBody::empty()
-    } else {
-        let received = Arc::new(AtomicU64::new(0));
-        ex.bytes_in = Some(received.clone());
-        RequestBody::new(
-            body,
-            limits.max_body_bytes,
-            limits.body_read_timeout,
-            received,
-        )
-    };
+    // Build the upstream request in place from the client's; the target's
+    // authority goes into the URI per attempt (`forward`).
     let path_and_query = match route.rewrite.path(parts.uri.path()) {
         None => parts
             .uri
@@ -256,15 +239,6 @@ async fn serve(
                 .map_err(|_| GatewayError::BadRequest("the rewritten path is not a valid URI"))?
         }
     };
-    let mut uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("the request URI cannot be forwarded"))?;
-    std::mem::swap(&mut parts.uri, &mut uri);
-    parts.version = Version::HTTP_11;
-
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     // The gateway already answered `100 Continue` to the client by reading its body.
@@ -284,76 +258,243 @@ async fn serve(
     }
     h.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
 
-    let timeout = route.timeout.unwrap_or(upstream.request_timeout);
-    let sent = Instant::now();
-    let result = tokio::time::timeout(
-        timeout,
-        upstream.client.send(Request::from_parts(parts, body)),
-    )
-    .await;
-    let upstream_time = sent.elapsed();
-    ex.upstream_ms = Some(upstream_time.as_secs_f64() * 1000.0);
-    target.metrics.duration.observe(upstream_time.as_secs_f64());
-
-    let mut resp = match result {
-        Ok(Ok(resp)) => {
-            target.metrics.record(if resp.status().is_server_error() {
-                Outcome::Http5xx
-            } else {
-                Outcome::Success
-            });
-            resp
-        }
-        Ok(Err(e)) => {
-            return Err(send_error(
-                e,
-                &upstream.name,
-                target,
-                &uri,
-                limits.max_body_bytes,
-            ));
-        }
-        Err(_elapsed) => {
-            target.metrics.record(Outcome::Timeout);
-            return Err(GatewayError::UpstreamTimeout {
-                upstream: upstream.name.to_string(),
-                timeout_ms: duration_ms(timeout),
-            });
+    // A small body is read once and kept, so that a retry can send it again;
+    // anything else streams (and is then never retried).
+    let retryable = upstream
+        .retry
+        .as_ref()
+        .is_some_and(|r| r.allows_method(&parts.method));
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Outgoing::Replayable(Bytes::new())
+    } else {
+        let received = Arc::new(AtomicU64::new(0));
+        ex.bytes_in = Some(received.clone());
+        let body = RequestBody::new(
+            body,
+            limits.max_body_bytes,
+            limits.body_read_timeout,
+            received,
+        );
+        if retryable && declared.is_some_and(|len| len <= MAX_REPLAY_BODY) {
+            Outgoing::Replayable(read_body(body, limits.max_body_bytes).await?)
+        } else {
+            Outgoing::Streamed(body)
         }
     };
+
+    let attempt = Attempt {
+        upstream_idx,
+        path_and_query,
+        timeout: route.timeout.unwrap_or(upstream.request_timeout),
+        body_limit: limits.max_body_bytes,
+    };
+    let mut resp = forward(parts, body, upstream, attempt, ex).await?;
     headers::strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
     Ok(resp.map(ResponseBody::upstream))
 }
 
+/// The request body as it goes upstream.
+enum Outgoing {
+    /// Empty, or read in full: every attempt can send it.
+    Replayable(Bytes),
+    /// Streams from the client: only one attempt can send it.
+    Streamed(RequestBody),
+}
+
+/// What `forward` needs besides the request.
+struct Attempt {
+    upstream_idx: usize,
+    path_and_query: PathAndQuery,
+    /// The whole exchange's deadline: every attempt and backoff fit in it.
+    timeout: Duration,
+    body_limit: u64,
+}
+
+/// Reads a small request body in full (within the body limit and stall timeout).
+async fn read_body(body: RequestBody, limit: u64) -> Result<Bytes, GatewayError> {
+    match http_body_util::BodyExt::collect(body).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(BodyError::TooLarge(_)) => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(BodyError::Timeout) => Err(GatewayError::BodyTimeout),
+        Err(BodyError::Client(_)) => {
+            Err(GatewayError::BadRequest("the request body was cut short"))
+        }
+    }
+}
+
+/// Sends the request to a target of `upstream` and returns the response head,
+/// retrying on another target when the upstream's `retries` allow it: only
+/// replayable bodies and the configured methods and outcomes, within the retry
+/// budget, with backoff, and all attempts within the one deadline. Each
+/// attempt's outcome feeds the target's circuit breaker and metrics.
+async fn forward(
+    mut parts: http::request::Parts,
+    body: Outgoing,
+    upstream: &Upstream,
+    at: Attempt,
+    ex: &mut Exchange,
+) -> Result<Response<Incoming>, GatewayError> {
+    let started = TokioInstant::now();
+    let deadline = started + at.timeout;
+    let (retry, mut streamed, replay) = match body {
+        Outgoing::Replayable(bytes) => (
+            upstream
+                .retry
+                .as_ref()
+                .filter(|r| r.allows_method(&parts.method)),
+            None,
+            bytes,
+        ),
+        Outgoing::Streamed(b) => (None, Some(b), Bytes::new()),
+    };
+    let max_attempts = 1 + retry.map_or(0, |r| r.attempts);
+    if upstream.retry.is_some() {
+        upstream.budget.record_request(started);
+    }
+    let mut tried: Vec<usize> = Vec::new();
+    let mut upstream_time = Duration::ZERO;
+    let mut attempt = 1;
+    loop {
+        let now = TokioInstant::now();
+        let pick = PickContext {
+            client_ip: ex.client_ip,
+            headers: &parts.headers,
+        };
+        let idx = upstream.pick(&pick, &tried, now)?;
+        ex.target = Some((at.upstream_idx, idx));
+        let target = &upstream.targets[idx];
+
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(target.authority.clone())
+            .path_and_query(at.path_and_query.clone())
+            .build()
+            .map_err(|_| GatewayError::BadRequest("the request URI cannot be forwarded"))?;
+        let more = attempt < max_attempts;
+        let body = match streamed.take() {
+            Some(b) => b,
+            None if replay.is_empty() => RequestBody::empty(),
+            None => RequestBody::buffered(replay.clone()),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = if more {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+
+        // With retries, one attempt may not take the whole deadline: it is
+        // bounded by the upstream's own request timeout too.
+        let remaining = deadline.saturating_duration_since(now);
+        let limit = if retry.is_some() {
+            remaining.min(upstream.request_timeout)
+        } else {
+            remaining
+        };
+        let sent = TokioInstant::now();
+        let result = tokio::time::timeout(limit, upstream.client.send(req)).await;
+        let took = sent.elapsed();
+        upstream_time += took;
+        ex.upstream_ms = Some(upstream_time.as_secs_f64() * 1000.0);
+        target.metrics.duration.observe(took.as_secs_f64());
+
+        let failure_status = |status: u16| match &upstream.circuit {
+            Some(c) => c.is_failure_status(status),
+            None => DEFAULT_FAILURE_STATUSES.contains(&status),
+        };
+        let done = TokioInstant::now();
+        let (outcome, reason) = match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                target.metrics.record(if resp.status().is_server_error() {
+                    Outcome::Http5xx
+                } else {
+                    Outcome::Success
+                });
+                upstream.record_attempt(idx, Some(failure_status(status)), done);
+                (Ok(resp), RetryReason::Status(status))
+            }
+            Ok(Err(SendError::ClientBody(kind))) => {
+                upstream.record_attempt(idx, None, done);
+                return Err(client_body_error(kind, at.body_limit));
+            }
+            Ok(Err(e)) => {
+                let reason = match &e {
+                    SendError::Connect(_) => RetryReason::ConnectError,
+                    _ => RetryReason::Reset,
+                };
+                upstream.record_attempt(idx, Some(true), done);
+                (
+                    Err(send_error(e, &upstream.name, target, parts.uri.path())),
+                    reason,
+                )
+            }
+            Err(_elapsed) => {
+                target.metrics.record(Outcome::Timeout);
+                upstream.record_attempt(idx, Some(true), done);
+                let err = GatewayError::UpstreamTimeout {
+                    upstream: upstream.name.to_string(),
+                    timeout_ms: duration_ms(limit),
+                };
+                (Err(err), RetryReason::Timeout)
+            }
+        };
+
+        let Some(policy) = retry.filter(|_| more) else {
+            return outcome;
+        };
+        let Some(counter) = policy.counter(reason) else {
+            return outcome;
+        };
+        let pause = policy.backoff(attempt);
+        if done + pause >= deadline || !upstream.budget.try_retry(policy.budget_percent, done) {
+            return outcome;
+        }
+        counter.inc();
+        ex.retries += 1;
+        tracing::debug!(upstream = %upstream.name, target = %target.label, ?reason, attempt, "retrying");
+        drop(outcome);
+        // The next attempt may go to another target: this one is no longer in flight.
+        target.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        ex.target = None;
+        tried.push(idx);
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
+}
+
+fn client_body_error(kind: BodyErrorKind, body_limit: u64) -> GatewayError {
+    match kind {
+        BodyErrorKind::TooLarge => GatewayError::PayloadTooLarge { limit: body_limit },
+        BodyErrorKind::Timeout => GatewayError::BodyTimeout,
+        BodyErrorKind::Aborted => GatewayError::BadRequest("the request body was cut short"),
+    }
+}
+
+/// Classifies and logs a failed attempt (the client-body case is handled apart).
 fn send_error(
     e: SendError,
     upstream: &str,
     target: &crate::upstream::Target,
-    uri: &Uri,
-    body_limit: u64,
+    path: &str,
 ) -> GatewayError {
-    let unavailable = || GatewayError::UpstreamUnavailable {
-        upstream: upstream.to_string(),
-    };
     match e {
-        SendError::ClientBody(BodyErrorKind::TooLarge) => {
-            GatewayError::PayloadTooLarge { limit: body_limit }
-        }
-        SendError::ClientBody(BodyErrorKind::Timeout) => GatewayError::BodyTimeout,
-        SendError::ClientBody(BodyErrorKind::Aborted) => {
-            GatewayError::BadRequest("the request body was cut short")
-        }
         SendError::Connect(reason) => {
             target.metrics.record(Outcome::ConnectError);
-            tracing::warn!(upstream, target = %target.label, path = uri.path(), %reason, "upstream connect failed");
-            unavailable()
+            tracing::warn!(upstream, target = %target.label, path, %reason, "upstream connect failed");
         }
         SendError::Reset(reason) => {
             target.metrics.record(Outcome::Reset);
-            tracing::warn!(upstream, target = %target.label, path = uri.path(), %reason, "upstream connection failed");
-            unavailable()
+            tracing::warn!(upstream, target = %target.label, path, %reason, "upstream connection failed");
         }
+        SendError::ClientBody(_) => {}
+    }
+    GatewayError::UpstreamUnavailable {
+        upstream: upstream.to_string(),
     }
 }
 

@@ -1,10 +1,16 @@
 //! Upstream services: their targets, how one is picked, and how requests reach it.
 //!
-//! An `Upstream` is compiled once per config version. Per-target counters that the
-//! balancer reads (`in_flight`) live on the `Target`.
+//! An `Upstream` is compiled once per config version. Per-target state that
+//! outlives it (in-flight count, health, circuit) is reached through the
+//! `Target`'s `TargetState`. `pick` chooses among the targets that are healthy,
+//! whose circuit admits a request, and that this request has not tried yet.
 
 pub mod balancer;
+pub mod circuit;
+pub mod health;
 pub mod pool;
+pub mod report;
+pub mod retry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,10 +18,16 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
+use tokio::time::Instant;
+
+use crate::error::GatewayError;
 use crate::metrics::TargetMetrics;
 use crate::state::TargetState;
 use balancer::{Balancer, PickContext};
+use circuit::{CircuitSettings, CircuitState};
+use health::HealthSettings;
 use pool::{PoolSettings, UpstreamClient};
+use retry::{RetryBudget, RetryPolicy};
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -29,6 +41,12 @@ pub struct Upstream {
     /// The bulkhead: at most this many requests in flight (0 = no cap).
     pub max_concurrent: usize,
     pub in_flight: AtomicUsize,
+    /// Active health checks; `None` = every target counts as healthy.
+    pub health: Option<HealthSettings>,
+    pub circuit: Option<CircuitSettings>,
+    pub retry: Option<RetryPolicy>,
+    /// Shared with other config versions of the same upstream name.
+    pub budget: Arc<RetryBudget>,
 }
 
 pub struct Target {
@@ -56,17 +74,189 @@ impl Upstream {
         true
     }
 
-    /// Picks a target for one attempt and counts it as in flight.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        let i = self.balancer.pick(
-            ctx,
-            |i| self.targets[i].state.in_flight.load(Ordering::Relaxed),
-            |_| true,
-        )?;
-        self.targets[i]
-            .state
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        Some(i)
+    /// Whether the health checks let `target` take traffic.
+    fn passes_health(&self, target: usize, ignore_health: bool) -> bool {
+        ignore_health
+            || self.health.is_none()
+            || self.targets[target].state.healthy.load(Ordering::Relaxed)
+    }
+
+    fn circuit_admits(&self, target: usize, now: Instant) -> bool {
+        self.circuit
+            .as_ref()
+            .is_none_or(|s| self.targets[target].state.circuit.would_admit(s, now))
+    }
+
+    /// Picks a target for one attempt and counts it as in flight. Skips
+    /// unhealthy targets, targets whose circuit is open, and those in `tried`
+    /// unless nothing else is left. Errors: every target unhealthy
+    /// (`no_healthy_upstream`, unless `fail_open`), or every healthy target's
+    /// circuit open (`circuit_open`).
+    pub fn pick(
+        &self,
+        ctx: &PickContext<'_>,
+        tried: &[usize],
+        now: Instant,
+    ) -> Result<usize, GatewayError> {
+        let fail_open = self.health.as_ref().is_some_and(|h| h.fail_open)
+            && !(0..self.targets.len()).any(|i| self.passes_health(i, false));
+        let load = |i: usize| self.targets[i].state.in_flight.load(Ordering::Relaxed);
+        // Each loop turn either returns or rules out one more target (lost
+        // half-open probe races), so it ends.
+        let mut refused: Vec<usize> = Vec::new();
+        loop {
+            let usable = |i: usize| {
+                self.passes_health(i, fail_open)
+                    && self.circuit_admits(i, now)
+                    && !refused.contains(&i)
+            };
+            let picked = self
+                .balancer
+                .pick(ctx, load, |i| usable(i) && !tried.contains(&i))
+                .or_else(|| self.balancer.pick(ctx, load, usable));
+            let Some(i) = picked else {
+                return Err(self.none_available(fail_open));
+            };
+            if self.admit(i, now) {
+                self.targets[i]
+                    .state
+                    .in_flight
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(i);
+            }
+            refused.push(i);
+        }
+    }
+
+    /// Passes the circuit of `target` (taking a half-open probe slot).
+    fn admit(&self, target: usize, now: Instant) -> bool {
+        let Some(s) = &self.circuit else {
+            return true;
+        };
+        let t = &self.targets[target];
+        let (admitted, transition) = t.state.circuit.admit(s, now);
+        if let Some(state) = transition {
+            t.circuit_changed(&self.name, state);
+        }
+        admitted
+    }
+
+    fn none_available(&self, fail_open: bool) -> GatewayError {
+        let any_healthy = (0..self.targets.len()).any(|i| self.passes_health(i, fail_open));
+        if any_healthy && self.circuit.is_some() {
+            GatewayError::CircuitOpen {
+                upstream: self.name.to_string(),
+            }
+        } else {
+            GatewayError::NoHealthyUpstream {
+                upstream: self.name.to_string(),
+            }
+        }
+    }
+
+    /// Feeds the outcome of an attempt on `target` to its circuit breaker and
+    /// counters. `failure` follows the breaker's classification (`None` when
+    /// the attempt says nothing about the target, e.g. the client's body failed).
+    pub fn record_attempt(&self, target: usize, failure: Option<bool>, now: Instant) {
+        let t = &self.targets[target];
+        let Some(failed) = failure else {
+            return;
+        };
+        t.state.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            t.state.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(s) = &self.circuit
+            && let Some(state) = t.state.circuit.record(s, failed, now)
+        {
+            t.circuit_changed(&self.name, state);
+        }
+    }
+}
+
+impl Target {
+    fn circuit_changed(&self, upstream: &str, state: CircuitState) {
+        self.metrics.circuit_state.set(state.gauge());
+        match state {
+            CircuitState::Open => {
+                tracing::warn!(upstream, target = %self.label, "circuit opened")
+            }
+            _ => {
+                tracing::info!(upstream, target = %self.label, state = state.as_str(), "circuit state changed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{compile::compile, load_str};
+    use crate::metrics::Metrics;
+    use crate::snapshot::Snapshot;
+    use crate::state::Carryover;
+
+    fn snapshot() -> Snapshot {
+        let yaml = "
+upstreams:
+  a:
+    targets: [{ url: 'http://127.0.0.1:1' }, { url: 'http://127.0.0.1:2' }]
+    health_check: { path: /h }
+    circuit_breaker: { consecutive_failures: 1, open_for: 10s }
+routes:
+  - { name: r, match: { path_prefix: / }, upstream: a }
+";
+        let loaded = load_str(yaml, "t.yaml").unwrap();
+        compile(&loaded, &Metrics::new().unwrap(), &Carryover::default()).unwrap()
+    }
+
+    fn ctx(headers: &http::HeaderMap) -> PickContext<'_> {
+        PickContext {
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            headers,
+        }
+    }
+
+    #[test]
+    fn pick_skips_open_unhealthy_and_tried_targets() {
+        let snap = snapshot();
+        let up = &snap.upstreams[0];
+        let h = http::HeaderMap::new();
+        let now = Instant::now();
+
+        // Tried targets are avoided while another one is usable, then reused.
+        for _ in 0..4 {
+            assert_eq!(up.pick(&ctx(&h), &[0], now).unwrap(), 1);
+            assert_eq!(up.pick(&ctx(&h), &[1], now).unwrap(), 0);
+        }
+        assert!(up.pick(&ctx(&h), &[0, 1], now).is_ok());
+
+        // Target 0's circuit opens: only target 1 is picked.
+        up.record_attempt(0, Some(true), now);
+        for _ in 0..4 {
+            assert_eq!(up.pick(&ctx(&h), &[], now).unwrap(), 1);
+        }
+        // Both open: circuit_open.
+        up.record_attempt(1, Some(true), now);
+        let e = up.pick(&ctx(&h), &[], now).unwrap_err();
+        assert_eq!(e.code(), "circuit_open");
+        // Both unhealthy: no_healthy_upstream, whatever the circuits.
+        for t in &up.targets {
+            t.state.healthy.store(false, Ordering::Relaxed);
+        }
+        let e = up.pick(&ctx(&h), &[], now).unwrap_err();
+        assert_eq!(e.code(), "no_healthy_upstream");
+        // After open_for one target gets its half-open probe, once.
+        for t in &up.targets {
+            t.state.healthy.store(true, Ordering::Relaxed);
+        }
+        let later = now + Duration::from_secs(10);
+        let probe = up.pick(&ctx(&h), &[], later).unwrap();
+        let other = up.pick(&ctx(&h), &[], later).unwrap();
+        assert_ne!(probe, other);
+        assert_eq!(
+            up.pick(&ctx(&h), &[], later).unwrap_err().code(),
+            "circuit_open"
+        );
     }
 }

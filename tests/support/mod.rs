@@ -66,7 +66,49 @@ pub struct Upstream {
     active: Arc<AtomicUsize>,
     /// Path and query of every request received, in order.
     paths: Arc<Mutex<Vec<String>>>,
+    /// Faults switched on and off by the test (see `Control`).
+    pub control: Arc<Control>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Faults a test can switch on any upstream while it runs. Requests to
+/// `HEALTH_PATH` are health probes: counted apart (`health_hits`), never in
+/// `hits`, answered 200 unless the upstream is down or `unhealthy`.
+#[derive(Default)]
+pub struct Control {
+    /// Down: new connections are reset at once, requests on open ones get 503
+    /// and the connection closed.
+    pub down: std::sync::atomic::AtomicBool,
+    /// The health endpoint answers 503 (traffic is still served).
+    pub unhealthy: std::sync::atomic::AtomicBool,
+    /// Answer this many next requests with `fail_status` instead of the behaviour.
+    pub fail_next: AtomicUsize,
+    pub fail_status: std::sync::atomic::AtomicU16,
+    pub health_hits: AtomicUsize,
+    /// Connections of `Hang` requests that the peer closed.
+    pub hung_closed: AtomicUsize,
+}
+
+pub const HEALTH_PATH: &str = "/healthz";
+
+impl Control {
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+    pub fn set_unhealthy(&self, unhealthy: bool) {
+        self.unhealthy.store(unhealthy, Ordering::SeqCst);
+    }
+    /// The next `n` requests get `status`.
+    pub fn fail(&self, n: usize, status: u16) {
+        self.fail_status.store(status, Ordering::SeqCst);
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+    pub fn health_hits(&self) -> usize {
+        self.health_hits.load(Ordering::SeqCst)
+    }
+    pub fn hung_closed(&self) -> usize {
+        self.hung_closed.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Upstream {
@@ -85,7 +127,9 @@ impl Upstream {
         let body_bytes = Arc::new(AtomicU64::new(0));
         let active = Arc::new(AtomicUsize::new(0));
         let paths = Arc::new(Mutex::new(Vec::new()));
+        let control = Arc::new(Control::default());
         let state = Srv {
+            control: control.clone(),
             paths: paths.clone(),
             name,
             behavior,
@@ -100,6 +144,12 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                if state.control.down.load(Ordering::SeqCst) {
+                    // SO_LINGER 0: the close is a RST.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                    continue;
+                }
                 let state = state.clone();
                 match state.behavior {
                     Behavior::Hang | Behavior::ResetMidBody => {
@@ -126,6 +176,7 @@ impl Upstream {
             body_bytes,
             active,
             paths,
+            control,
             task,
         }
     }
@@ -166,6 +217,7 @@ pub async fn dead_addr() -> SocketAddr {
 
 #[derive(Clone)]
 struct Srv {
+    control: Arc<Control>,
     name: &'static str,
     behavior: Behavior,
     hits: Arc<AtomicUsize>,
@@ -182,6 +234,39 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 
 impl Srv {
     async fn serve(&self, req: Request<Incoming>) -> Response<TestBody> {
+        let c = &self.control;
+        let status = |code: u16, body: &'static str| {
+            let mut r = Response::new(full(body));
+            *r.status_mut() = StatusCode::from_u16(code).expect("status");
+            r
+        };
+        if req.uri().path() == HEALTH_PATH {
+            c.health_hits.fetch_add(1, Ordering::SeqCst);
+            if c.down.load(Ordering::SeqCst) || c.unhealthy.load(Ordering::SeqCst) {
+                return status(503, "unhealthy");
+            }
+            return status(200, "ok");
+        }
+        if c.down.load(Ordering::SeqCst) {
+            self.hits.fetch_add(1, Ordering::SeqCst);
+            // Close the keep-alive connection too: the next request opens a
+            // new one, which a down upstream resets.
+            let mut r = status(503, "down");
+            r.headers_mut()
+                .insert(http::header::CONNECTION, "close".parse().expect("close"));
+            return r;
+        }
+        if c.fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.hits.fetch_add(1, Ordering::SeqCst);
+            let _ = self.drain(req.into_body()).await;
+            let mut r = status(c.fail_status.load(Ordering::SeqCst), "injected failure");
+            r.headers_mut()
+                .insert("x-upstream", self.name.parse().expect("name"));
+            return r;
+        }
         self.paths.lock().expect("paths lock").push(
             req.uri()
                 .path_and_query()
@@ -304,6 +389,7 @@ async fn raw_upstream(mut stream: TcpStream, state: Srv) {
                     break;
                 }
             }
+            state.control.hung_closed.fetch_add(1, Ordering::SeqCst);
         }
         Behavior::ResetMidBody => {
             let head =
@@ -541,6 +627,27 @@ impl Gateway {
             .body(empty())
             .expect("request");
         send(req).await.expect("POST /reload")
+    }
+
+    /// Reloads the running gateway from `yaml` (same placeholders as `start`).
+    pub async fn reload(&self, yaml: &str, vars: &[(&str, String)]) {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let loaded = tollgate::config::load_str_with_env(yaml, "test.yaml", &env)
+            .unwrap_or_else(|e| panic!("reload config is invalid:\n{e}"));
+        self.app().reload(loaded).await.expect("reload compiles");
+    }
+
+    /// `GET /upstreams`, parsed.
+    pub async fn upstreams(&self) -> Value {
+        let r = get(&self.admin_url("/upstreams"))
+            .await
+            .expect("/upstreams");
+        assert_eq!(r.status, 200);
+        r.json()
     }
 
     pub fn url(&self, path: &str) -> String {

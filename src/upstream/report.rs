@@ -1,0 +1,53 @@
+//! The `GET /upstreams` admin answer (SPEC §5): every upstream of the running
+//! config and, per target, its health, circuit state, in-flight requests and
+//! counters.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::snapshot::Snapshot;
+
+pub fn upstreams(snap: &Snapshot) -> Value {
+    let list: Vec<Value> = snap
+        .upstreams
+        .iter()
+        .map(|u| {
+            let targets: Vec<Value> = u
+                .targets
+                .iter()
+                .map(|t| {
+                    let s = &t.state;
+                    json!({
+                        "url": &*t.url,
+                        "target": &*t.label,
+                        "healthy": u.health.is_none() || s.healthy.load(Ordering::Relaxed),
+                        "circuit": s.circuit.state().as_str(),
+                        "in_flight": s.in_flight.load(Ordering::Relaxed),
+                        "requests": s.requests.load(Ordering::Relaxed),
+                        "failures": s.failures.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*u.name,
+                "in_flight": u
+                    .targets
+                    .iter()
+                    .map(|t| u64::from(t.state.in_flight.load(Ordering::Relaxed)))
+                    .sum::<u64>(),
+                "max_concurrent_requests": (u.max_concurrent > 0).then_some(u.max_concurrent),
+                "health_check": u.health.is_some(),
+                "circuit_breaker": u.circuit.is_some(),
+                "retries": u.retry.is_some(),
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({ "version": snap.version, "upstreams": list })
+}
+
+/// The JSON text of `upstreams`.
+pub fn render(snap: &Snapshot) -> Vec<u8> {
+    serde_json::to_vec_pretty(&upstreams(snap)).unwrap_or_default()
+}
