@@ -41,6 +41,7 @@ use access_log::{AccessLog, LogFormat};
 use config::LoadedConfig;
 use config::compile::{CompileError, compile};
 use metrics::Metrics;
+use server::tls::TlsListeners;
 use server::{ConnSettings, Lifecycle};
 use snapshot::Snapshot;
 use state::Carryover;
@@ -95,12 +96,15 @@ pub struct App {
     shared: Arc<Shared>,
     life: Lifecycle,
     grace: Duration,
+    /// The live certificates of the TLS listeners, swapped on reload.
+    tls: TlsListeners,
 }
 
 pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, StartError> {
     let metrics = Metrics::new()?;
     let carryover = Carryover::default();
     let snapshot = compile(&loaded, &metrics, &carryover)?;
+    let tls = TlsListeners::new(&loaded)?;
     metrics.set_config_version(&snapshot.version);
     metrics.config_last_reload_success.set(unix_now());
     let server_cfg = &loaded.config.server;
@@ -140,11 +144,12 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
         listeners.push((name.clone(), addr));
         tokio::spawn(server::accept_loop(
             listener,
-            name.into(),
+            name.as_str().into(),
             shared.clone(),
             settings.clone(),
             max_connections.clone(),
             life.clone(),
+            tls.get(&name),
         ));
     }
     let admin = match admin {
@@ -163,6 +168,7 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
         shared,
         life,
         grace: server_cfg.shutdown_grace.get(),
+        tls,
     })
 }
 
@@ -216,8 +222,15 @@ impl App {
     /// and server-limit changes need a restart for now.
     pub fn reload(&self, loaded: &LoadedConfig) -> Result<(), CompileError> {
         let metrics = &self.shared.metrics;
-        match compile(loaded, metrics, &self.shared.carryover) {
-            Ok(snapshot) => {
+        // New certificates are read before anything changes and put in service
+        // only if the whole version compiles.
+        let compiled = self
+            .tls
+            .stage(loaded)
+            .and_then(|tls| Ok((tls, compile(loaded, metrics, &self.shared.carryover)?)));
+        match compiled {
+            Ok((tls, snapshot)) => {
+                tls.commit();
                 metrics.set_config_version(&snapshot.version);
                 let snapshot = Arc::new(snapshot);
                 self.shared.snapshot.store(snapshot.clone());

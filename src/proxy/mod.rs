@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -49,6 +49,8 @@ pub struct Exchange {
     pub consumer: Option<String>,
     /// The verified JWT claims, for `require_claims` and `jwt:<claim>` keys.
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The verified client certificate's subject on an mTLS connection.
+    pub client_cert_subject: Option<Arc<str>>,
     /// Headers every answer to this request carries, success or error (for
     /// example rate-limit or CORS headers added by policies).
     pub response_headers: HeaderMap,
@@ -82,6 +84,7 @@ pub async fn handle(
         retries: 0,
         consumer: None,
         claims: None,
+        client_cert_subject: conn.client_cert_subject.clone(),
         response_headers: HeaderMap::new(),
         holds_global_slot: false,
         holds_upstream_slot: false,
@@ -256,7 +259,7 @@ async fn serve(
         }
     };
     let mut uri = Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(target.scheme.clone())
         .authority(target.authority.clone())
         .path_and_query(path_and_query)
         .build()
@@ -268,7 +271,8 @@ async fn serve(
     headers::strip_hop_by_hop(h);
     // The gateway already answered `100 Continue` to the client by reading its body.
     h.remove(header::EXPECT);
-    headers::set_forwarded(h, conn.peer.ip(), "http", ex.host.as_ref());
+    let proto = if conn.tls { "https" } else { "http" };
+    headers::set_forwarded(h, conn.peer.ip(), proto, ex.host.as_ref());
     route.request_headers.apply(h);
     match (&route.rewrite.host, &ex.host) {
         (Some(rewritten), _) => {
