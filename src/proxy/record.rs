@@ -90,6 +90,7 @@ impl RequestRecord {
             bytes_out,
             retries: ex.retries,
             error,
+            client_cert: ex.client_cert_subject.as_deref(),
         });
     }
 }

@@ -142,7 +142,8 @@ fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
     let provider = crate::server::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let mut config = if tls.insecure_skip_verify {
+    // hyper-rustls sets ALPN itself from the enabled protocols (http/1.1).
+    let config = if tls.insecure_skip_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
@@ -158,7 +159,6 @@ fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
