@@ -48,6 +48,10 @@ pub struct AccessLine<'a> {
     pub bytes_out: u64,
     pub retries: u32,
     pub error: Option<&'a str>,
+    /// The verified client certificate's subject (mTLS listeners only; the
+    /// field is absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<&'a str>,
 }
 
 fn rfc3339<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -115,6 +119,9 @@ fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
         l.retries,
         opt(l.error),
     );
+    if let Some(subject) = l.client_cert {
+        let _ = write!(buf, " client_cert={}", text_value(subject));
+    }
 }
 
 /// Quotes a value that would otherwise break the `key=value` layout.

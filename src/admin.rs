@@ -373,6 +373,7 @@ routes:
             source: "t.yaml".into(),
             version: "v".into(),
             files: Vec::new(),
+            base_dir: None,
         };
         let text = redacted_config(&loaded).to_string();
         for secret in [

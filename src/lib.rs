@@ -42,6 +42,7 @@ use access_log::{AccessLog, LogFormat};
 use config::LoadedConfig;
 use config::compile::{CompileError, compile};
 use metrics::Metrics;
+use server::tls::TlsListeners;
 use server::{ConnSettings, Lifecycle};
 use snapshot::Snapshot;
 use state::Carryover;
@@ -113,6 +114,7 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
     let metrics = Metrics::new()?;
     let carryover = Carryover::default();
     let snapshot = compile(&loaded, &metrics, &carryover)?;
+    let tls = TlsListeners::new(&loaded)?;
     metrics.set_config_version(&snapshot.version);
     metrics.config_last_reload_success.set(unix_now());
     let server_cfg = &loaded.config.server;
@@ -151,6 +153,7 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
         opts.config_file,
         life.clone(),
         max_connections,
+        tls,
     ));
     let bound = server_cfg
         .listeners

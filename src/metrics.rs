@@ -31,6 +31,7 @@ pub struct Metrics {
     retries_total: IntCounterVec,
     pub in_flight: IntGauge,
     active_connections: IntGaugeVec,
+    tls_handshake_failures: IntCounterVec,
     config_info: IntGaugeVec,
     pub config_reloads_success: IntCounter,
     pub config_reloads_failure: IntCounter,
@@ -192,6 +193,13 @@ impl Metrics {
             ),
             &["listener"],
         )?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out, by listener.",
+            ),
+            &["listener"],
+        )?;
         let config_info = IntGaugeVec::new(
             Opts::new("tollgate_config_info", "The running config's version hash."),
             &["version"],
@@ -224,6 +232,7 @@ impl Metrics {
         registry.register(Box::new(retries_total.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(active_connections.clone()))?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(config_info.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -263,6 +272,7 @@ impl Metrics {
             retries_total,
             in_flight,
             active_connections,
+            tls_handshake_failures,
             config_info,
             config_reloads_success: reloads.with_label_values(&["success"]),
             config_reloads_failure: reloads.with_label_values(&["failure"]),
@@ -322,6 +332,10 @@ impl Metrics {
 
     pub fn listener_connections(&self, listener: &str) -> IntGauge {
         self.active_connections.with_label_values(&[listener])
+    }
+
+    pub fn tls_handshake_failures(&self, listener: &str) -> IntCounter {
+        self.tls_handshake_failures.with_label_values(&[listener])
     }
 
     /// Marks `version` as the running config (and only it).

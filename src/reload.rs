@@ -26,6 +26,7 @@ use crate::Shared;
 use crate::config::compile::compile;
 use crate::config::schema::Config;
 use crate::config::{ConfigErrors, LoadedConfig};
+use crate::server::tls::TlsListeners;
 use crate::server::{self, ConnSettings, Lifecycle};
 use crate::snapshot::Snapshot;
 
@@ -149,6 +150,8 @@ pub struct Reloader {
     addrs: Mutex<Vec<(String, SocketAddr)>>,
     life: Lifecycle,
     max_connections: Arc<Semaphore>,
+    /// The live certificates of the TLS listeners, by listener name.
+    tls: TlsListeners,
 }
 
 impl Reloader {
@@ -157,8 +160,10 @@ impl Reloader {
         file: Option<ConfigFile>,
         life: Lifecycle,
         max_connections: Arc<Semaphore>,
+        tls: TlsListeners,
     ) -> Self {
         Reloader {
+            tls,
             shared,
             file,
             listeners: tokio::sync::Mutex::new(Listeners {
@@ -218,6 +223,7 @@ impl Reloader {
             settings,
             self.max_connections.clone(),
             life,
+            self.tls.get(&name),
         ));
         table.running.push(RunningListener {
             name,
@@ -284,6 +290,12 @@ impl Reloader {
         let shared = &self.shared;
         let metrics = &shared.metrics;
         let old = shared.snapshot.load_full();
+        // New certificates are read first and put in service only if the whole
+        // version goes through.
+        let staged_tls = match self.tls.stage(&loaded) {
+            Ok(t) => t,
+            Err(e) => return Err(self.failed(trigger, vec![plain_error(e.path, e.message)])),
+        };
         let snapshot = match compile(&loaded, metrics, &shared.carryover) {
             Ok(s) => s,
             Err(e) => return Err(self.failed(trigger, vec![plain_error(e.path, e.message)])),
@@ -320,6 +332,7 @@ impl Reloader {
         let snapshot = Arc::new(snapshot);
         metrics.set_config_version(&snapshot.version);
         shared.snapshot.store(snapshot.clone());
+        staged_tls.commit();
         shared.carryover.retain(&snapshot);
         shared.carryover.sync_health(&snapshot);
         forget_stale(metrics, &old, &snapshot);

@@ -83,16 +83,20 @@ impl Carryover {
 
     /// The pool of `upstream`: kept (with its idle connections) while its
     /// settings stay the same, new when they changed.
-    pub fn pool(&self, upstream: &str, settings: PoolSettings) -> Arc<UpstreamClient> {
+    pub fn pool(
+        &self,
+        upstream: &str,
+        settings: PoolSettings,
+    ) -> Result<Arc<UpstreamClient>, String> {
         let mut map = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((old, client)) = map.get(upstream)
             && *old == settings
         {
-            return client.clone();
+            return Ok(client.clone());
         }
-        let client = Arc::new(UpstreamClient::new(&settings));
+        let client = Arc::new(UpstreamClient::new(&settings)?);
         map.insert(upstream.to_string(), (settings, client.clone()));
-        client
+        Ok(client)
     }
 
     /// The policy called `name`: the existing one (buckets and all) while its

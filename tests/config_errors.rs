@@ -317,12 +317,18 @@ fn type_errors_say_expected_and_found() {
 }
 
 #[test]
-fn https_targets_are_not_supported_yet() {
-    let e = one_error("upstreams:\n  u:\n    targets:\n      - url: https://127.0.0.1:9443\n");
-    assert_eq!(at(&e), (4, 14, "upstreams.u.targets[0].url"));
+fn https_targets_load_and_unreadable_certificates_are_located() {
+    load("upstreams:\n  u:\n    targets:\n      - url: https://127.0.0.1:9443\n").unwrap();
+    let text = "server:\n  listeners:\n    - name: https\n      bind: 127.0.0.1:8443\n      tls:\n        certificates:\n          - cert: /nonexistent/a.crt\n            key: /nonexistent/a.key\n";
+    let e = one_error(text);
     assert_eq!(
-        e.message,
-        "https targets are not supported yet (upstream TLS comes with the TLS issue)"
+        at(&e),
+        (7, 19, "server.listeners[0].tls.certificates[0].cert")
+    );
+    assert!(
+        e.message.starts_with("cannot read `/nonexistent/a.crt`"),
+        "{}",
+        e.message
     );
 }
 

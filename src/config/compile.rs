@@ -2,12 +2,13 @@
 //! header names parsed, upstream pools and balancers created, metric handles
 //! resolved. Runs once per config version, never per request.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 
@@ -24,7 +25,7 @@ use crate::state::Carryover;
 use crate::upstream::balancer::{Balancer, Strategy};
 use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
 use crate::upstream::health::{DEFAULT_EXPECT, HealthSettings};
-use crate::upstream::pool::PoolSettings;
+use crate::upstream::pool::{PoolSettings, TlsSettings};
 use crate::upstream::retry::{
     DEFAULT_BACKOFF, DEFAULT_BUDGET_PERCENT, DEFAULT_METHODS, DEFAULT_ON, RetryPolicy,
 };
@@ -55,7 +56,9 @@ pub fn compile(
 
     let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
     for (name, up) in &cfg.upstreams {
-        upstreams.push(compile_upstream(name, up, metrics, carry)?);
+        upstreams.push(compile_upstream(name, up, metrics, carry, &|p| {
+            loaded.resolve(p)
+        })?);
     }
     let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
     for (name, rl) in &cfg.rate_limits {
@@ -176,16 +179,49 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("expected an IP address or CIDR like 10.0.0.0/8, got `{s}`"))
 }
 
+/// The TLS client settings of an upstream, its CA file read now (so a changed
+/// CA makes a new pool on reload).
+fn upstream_tls(
+    name: &str,
+    up: &schema::Upstream,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    path: &str,
+) -> Result<TlsSettings, CompileError> {
+    let Some(tls) = &up.tls else {
+        return Ok(TlsSettings::default());
+    };
+    if tls.insecure_skip_verify {
+        tracing::warn!(
+            upstream = %name,
+            "upstreams.{name}.tls.insecure_skip_verify is on: the certificates of this upstream's \
+             https targets are NOT verified, anyone on the path can impersonate them; for lab use only"
+        );
+    }
+    let ca = match &tls.ca {
+        Some(ca) => Some(
+            crate::server::tls::read_certs(&resolve(ca))
+                .map_err(|m| err(format!("{path}.tls.ca"), m))?,
+        ),
+        None => None,
+    };
+    Ok(TlsSettings {
+        ca,
+        server_name: tls.server_name.clone(),
+        insecure_skip_verify: tls.insecure_skip_verify,
+    })
+}
+
 fn compile_upstream(
     name: &str,
     up: &schema::Upstream,
     metrics: &Metrics,
     carry: &Carryover,
+    resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<Upstream, CompileError> {
     let path = format!("upstreams.{name}");
     let mut targets = Vec::with_capacity(up.targets.len());
     for (i, t) in up.targets.iter().enumerate() {
-        let authority =
+        let (scheme, authority) =
             target_authority(&t.url).map_err(|m| err(format!("{path}.targets[{i}].url"), m))?;
         let label: Arc<str> = authority.as_str().into();
         let state = carry.target(name, &t.url);
@@ -200,6 +236,7 @@ fn compile_upstream(
             url: t.url.as_str().into(),
             metrics: target_metrics,
             state,
+            scheme,
             authority,
             label,
         });
@@ -218,6 +255,7 @@ fn compile_upstream(
         connect_timeout: up.timeouts.connect.get(),
         idle_timeout: up.timeouts.idle.get(),
         max_idle_per_target: up.pool.max_idle_per_target,
+        tls: upstream_tls(name, up, resolve, &path)?,
     };
     Ok(Upstream {
         health: health_settings(up, &path)?,
@@ -239,7 +277,9 @@ fn compile_upstream(
         name: name.into(),
         targets,
         balancer,
-        client: carry.pool(name, pool_settings),
+        client: carry
+            .pool(name, pool_settings.clone())
+            .map_err(|m| err(&path, m))?,
         pool_settings,
         request_timeout: up.timeouts.request.get(),
         max_concurrent: up.max_concurrent_requests.unwrap_or(0),
@@ -319,20 +359,26 @@ fn retry_policy(
     Ok(policy)
 }
 
-/// `http://host[:port][/]` -> `host:port` (port 80 when absent).
-fn target_authority(url: &str) -> Result<Authority, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("expected an http:// URL, got `{url}`"))?;
+/// `http(s)://host[:port][/]` -> (scheme, `host:port`), the port 80 or 443
+/// when absent.
+fn target_authority(url: &str) -> Result<(Scheme, Authority), String> {
+    let (scheme, rest, port) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::HTTP, rest, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::HTTPS, rest, 443)
+    } else {
+        return Err(format!("expected an http:// or https:// URL, got `{url}`"));
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let authority: Authority = rest
         .parse()
         .map_err(|_| format!("`{url}` has no valid host:port"))?;
     if authority.port_u16().is_some() {
-        Ok(authority)
+        Ok((scheme, authority))
     } else {
-        format!("{}:80", authority.host())
+        format!("{}:{port}", authority.host())
             .parse()
+            .map(|a| (scheme, a))
             .map_err(|_| format!("`{url}` has no valid host:port"))
     }
 }

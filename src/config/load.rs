@@ -29,6 +29,24 @@ pub struct LoadedConfig {
     /// Files the config names (certificates, CAs, JWKS), resolved against the
     /// config file's directory: reload watches them too.
     pub files: Vec<PathBuf>,
+    /// The config file's directory, against which relative file names in it
+    /// resolve; `None` for text that did not come from a file (then they stay
+    /// relative to the working directory).
+    pub base_dir: Option<PathBuf>,
+}
+
+impl LoadedConfig {
+    /// A file name from the config, resolved against the config's directory.
+    pub fn resolve(&self, name: &str) -> PathBuf {
+        resolve(self.base_dir.as_deref(), name)
+    }
+}
+
+fn resolve(base_dir: Option<&Path>, name: &str) -> PathBuf {
+    match base_dir {
+        Some(dir) if Path::new(name).is_relative() => dir.join(name),
+        _ => PathBuf::from(name),
+    }
 }
 
 /// One problem in a config, located in the file.
@@ -174,6 +192,14 @@ fn load_text(
                     .map(|(path, message)| Problem::value(path, message)),
             );
         }
+        // Certificates, keys and CAs are read only once the rest is sound.
+        if problems.is_empty() {
+            problems.extend(
+                validate::files(config, &|name| resolve(base_dir, name))
+                    .into_iter()
+                    .map(|(path, message)| Problem::value(path, message)),
+            );
+        }
     }
 
     match config {
@@ -185,6 +211,7 @@ fn load_text(
                 config,
                 source: source.to_owned(),
                 files,
+                base_dir: base_dir.map(Path::to_path_buf),
             })
         }
         _ => Err(locate(problems, &index, source)),
@@ -618,13 +645,7 @@ fn named_files(config: &Config, base_dir: Option<&Path>) -> Vec<PathBuf> {
             names.push(file);
         }
     }
-    names
-        .into_iter()
-        .map(|n| match base_dir {
-            Some(dir) if Path::new(n).is_relative() => dir.join(n),
-            _ => PathBuf::from(n),
-        })
-        .collect()
+    names.into_iter().map(|n| resolve(base_dir, n)).collect()
 }
 
 #[cfg(test)]

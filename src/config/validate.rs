@@ -3,14 +3,15 @@
 //! features the gateway does not implement yet. Every problem is collected, each
 //! named by its zero-based key path; `load` turns paths into file positions.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use http::{HeaderName, HeaderValue, Method, Uri};
 use ipnet::IpNet;
 
 use super::positions::{child, item};
-use super::schema::{Config, HeaderOps, Match, Route, Upstream};
+use super::schema::{Config, HeaderOps, ListenerTls, Match, Route, Upstream, UpstreamTls};
 use super::suggest;
 use crate::policy::rate_limit::KeyKind;
 
@@ -30,6 +31,40 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     v.issues
 }
 
+/// Reads the files the config names (certificates, keys, CAs) and checks they
+/// parse and belong together; `resolve` places a name from the file. Run after
+/// `validate` passed, at every load, so a reload with a broken certificate fails
+/// and the old one keeps serving.
+pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
+    use crate::server::tls;
+    let mut issues = Vec::new();
+    let provider = tls::provider();
+    for (i, l) in config.server.listeners.iter().enumerate() {
+        let Some(t) = &l.tls else { continue };
+        let at = child(&item("server.listeners", i), "tls");
+        for (j, c) in t.certificates.iter().enumerate() {
+            if let Err(e) = tls::load_cert(&resolve(&c.cert), &resolve(&c.key), &provider) {
+                let entry = item(&child(&at, "certificates"), j);
+                issues.push((child(&entry, &e.key), e.message));
+            }
+        }
+        if let Some(auth) = &t.client_auth {
+            if let Err(m) = tls::read_roots(&resolve(&auth.ca)) {
+                issues.push((child(&child(&at, "client_auth"), "ca"), m));
+            }
+        }
+    }
+    for (name, u) in &config.upstreams {
+        if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca.as_deref()) {
+            if let Err(m) = tls::read_roots(&resolve(ca)) {
+                let at = child(&child(&child("upstreams", name), "tls"), "ca");
+                issues.push((at, m));
+            }
+        }
+    }
+    issues
+}
+
 /// The key paths where a config uses a feature.
 type UsedAt = fn(&Config) -> Vec<String>;
 
@@ -37,14 +72,6 @@ type UsedAt = fn(&Config) -> Vec<String>;
 /// rather than being silently ignored; the issue that implements a feature
 /// deletes its line here.
 const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
-    ("listener TLS", |c| {
-        indexed(&c.server.listeners, "server.listeners", "tls", |l| {
-            l.tls.is_some()
-        })
-    }),
-    ("upstream TLS", |c| {
-        named(&c.upstreams, "upstreams", "tls", |u| u.tls.is_some())
-    }),
     ("auth.jwt", |c| nonempty(!c.auth.jwt.is_empty(), "auth.jwt")),
     ("auth.api_keys", |c| {
         nonempty(!c.auth.api_keys.is_empty(), "auth.api_keys")
@@ -99,20 +126,6 @@ fn indexed<T>(items: &[T], base: &str, field: &str, uses: fn(&T) -> bool) -> Vec
         .enumerate()
         .filter(|(_, x)| uses(x))
         .map(|(i, _)| child(&item(base, i), field))
-        .collect()
-}
-
-/// `base.name.field` for each entry that uses the feature.
-fn named<T>(
-    entries: &BTreeMap<String, T>,
-    base: &str,
-    field: &str,
-    uses: fn(&T) -> bool,
-) -> Vec<String> {
-    entries
-        .iter()
-        .filter(|(_, x)| uses(x))
-        .map(|(name, _)| child(&child(base, name), field))
         .collect()
 }
 
@@ -185,6 +198,9 @@ impl Checker {
                 );
             }
             self.bind(&child(&at, "bind"), &l.bind);
+            if let Some(tls) = &l.tls {
+                self.listener_tls(&child(&at, "tls"), tls);
+            }
         }
         if let Some(admin) = &server.admin {
             self.bind("server.admin.bind", &admin.bind);
@@ -230,6 +246,66 @@ impl Checker {
         }
     }
 
+    fn listener_tls(&mut self, at: &str, tls: &ListenerTls) {
+        use crate::server::tls::{ALPN_PROTOCOLS, MIN_VERSIONS};
+        if tls.certificates.is_empty() {
+            self.err(
+                child(at, "certificates"),
+                "at least one certificate is needed; the first is the default",
+            );
+        }
+        if let Some(v) = &tls.min_version {
+            if !MIN_VERSIONS.contains(&v.as_str()) {
+                self.err(
+                    child(at, "min_version"),
+                    format!("expected \"1.2\" or \"1.3\", got `{v}`"),
+                );
+            }
+        }
+        if let Some(alpn) = &tls.alpn {
+            if alpn.is_empty() {
+                self.err(
+                    child(at, "alpn"),
+                    "give at least one of h2, http/1.1 (or leave alpn out for both)",
+                );
+            }
+            for (i, p) in alpn.iter().enumerate() {
+                if !ALPN_PROTOCOLS.contains(&p.as_str()) {
+                    self.err(
+                        item(&child(at, "alpn"), i),
+                        format!(
+                            "unknown ALPN protocol `{p}`; expected h2 or http/1.1{}",
+                            suggest::hint(p, ALPN_PROTOCOLS.iter().copied())
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn upstream_tls(&mut self, at: &str, u: &Upstream, tls: &UpstreamTls) {
+        if !u.targets.iter().any(|t| t.url.starts_with("https://")) {
+            self.err(
+                at,
+                "tls applies to https:// targets and this upstream has none",
+            );
+        }
+        if let Some(name) = &tls.server_name {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                self.err(
+                    child(at, "server_name"),
+                    format!("expected a DNS name or an IP address, got `{name}`"),
+                );
+            }
+        }
+        if tls.insecure_skip_verify && tls.ca.is_some() {
+            self.err(
+                child(at, "ca"),
+                "a CA has no effect with insecure_skip_verify: true; remove one of them",
+            );
+        }
+    }
+
     fn bind(&mut self, path: &str, bind: &str) {
         if bind.parse::<SocketAddr>().is_err() {
             self.err(
@@ -257,6 +333,9 @@ impl Checker {
                     format!("must be between 1 and 10000, got {}", t.weight),
                 );
             }
+        }
+        if let Some(tls) = &u.tls {
+            self.upstream_tls(&child(at, "tls"), u, tls);
         }
         if let Err(e) = check_balance(&u.balance) {
             self.err(child(at, "balance"), e);
@@ -641,16 +720,13 @@ impl Checker {
     }
 }
 
-/// `http://host[:port][/]`: the gateway picks the path, the target only says where.
+/// `http(s)://host[:port][/]`: the gateway picks the path, the target only says where.
 fn check_target_url(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Err(
-            "https targets are not supported yet (upstream TLS comes with the TLS issue)".into(),
-        );
-    }
-    let expected = || format!("expected a URL like http://127.0.0.1:9000, got `{url}`");
+    let expected = || {
+        format!("expected a URL like http://127.0.0.1:9000 or https://users.internal, got `{url}`")
+    };
     let uri: Uri = url.parse().map_err(|_| expected())?;
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(expected());
     }
     let authority = uri.authority().ok_or_else(expected)?;
@@ -780,11 +856,8 @@ mod tests {
         assert!(check_target_url("http://127.0.0.1:9000").is_ok());
         assert!(check_target_url("http://users.internal").is_ok());
         assert!(check_target_url("http://[::1]:80/").is_ok());
-        assert!(
-            check_target_url("https://x")
-                .unwrap_err()
-                .contains("not supported yet")
-        );
+        assert!(check_target_url("https://x").is_ok());
+        assert!(check_target_url("https://x:8443/").is_ok());
         assert!(
             check_target_url("http://x/api")
                 .unwrap_err()

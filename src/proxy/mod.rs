@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant as TokioInstant;
@@ -54,6 +54,8 @@ pub struct Exchange {
     pub consumer: Option<String>,
     /// The verified JWT claims, for `require_claims` and `jwt:<claim>` keys.
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The verified client certificate's subject on an mTLS connection.
+    pub client_cert_subject: Option<Arc<str>>,
     /// Headers every answer to this request carries, success or error (for
     /// example rate-limit or CORS headers added by policies).
     pub response_headers: HeaderMap,
@@ -89,6 +91,7 @@ pub async fn handle(
         retries: 0,
         consumer: None,
         claims: None,
+        client_cert_subject: conn.client_cert_subject.clone(),
         response_headers: HeaderMap::new(),
         holds_global_slot: false,
     };
@@ -243,7 +246,8 @@ async fn serve(
     headers::strip_hop_by_hop(h);
     // The gateway already answered `100 Continue` to the client by reading its body.
     h.remove(header::EXPECT);
-    headers::set_forwarded(h, conn.peer.ip(), "http", ex.host.as_ref());
+    let proto = if conn.tls { "https" } else { "http" };
+    headers::set_forwarded(h, conn.peer.ip(), proto, ex.host.as_ref());
     headers::propagate_trace(h);
     route.request_headers.apply(h);
     match (&route.rewrite.host, &ex.host) {
@@ -366,7 +370,7 @@ async fn forward(
         let target = &upstream.targets[idx];
 
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(target.scheme.clone())
             .authority(target.authority.clone())
             .path_and_query(at.path_and_query.clone())
             .build()

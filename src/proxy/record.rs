@@ -136,6 +136,7 @@ impl Drop for RequestRecord {
             bytes_out,
             retries: ex.retries,
             error,
+            client_cert: ex.client_cert_subject.as_deref(),
         });
     }
 }

@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 
 use http::Version;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub listener: Arc<str>,
+    /// The connection came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    /// The subject of the client certificate the TLS handshake verified (mTLS),
+    /// RFC 4514 style: `CN=client-1,O=Example`.
+    pub client_cert_subject: Option<Arc<str>>,
     epoch: Instant,
     active: AtomicU32,
     /// Milliseconds since `epoch` + 1 when a request head began arriving; 0 when
@@ -45,6 +49,8 @@ impl ConnInfo {
         ConnInfo {
             peer,
             listener,
+            tls: false,
+            client_cert_subject: None,
             epoch: Instant::now(),
             active: AtomicU32::new(0),
             head_started: AtomicU64::new(1),
@@ -52,6 +58,13 @@ impl ConnInfo {
             h2: AtomicBool::new(false),
             ambiguous_length: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the connection as TLS, with the verified client subject if any.
+    pub fn with_tls(mut self, client_cert_subject: Option<Arc<str>>) -> Self {
+        self.tls = true;
+        self.client_cert_subject = client_cert_subject;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -144,19 +157,20 @@ fn has_both_lengths(bytes: &[u8]) -> bool {
     cl && te
 }
 
-/// The client socket, reporting reads to the connection's `ConnInfo`.
-pub struct WatchedIo {
-    inner: TcpStream,
+/// The client stream (TCP, or TLS over it: the decrypted bytes), reporting
+/// reads to the connection's `ConnInfo`.
+pub struct WatchedIo<S> {
+    inner: S,
     info: Arc<ConnInfo>,
 }
 
-impl WatchedIo {
-    pub fn new(inner: TcpStream, info: Arc<ConnInfo>) -> Self {
+impl<S> WatchedIo<S> {
+    pub fn new(inner: S, info: Arc<ConnInfo>) -> Self {
         WatchedIo { inner, info }
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -172,7 +186,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

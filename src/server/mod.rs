@@ -1,8 +1,11 @@
 //! Client-facing listeners: accepting connections within `max_connections`,
-//! serving HTTP/1.1 and h2c on each (hyper-util's auto builder), and closing
-//! connections that idle too long or send their request head too slowly.
+//! the TLS handshake on TLS listeners (inside each connection's task, under
+//! `header_read_timeout`), serving HTTP/1.1 and HTTP/2 on each (hyper-util's auto
+//! builder), and closing connections that idle too long or send their request
+//! head too slowly.
 
 mod conn;
+pub mod tls;
 
 pub use conn::ConnInfo;
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::Shared;
 use crate::config::schema::Limits;
 use conn::{Verdict, WatchedIo};
+use tls::TlsListener;
 
 /// Per-listener connection settings, fixed when the listener starts.
 pub struct ConnSettings {
@@ -65,7 +70,8 @@ pub struct Lifecycle {
     pub tracker: TaskTracker,
 }
 
-/// Accepts connections until `life.stop` fires.
+/// Accepts connections until `life.stop` fires. With `tls`, each connection
+/// first completes a TLS handshake on the listener's current certificates.
 pub async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
@@ -73,8 +79,10 @@ pub async fn accept_loop(
     settings: Arc<ConnSettings>,
     max_connections: Arc<Semaphore>,
     life: Lifecycle,
+    tls: Option<Arc<TlsListener>>,
 ) {
     let gauge = shared.metrics.listener_connections(&name);
+    let handshake_failures = shared.metrics.tls_handshake_failures(&name);
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -99,32 +107,84 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let gauge = gauge.clone();
-        let conn = serve_connection(
-            stream,
-            peer,
-            name.clone(),
-            shared.clone(),
-            settings.clone(),
-            life.clone(),
-        );
-        life.tracker.spawn(async move {
-            gauge.inc();
-            conn.await;
-            gauge.dec();
-            drop(permit);
-        });
+        let info = ConnInfo::new(peer, name.clone());
+        let (shared, settings, life2) = (shared.clone(), settings.clone(), life.clone());
+        match &tls {
+            None => {
+                life.tracker.spawn(async move {
+                    gauge.inc();
+                    serve_connection(stream, info, shared, settings, life2).await;
+                    gauge.dec();
+                    drop(permit);
+                });
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let failures = handshake_failures.clone();
+                life.tracker.spawn(async move {
+                    gauge.inc();
+                    if let Some((stream, info)) =
+                        handshake(acceptor, stream, info, &settings, &life2).await
+                    {
+                        serve_connection(stream, info, shared, settings, life2).await;
+                    } else {
+                        failures.inc();
+                    }
+                    gauge.dec();
+                    drop(permit);
+                });
+            }
+        }
     }
 }
 
-async fn serve_connection(
+/// The TLS handshake of one connection, bounded by `header_read_timeout` and
+/// cut short by shutdown. `None` when it failed (logged at debug: a failed
+/// handshake is the client's business, and never touches other connections).
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
-    peer: SocketAddr,
-    listener: Arc<str>,
+    info: ConnInfo,
+    settings: &ConnSettings,
+    life: &Lifecycle,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
+    let peer = info.peer;
+    let result = tokio::select! {
+        r = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)) => r,
+        _ = life.stop.cancelled() => return None,
+    };
+    match result {
+        Ok(Ok(stream)) => {
+            let (_, session) = stream.get_ref();
+            let subject = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(tls::subject_of)
+                .map(Arc::from);
+            Some((stream, info.with_tls(subject)))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, listener = %info.listener, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, listener = %info.listener, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    info: ConnInfo,
     shared: Arc<Shared>,
     settings: Arc<ConnSettings>,
     life: Lifecycle,
-) {
-    let info = Arc::new(ConnInfo::new(peer, listener));
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer: SocketAddr = info.peer;
+    let info = Arc::new(info);
     let io = TokioIo::new(WatchedIo::new(stream, info.clone()));
     let svc_info = info.clone();
     let svc = service_fn(move |req| {

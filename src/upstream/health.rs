@@ -73,6 +73,7 @@ pub fn spawn(up: &Upstream, token: &CancellationToken) {
         let probe = Probe {
             upstream: up.name.clone(),
             target: t.label.clone(),
+            scheme: t.scheme.clone(),
             authority: t.authority.clone(),
             state: t.state.clone(),
             gauge: t.metrics.healthy.clone(),
@@ -92,6 +93,7 @@ pub fn spawn(up: &Upstream, token: &CancellationToken) {
 struct Probe {
     upstream: Arc<str>,
     target: Arc<str>,
+    scheme: Scheme,
     authority: http::uri::Authority,
     state: Arc<TargetState>,
     gauge: IntGauge,
@@ -138,7 +140,7 @@ impl Probe {
     async fn probe_once(&self) -> bool {
         let s = &*self.settings;
         let Ok(uri) = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(s.path.clone())
             .build()

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 
 use tokio::time::Instant;
 
@@ -52,6 +52,8 @@ pub struct Upstream {
 pub struct Target {
     /// As written in the config; the target's identity across reloads.
     pub url: Arc<str>,
+    /// `http` or `https` (TLS to the target).
+    pub scheme: Scheme,
     pub authority: Authority,
     /// `host:port`, the `target` metric label and log field.
     pub label: Arc<str>,

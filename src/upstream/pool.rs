@@ -8,25 +8,43 @@
 //! the proxy.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::proxy::body::{BodyError, RequestBody};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_target: usize,
+    pub tls: TlsSettings,
+}
+
+/// How `https://` targets are verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Trust anchors replacing the built-in webpki roots (Mozilla's set).
+    pub ca: Option<Vec<CertificateDer<'static>>>,
+    /// The name the target's certificate must carry, instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate. Lab use only.
+    pub insecure_skip_verify: bool,
 }
 
 pub struct UpstreamClient {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
 }
 
 /// Why an attempt failed, classified for the answer and the metrics.
@@ -48,11 +66,27 @@ pub enum BodyErrorKind {
 }
 
 impl UpstreamClient {
-    pub fn new(settings: &PoolSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
+    pub fn new(settings: &PoolSettings) -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        // The TLS layer sees `https://` URIs; the TCP connector below must too.
+        http.enforce_http(false);
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(
+                client_config(&settings.tls).map_err(|e| format!("TLS client setup: {e}"))?,
+            )
+            .https_or_http();
+        let builder = match settings
+            .tls
+            .server_name
+            .as_deref()
+            .and_then(|n| ServerName::try_from(n.to_owned()).ok())
+        {
+            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+            None => builder,
+        };
+        let connector = builder.enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -61,7 +95,7 @@ impl UpstreamClient {
             // The proxy sets Host itself (the client's, or the route's rewrite).
             .set_host(false)
             .build(connector);
-        UpstreamClient { client }
+        Ok(UpstreamClient { client })
     }
 
     /// Sends one request (its URI absolute: `http://host:port/path`) and returns
@@ -101,4 +135,80 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
+}
+
+/// The rustls client config for an upstream's `https://` targets.
+fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
+    let provider = crate::server::tls::provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    // hyper-rustls sets ALPN itself from the enabled protocols (http/1.1).
+    let config = if tls.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        match &tls.ca {
+            // Validation already refused a CA file without a usable certificate.
+            Some(ca) => {
+                roots.add_parsable_certificates(ca.iter().cloned());
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// `insecure_skip_verify`: any certificate is accepted. Handshake signatures are
+/// still checked, which proves only that the peer holds the key of the
+/// certificate it sent.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
