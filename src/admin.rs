@@ -70,11 +70,17 @@ fn answer(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         "/readyz" => {
             if shared.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if shared.snapshot.load().jwks.iter().any(|s| !s.loaded()) {
+                // A JWT policy whose keys never loaded would answer 503.
+                text(StatusCode::SERVICE_UNAVAILABLE, "waiting for JWKS\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
         }
         "/metrics" => {
+            for source in &shared.snapshot.load().jwks {
+                source.update_age();
+            }
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

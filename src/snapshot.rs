@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
+use crate::policy::jwks::JwksSource;
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -25,6 +26,9 @@ pub struct Snapshot {
     pub unmatched: RouteMetrics,
     pub limits: RequestLimits,
     pub trusted_proxies: Vec<IpNet>,
+    /// The JWKS sources of the `jwks_url` policies: `/readyz` waits for each to
+    /// load once.
+    pub jwks: Vec<Arc<JwksSource>>,
 }
 
 /// Per-request limits from `server.limits`.

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use super::LoadedConfig;
 use super::schema;
 use crate::metrics::Metrics;
-use crate::policy::RoutePolicies;
+use crate::policy::{NamedPolicies, RoutePolicies};
 use crate::router::{PathSpec, RouteSpec, Router};
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
 use crate::state::Carryover;
@@ -49,6 +49,12 @@ pub fn compile(
         upstreams.push(compile_upstream(name, up, metrics, carry)?);
     }
     let upstream_index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
+    // Relative file names (jwks_file) are relative to the config file, as in
+    // `LoadedConfig::files`.
+    let base_dir = std::path::Path::new(&loaded.source)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
+    let named = NamedPolicies::compile(cfg, base_dir, metrics, carry).map_err(|(p, m)| err(p, m))?;
 
     let mut specs = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
@@ -93,7 +99,7 @@ pub fn compile(
             action,
             rewrite,
             timeout: r.timeout.map(|t| t.get()),
-            policies: RoutePolicies::default(),
+            policies: RoutePolicies::compile(r, &path, &named, metrics).map_err(|(p, m)| err(p, m))?,
             request_headers: header_ops(&r.request_headers, &format!("{path}.request_headers"))?,
             response_headers: header_ops(&r.response_headers, &format!("{path}.response_headers"))?,
             metrics: metrics.route(&r.name),
@@ -124,6 +130,7 @@ pub fn compile(
             max_concurrent_requests: limits.max_concurrent_requests,
         },
         trusted_proxies,
+        jwks: named.jwks_sources(),
     })
 }
 
