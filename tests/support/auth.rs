@@ -80,6 +80,7 @@ pub fn encoding_key(alg: Algorithm, other: bool) -> EncodingKey {
         Algorithm::EdDSA => {
             EncodingKey::from_ed_pem(&fixture_bytes(&format!("ed25519{suffix}.pem"))).unwrap()
         }
+        other => panic!("no test key for {other:?}"),
     }
 }
 
