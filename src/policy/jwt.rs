@@ -339,8 +339,9 @@ pub enum Keys {
 /// A compiled `auth.jwt.<name>` policy.
 pub struct JwtPolicy {
     pub name: Arc<str>,
-    algorithms: Vec<Algorithm>,
-    validation: Validation,
+    /// The allow-list, each with its checks (jsonwebtoken wants the algorithms
+    /// of one `Validation` to share a family).
+    validations: Vec<(Algorithm, Validation)>,
     keys: Keys,
     pub sources: Vec<TokenSource>,
     /// claim -> upstream header
@@ -401,15 +402,16 @@ impl JwtPolicy {
             })
             .collect::<Result<_, _>>()?;
         let leeway = cfg.leeway.map_or(30, |d| d.get().as_secs());
+        let validations = algorithms
+            .iter()
+            .map(|&alg| {
+                let v = validation(alg, leeway, cfg.issuer.as_deref(), cfg.audiences.as_deref());
+                (alg, v)
+            })
+            .collect();
         Ok(JwtPolicy {
             name: name.into(),
-            validation: validation(
-                &algorithms,
-                leeway,
-                cfg.issuer.as_deref(),
-                cfg.audiences.as_deref(),
-            ),
-            algorithms,
+            validations,
             keys,
             sources,
             forward_claims,
@@ -460,9 +462,9 @@ impl JwtPolicy {
             return invalid;
         };
         let alg = header.alg;
-        if !self.algorithms.contains(&alg) {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
             return invalid;
-        }
+        };
         let kid = header.kid.as_deref();
         let mut set = set;
         if set.candidates(alg, kid).next().is_none() {
@@ -480,7 +482,7 @@ impl JwtPolicy {
         }
         let mut outcome = AuthFailure::Invalid;
         for key in set.candidates(alg, kid) {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
                     let claims = Arc::new(data.claims);
                     let verified = Verified {
@@ -538,13 +540,13 @@ impl JwtPolicy {
 
 /// jsonwebtoken's checks, every default replaced by ours.
 fn validation(
-    algorithms: &[Algorithm],
+    alg: Algorithm,
     leeway_secs: u64,
     issuer: Option<&str>,
     audiences: Option<&[String]>,
 ) -> Validation {
-    let mut v = Validation::new(algorithms[0]);
-    v.algorithms = algorithms.to_vec();
+    let mut v = Validation::new(alg);
+    v.algorithms = vec![alg];
     v.leeway = leeway_secs;
     v.validate_exp = true;
     v.validate_nbf = true;
@@ -653,13 +655,13 @@ mod tests {
 
     #[test]
     fn validation_replaces_every_default() {
-        let v = validation(&[Algorithm::RS256], 30, Some("iss"), Some(&["a".into()]));
+        let v = validation(Algorithm::RS256, 30, Some("iss"), Some(&["a".into()]));
         assert_eq!(v.leeway, 30);
         assert!(v.validate_nbf && v.validate_exp && v.validate_aud);
         for c in ["exp", "iss", "aud"] {
             assert!(v.required_spec_claims.contains(c), "{c}");
         }
-        let v = validation(&[Algorithm::HS256], 0, None, None);
+        let v = validation(Algorithm::HS256, 0, None, None);
         assert!(!v.validate_aud);
         assert_eq!(v.required_spec_claims.len(), 1);
     }
