@@ -144,8 +144,12 @@ async fn any_of_jwt_or_api_key() {
         Some(1.0)
     );
     assert_eq!(up.hits(), 2);
-    // The consumer (key id or subject) is known to the access log's record.
-    gw.wait_log_lines(4).await;
+    // The consumer (key id or subject) is in the access log.
+    let lines = gw.wait_log_lines(4).await;
+    let consumers: Vec<_> = lines.iter().map(|l| l["consumer"].clone()).collect();
+    assert!(consumers.contains(&json!("user-7")), "{consumers:?}");
+    assert!(consumers.contains(&json!("acme")), "{consumers:?}");
+    assert!(consumers.contains(&serde_json::Value::Null), "{consumers:?}");
 }
 
 // --- require_claims -------------------------------------------------------

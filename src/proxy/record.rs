@@ -90,6 +90,7 @@ impl RequestRecord {
             bytes_out,
             retries: ex.retries,
             error,
+            consumer: ex.consumer.as_deref(),
         });
     }
 }
