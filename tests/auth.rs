@@ -363,3 +363,28 @@ async fn x_forwarded_for_is_ignored_from_untrusted_peers() {
         .assert_error(403, "forbidden");
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test]
+async fn the_demo_token_opens_the_demo_secure_route() {
+    let a = tollgate::demo::start_echo("echo-a").await.unwrap();
+    let b = tollgate::demo::start_echo("echo-b").await.unwrap();
+    let gw = Gateway::start(
+        tollgate::demo::DEMO_CONFIG,
+        &[
+            ("TOLLGATE_DEMO_BIND", "127.0.0.1:0".into()),
+            ("TOLLGATE_DEMO_ADMIN", "127.0.0.1:0".into()),
+            ("TOLLGATE_DEMO_ECHO_A", a.to_string()),
+            ("TOLLGATE_DEMO_ECHO_B", b.to_string()),
+        ],
+    )
+    .await;
+    get_with(&gw.url("/secure"), &[])
+        .await
+        .assert_error(401, "unauthorized");
+    let auth = format!("Bearer {}", tollgate::demo::demo_token());
+    let r = get_with(&gw.url("/secure"), &[("authorization", auth.as_str())]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-user-id"], "demo-user");
+    let text = tollgate::demo::instructions(gw.addr, Some(gw.admin));
+    assert!(text.contains("Authorization: Bearer ey"), "{text}");
+}
