@@ -27,7 +27,8 @@ fn policy(alg: &str, cached: bool) -> JwtPolicy {
     } else {
         format!("jwks_file: {}", fixtures().join("jwks.json").display())
     };
-    let yaml = format!("algorithms: [{alg}]\n{keys}\nissuer: https://issuer.test/\naudiences: [api]\n");
+    let yaml =
+        format!("algorithms: [{alg}]\n{keys}\nissuer: https://issuer.test/\naudiences: [api]\n");
     let cfg: schema::JwtPolicy = serde_yaml::from_str(&yaml).expect("policy yaml");
     let p = JwtPolicy::compile("bench", &cfg, Path::new(""), None).expect("policy");
     if cached { p } else { p.without_cache() }
@@ -37,11 +38,23 @@ fn token(alg: Algorithm) -> String {
     let read = |f: &str| std::fs::read(fixtures().join(f)).expect("fixture");
     let (key, kid) = match alg {
         Algorithm::HS256 => (EncodingKey::from_secret(SECRET.as_bytes()), None),
-        Algorithm::RS256 => (EncodingKey::from_rsa_pem(&read("rsa.pem")).expect("rsa"), Some("rsa-1")),
-        Algorithm::ES256 => (EncodingKey::from_ec_pem(&read("ec256.pem")).expect("ec"), Some("ec-1")),
-        _ => (EncodingKey::from_ed_pem(&read("ed25519.pem")).expect("ed"), Some("ed-1")),
+        Algorithm::RS256 => (
+            EncodingKey::from_rsa_pem(&read("rsa.pem")).expect("rsa"),
+            Some("rsa-1"),
+        ),
+        Algorithm::ES256 => (
+            EncodingKey::from_ec_pem(&read("ec256.pem")).expect("ec"),
+            Some("ec-1"),
+        ),
+        _ => (
+            EncodingKey::from_ed_pem(&read("ed25519.pem")).expect("ed"),
+            Some("ed-1"),
+        ),
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
     let claims = serde_json::json!({
         "sub": "user-7", "iss": "https://issuer.test/", "aud": "api",
         "iat": now, "exp": now + 3600, "scope": "users:read users:write",

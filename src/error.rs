@@ -174,9 +174,7 @@ impl GatewayError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(match reason {
                     AuthFailure::Missing => "Bearer",
-                    AuthFailure::Invalid | AuthFailure::Expired => {
-                        "Bearer error=\"invalid_token\""
-                    }
+                    AuthFailure::Invalid | AuthFailure::Expired => "Bearer error=\"invalid_token\"",
                 }),
             );
         }

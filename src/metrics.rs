@@ -270,10 +270,7 @@ impl Metrics {
     }
 
     pub fn auth_failures(&self, route: &str) -> AuthFailureMetrics {
-        let c = |reason: &str| {
-            self.auth_failures_total
-                .with_label_values(&[route, reason])
-        };
+        let c = |reason: &str| self.auth_failures_total.with_label_values(&[route, reason]);
         AuthFailureMetrics {
             missing: c("missing"),
             invalid: c("invalid"),

@@ -66,7 +66,10 @@ impl Carryover {
         def: &schema::JwtPolicy,
         make: impl FnOnce() -> Arc<JwksSource>,
     ) -> Arc<JwksSource> {
-        let key = (name.to_string(), serde_json::to_string(def).unwrap_or_default());
+        let key = (
+            name.to_string(),
+            serde_json::to_string(def).unwrap_or_default(),
+        );
         let mut map = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(key)
             .or_insert_with(|| {

@@ -62,7 +62,8 @@ fn bearer(claims: &serde_json::Value) -> String {
 
 // --- API keys -------------------------------------------------------------
 
-const KEYS_ROUTE: &str = "  - { name: keys, match: { path_prefix: / }, upstream: up, auth: ['api_key:partners'] }";
+const KEYS_ROUTE: &str =
+    "  - { name: keys, match: { path_prefix: / }, upstream: up, auth: ['api_key:partners'] }";
 
 #[tokio::test]
 async fn api_key_valid_forwards_the_id_never_the_key() {
@@ -78,7 +79,10 @@ async fn api_key_valid_forwards_the_id_never_the_key() {
     assert!(h.get("x-api-key").is_none(), "the key was forwarded: {h}");
     assert_eq!(up.hits(), 1);
     gw.wait_log_lines(1).await;
-    assert!(!gw.log_text().contains("globex-key-456"), "the key was logged");
+    assert!(
+        !gw.log_text().contains("globex-key-456"),
+        "the key was logged"
+    );
 }
 
 #[tokio::test]
@@ -96,18 +100,25 @@ async fn api_key_invalid_and_missing() {
     assert_eq!(up.hits(), 0);
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_auth_failures_total{route="keys",reason="invalid"}"#),
+        metric(
+            &m,
+            r#"tollgate_auth_failures_total{route="keys",reason="invalid"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        metric(&m, r#"tollgate_auth_failures_total{route="keys",reason="missing"}"#),
+        metric(
+            &m,
+            r#"tollgate_auth_failures_total{route="keys",reason="missing"}"#
+        ),
         Some(1.0)
     );
 }
 
 #[tokio::test]
 async fn api_key_in_a_custom_header() {
-    let route = "  - { name: keys, match: { path_prefix: / }, upstream: up, auth: ['api_key:custom'] }";
+    let route =
+        "  - { name: keys, match: { path_prefix: / }, upstream: up, auth: ['api_key:custom'] }";
     let (gw, _up) = start("", route).await;
     let r = get_with(&gw.url("/x"), &[("x-partner-key", "initech-key")]).await;
     assert_eq!(r.json()["headers"]["x-consumer-id"], "initech");
@@ -140,7 +151,10 @@ async fn any_of_jwt_or_api_key() {
     expired.assert_error(401, "unauthorized");
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_auth_failures_total{route="either",reason="expired"}"#),
+        metric(
+            &m,
+            r#"tollgate_auth_failures_total{route="either",reason="expired"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(up.hits(), 2);
@@ -149,7 +163,10 @@ async fn any_of_jwt_or_api_key() {
     let consumers: Vec<_> = lines.iter().map(|l| l["consumer"].clone()).collect();
     assert!(consumers.contains(&json!("user-7")), "{consumers:?}");
     assert!(consumers.contains(&json!("acme")), "{consumers:?}");
-    assert!(consumers.contains(&serde_json::Value::Null), "{consumers:?}");
+    assert!(
+        consumers.contains(&serde_json::Value::Null),
+        "{consumers:?}"
+    );
 }
 
 // --- require_claims -------------------------------------------------------
@@ -194,7 +211,10 @@ async fn require_claims_scope_strings_arrays_and_any_of() {
     assert_eq!(up.hits(), 3);
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_auth_failures_total{route="scoped",reason="forbidden"}"#),
+        metric(
+            &m,
+            r#"tollgate_auth_failures_total{route="scoped",reason="forbidden"}"#
+        ),
         Some(3.0)
     );
 }
@@ -293,7 +313,10 @@ async fn cors_headers_on_answers_and_errors_only_for_allowed_origins() {
         Some("https://app.example.com")
     );
     assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
-    assert_eq!(ok.header("access-control-expose-headers"), Some("X-Request-Id"));
+    assert_eq!(
+        ok.header("access-control-expose-headers"),
+        Some("X-Request-Id")
+    );
 
     // A gateway error (401) carries them too, so the browser can read it.
     let denied = get_with(&gw.url("/web/x"), &[("origin", "https://app.example.com")]).await;
@@ -305,7 +328,10 @@ async fn cors_headers_on_answers_and_errors_only_for_allowed_origins() {
 
     let evil = get_with(
         &gw.url("/web/x"),
-        &[("origin", "https://evil.example"), ("authorization", token.as_str())],
+        &[
+            ("origin", "https://evil.example"),
+            ("authorization", token.as_str()),
+        ],
     )
     .await;
     assert_eq!(evil.status, 200);
@@ -330,14 +356,20 @@ async fn ip_allow_and_deny_use_the_client_ip_through_trusted_proxies() {
     // The test client connects from 127.0.0.1, a trusted proxy here.
     let (gw, up) = start("trusted_proxies: [127.0.0.0/8]", routes).await;
     let from = |ip: &'static str| [("x-forwarded-for", ip)];
-    assert_eq!(get_with(&gw.url("/allow"), &from("10.2.3.4")).await.status, 200);
+    assert_eq!(
+        get_with(&gw.url("/allow"), &from("10.2.3.4")).await.status,
+        200
+    );
     get_with(&gw.url("/allow"), &from("192.168.1.1"))
         .await
         .assert_error(403, "forbidden");
     get_with(&gw.url("/deny"), &from("10.1.2.3"))
         .await
         .assert_error(403, "forbidden");
-    assert_eq!(get_with(&gw.url("/deny"), &from("10.2.2.3")).await.status, 200);
+    assert_eq!(
+        get_with(&gw.url("/deny"), &from("10.2.2.3")).await.status,
+        200
+    );
     // Deny wins over allow.
     get_with(&gw.url("/both"), &from("10.1.2.3"))
         .await
@@ -349,14 +381,18 @@ async fn ip_allow_and_deny_use_the_client_ip_through_trusted_proxies() {
     assert_eq!(up.hits(), 2);
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_auth_failures_total{route="allow",reason="forbidden"}"#),
+        metric(
+            &m,
+            r#"tollgate_auth_failures_total{route="allow",reason="forbidden"}"#
+        ),
         Some(2.0)
     );
 }
 
 #[tokio::test]
 async fn x_forwarded_for_is_ignored_from_untrusted_peers() {
-    let routes = "  - { name: allow, match: { path_prefix: / }, upstream: up, ip_allow: [10.0.0.0/8] }";
+    let routes =
+        "  - { name: allow, match: { path_prefix: / }, upstream: up, ip_allow: [10.0.0.0/8] }";
     let (gw, up) = start("", routes).await;
     get_with(&gw.url("/"), &[("x-forwarded-for", "10.2.3.4")])
         .await

@@ -70,11 +70,23 @@ cors: { web: { allow_origins: ['*'] } }",
         "    auth: ['jwt:mian', 'api_key:partner', 'oauth:x', 'nothing']
     cors: wbe",
     ));
-    has(&e, "routes[0].auth[0]", "unknown JWT policy `mian` (did you mean `main`?)");
+    has(
+        &e,
+        "routes[0].auth[0]",
+        "unknown JWT policy `mian` (did you mean `main`?)",
+    );
     has(&e, "routes[0].auth[1]", "(did you mean `partners`?)");
     has(&e, "routes[0].auth[2]", "unknown auth kind `oauth`");
-    has(&e, "routes[0].auth[3]", "expected jwt:<policy> or api_key:<set>");
-    has(&e, "routes[0].cors", "unknown cors policy `wbe` (did you mean `web`?)");
+    has(
+        &e,
+        "routes[0].auth[3]",
+        "expected jwt:<policy> or api_key:<set>",
+    );
+    has(
+        &e,
+        "routes[0].cors",
+        "unknown cors policy `wbe` (did you mean `web`?)",
+    );
 }
 
 #[test]
@@ -100,12 +112,20 @@ auth:
     has(&e, "auth.jwt.hs_jwks.algorithms", "need a `secret`");
     has(&e, "auth.jwt.rs_secret.algorithms", "only verifies HS256");
     has(&e, "auth.jwt.bad.secret", "empty");
-    has(&e, "auth.jwt.bad.jwks_refresh", "only applies with jwks_url");
+    has(
+        &e,
+        "auth.jwt.bad.jwks_refresh",
+        "only applies with jwks_url",
+    );
     has(&e, "auth.jwt.bad.leeway", "at most 10m");
     has(&e, "auth.jwt.bad.audiences", "empty list");
     has(&e, "auth.jwt.bad.token_from[0]", "(did you mean `header`?)");
     has(&e, "auth.jwt.bad.token_from[1]", "needs a name");
-    has(&e, "auth.jwt.bad.forward_claims.sub", "not a valid header name");
+    has(
+        &e,
+        "auth.jwt.bad.forward_claims.sub",
+        "not a valid header name",
+    );
     has(&e, "auth.jwt.url.jwks_url", "http:// or https://");
 }
 

@@ -65,7 +65,9 @@ async fn keys_load_before_ready_and_verify_tokens() {
     assert!(jwks.hits() >= 1);
     assert_eq!(call(&gw, &token("rsa-1")).await.status, 200);
     assert_eq!(
-        call(&gw, &mint(Algorithm::ES256, &good_claims())).await.status,
+        call(&gw, &mint(Algorithm::ES256, &good_claims()))
+            .await
+            .status,
         200
     );
     let m = gw.metrics().await;
@@ -131,10 +133,7 @@ async fn endpoint_down_at_start_then_recovering() {
         .assert_error(401, "unauthorized");
     assert_eq!(up.hits(), 0);
     let _ = m;
-    wait_until_async(|| async {
-        metric_or_zero(&gw.metrics().await, FAILED) >= 1.0
-    })
-    .await;
+    wait_until_async(|| async { metric_or_zero(&gw.metrics().await, FAILED) >= 1.0 }).await;
 
     // The endpoint comes up: the retry loop loads the keys.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -155,20 +154,15 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
     let gw = Gateway::start(&config(&jwks.url(), "100ms"), &[("UP", up.host_port())]).await;
     assert_eq!(call(&gw, &fresh_token("rsa-1")).await.status, 200);
     jwks.fail_with(500);
-    wait_until_async(|| async {
-        metric_or_zero(&gw.metrics().await, FAILED) >= 2.0
-    })
-    .await;
+    wait_until_async(|| async { metric_or_zero(&gw.metrics().await, FAILED) >= 2.0 }).await;
     // Not from the cache: a token never seen before verifies with the kept keys.
     assert_eq!(call(&gw, &fresh_token("rsa-1")).await.status, 200);
     // A garbage document is a failure too, and keeps the keys as well.
     jwks.fail_with(0);
     jwks.set(json!({ "keys": "nope" }));
     let failed = metric_or_zero(&gw.metrics().await, FAILED);
-    wait_until_async(|| async {
-        metric_or_zero(&gw.metrics().await, FAILED) >= failed + 1.0
-    })
-    .await;
+    wait_until_async(|| async { metric_or_zero(&gw.metrics().await, FAILED) >= failed + 1.0 })
+        .await;
     assert_eq!(call(&gw, &fresh_token("rsa-1")).await.status, 200);
 }
 
@@ -229,7 +223,10 @@ async fn reloads_keep_unchanged_sources_and_stop_removed_ones() {
     let yaml = config(&jwks.url(), "100ms");
     let gw = Gateway::start(&yaml, &vars).await;
     let load = |yaml: &str| {
-        let v: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let v: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let env = move |k: &str| v.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         tollgate::config::load_str_with_env(yaml, "test.yaml", &env).unwrap()
     };

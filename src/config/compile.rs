@@ -54,7 +54,8 @@ pub fn compile(
     let base_dir = std::path::Path::new(&loaded.source)
         .parent()
         .unwrap_or(std::path::Path::new(""));
-    let named = NamedPolicies::compile(cfg, base_dir, metrics, carry).map_err(|(p, m)| err(p, m))?;
+    let named =
+        NamedPolicies::compile(cfg, base_dir, metrics, carry).map_err(|(p, m)| err(p, m))?;
 
     let mut specs = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
@@ -99,7 +100,8 @@ pub fn compile(
             action,
             rewrite,
             timeout: r.timeout.map(|t| t.get()),
-            policies: RoutePolicies::compile(r, &path, &named, metrics).map_err(|(p, m)| err(p, m))?,
+            policies: RoutePolicies::compile(r, &path, &named, metrics)
+                .map_err(|(p, m)| err(p, m))?,
             request_headers: header_ops(&r.request_headers, &format!("{path}.request_headers"))?,
             response_headers: header_ops(&r.response_headers, &format!("{path}.response_headers"))?,
             metrics: metrics.route(&r.name),

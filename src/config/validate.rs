@@ -409,9 +409,9 @@ impl Checker {
             );
         }
         if let Some(url) = &p.jwks_url {
-            let ok = url
-                .parse::<Uri>()
-                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            let ok = url.parse::<Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
             if !ok {
                 self.err(
                     child(at, "jwks_url"),
@@ -460,9 +460,15 @@ impl Checker {
         let fc = child(at, "forward_claims");
         for (claim, h) in &p.forward_claims {
             if HeaderName::from_bytes(h.as_bytes()).is_err() {
-                self.err(child(&fc, claim), format!("`{h}` is not a valid header name"));
+                self.err(
+                    child(&fc, claim),
+                    format!("`{h}` is not a valid header name"),
+                );
             } else if MANAGED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
-                self.err(child(&fc, claim), format!("`{h}` is managed by the gateway"));
+                self.err(
+                    child(&fc, claim),
+                    format!("`{h}` is managed by the gateway"),
+                );
             }
         }
     }
@@ -472,7 +478,10 @@ impl Checker {
         for (name, c) in &config.cors {
             let at = child("cors", name);
             if c.allow_origins.is_empty() {
-                self.err(child(&at, "allow_origins"), "list at least one origin (or \"*\")");
+                self.err(
+                    child(&at, "allow_origins"),
+                    "list at least one origin (or \"*\")",
+                );
             }
             for (i, o) in c.allow_origins.iter().enumerate() {
                 if let Err(e) = check_origin(o) {
@@ -526,14 +535,17 @@ impl Checker {
                     Some(("jwt", name)) => {
                         has_jwt = true;
                         if !config.auth.jwt.contains_key(name) {
-                            let hint = suggest::hint(name, config.auth.jwt.keys().map(String::as_str));
+                            let hint =
+                                suggest::hint(name, config.auth.jwt.keys().map(String::as_str));
                             self.err(entry_at, format!("unknown JWT policy `{name}`{hint}"));
                         }
                     }
                     Some(("api_key", name)) => {
                         if !config.auth.api_keys.contains_key(name) {
-                            let hint =
-                                suggest::hint(name, config.auth.api_keys.keys().map(String::as_str));
+                            let hint = suggest::hint(
+                                name,
+                                config.auth.api_keys.keys().map(String::as_str),
+                            );
                             self.err(entry_at, format!("unknown API key set `{name}`{hint}"));
                         }
                     }
@@ -561,7 +573,9 @@ impl Checker {
             for (claim, want) in claims {
                 let empty = match want {
                     super::schema::StringOrList::One(v) => v.is_empty(),
-                    super::schema::StringOrList::Many(v) => v.is_empty() || v.iter().any(String::is_empty),
+                    super::schema::StringOrList::Many(v) => {
+                        v.is_empty() || v.iter().any(String::is_empty)
+                    }
                 };
                 if empty {
                     self.err(
@@ -575,7 +589,10 @@ impl Checker {
             && !config.cors.contains_key(name)
         {
             let hint = suggest::hint(name, config.cors.keys().map(String::as_str));
-            self.err(child(at, "cors"), format!("unknown cors policy `{name}`{hint}"));
+            self.err(
+                child(at, "cors"),
+                format!("unknown cors policy `{name}`{hint}"),
+            );
         }
         for (key, list) in [("ip_allow", &route.ip_allow), ("ip_deny", &route.ip_deny)] {
             let Some(list) = list else { continue };

@@ -62,10 +62,9 @@ mod tests {
 
     #[test]
     fn right_wrong_and_missing_keys() {
-        let cfg: schema::ApiKeySet = serde_yaml::from_str(
-            "keys: [{ id: acme, key: s3cret }, { id: globex, key: other }]",
-        )
-        .unwrap();
+        let cfg: schema::ApiKeySet =
+            serde_yaml::from_str("keys: [{ id: acme, key: s3cret }, { id: globex, key: other }]")
+                .unwrap();
         let set = ApiKeySet::compile("p", &cfg).unwrap();
         let req = |v: Option<&str>| {
             let mut b = http::Request::get("/");

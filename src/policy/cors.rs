@@ -26,7 +26,8 @@ pub struct CorsPolicy {
 }
 
 fn joined(list: &[String]) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(&list.join(", ")).map_err(|_| format!("`{}` is not a valid header value", list.join(", ")))
+    HeaderValue::from_str(&list.join(", "))
+        .map_err(|_| format!("`{}` is not a valid header value", list.join(", ")))
 }
 
 impl CorsPolicy {
@@ -54,9 +55,7 @@ impl CorsPolicy {
                 .map(joined)
                 .transpose()?,
             credentials: cfg.allow_credentials,
-            max_age: cfg
-                .max_age
-                .map(|d| HeaderValue::from(d.get().as_secs())),
+            max_age: cfg.max_age.map(|d| HeaderValue::from(d.get().as_secs())),
         })
     }
 
@@ -68,7 +67,7 @@ impl CorsPolicy {
             None => Some(HeaderValue::from_static("*")),
             Some(list) => {
                 let o = origin.to_str().ok()?.to_ascii_lowercase();
-                list.iter().any(|a| *a == o).then(|| origin.clone())
+                list.contains(&o).then(|| origin.clone())
             }
         }
     }
@@ -88,7 +87,9 @@ impl CorsPolicy {
         }
         out.append(
             header::VARY,
-            HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"),
+            HeaderValue::from_static(
+                "Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
         );
         if let Some(origin) = self.allow_origin(parts) {
             out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);

@@ -373,7 +373,9 @@ impl JwtPolicy {
             return Err("at least one algorithm is needed".into());
         }
         let keys = match (&cfg.secret, &cfg.jwks_file, remote) {
-            (Some(secret), None, None) => Keys::Static(Arc::new(KeySet::from_secret(secret.as_bytes()))),
+            (Some(secret), None, None) => {
+                Keys::Static(Arc::new(KeySet::from_secret(secret.as_bytes())))
+            }
             (None, Some(file), None) => {
                 let path = base_dir.join(file);
                 let text = std::fs::read(&path)
@@ -499,7 +501,9 @@ impl JwtPolicy {
                 Err(e) => match e.kind() {
                     // The signature was good (it is checked first): the token is
                     // just too old.
-                    ErrorKind::ExpiredSignature => return Err(JwtError::Failure(AuthFailure::Expired)),
+                    ErrorKind::ExpiredSignature => {
+                        return Err(JwtError::Failure(AuthFailure::Expired));
+                    }
                     ErrorKind::InvalidSignature => outcome = AuthFailure::Invalid,
                     // Claim failures do not depend on the key: stop here.
                     _ => return Err(JwtError::Failure(AuthFailure::Invalid)),
@@ -605,7 +609,9 @@ struct TokenCache {
 impl TokenCache {
     fn new(capacity: usize) -> TokenCache {
         TokenCache {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             per_shard: capacity.div_ceil(CACHE_SHARDS).max(1),
         }
     }
@@ -615,7 +621,10 @@ impl TokenCache {
     }
 
     fn get(&self, digest: &[u8; 32], generation: u64) -> Option<Verified> {
-        let mut shard = self.shard(digest).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(digest)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(digest)?;
         if entry.generation == generation && unix_now() < entry.exp {
             return Some(entry.verified.clone());
@@ -629,7 +638,10 @@ impl TokenCache {
         if exp <= now {
             return;
         }
-        let mut shard = self.shard(&digest).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(&digest)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard {
             shard.retain(|_, e| e.exp > now);
             if shard.len() >= self.per_shard
@@ -669,7 +681,10 @@ mod tests {
     #[test]
     fn token_sources_parse() {
         assert_eq!("header:Authorization".parse(), Ok(TokenSource::Bearer));
-        assert_eq!("query:access_token".parse(), Ok(TokenSource::Query("access_token".into())));
+        assert_eq!(
+            "query:access_token".parse(),
+            Ok(TokenSource::Query("access_token".into()))
+        );
         assert!("cookie:a b".parse::<TokenSource>().is_err());
         assert!(
             "heder:x"

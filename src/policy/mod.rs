@@ -100,7 +100,8 @@ impl NamedPolicies {
             out.jwt.insert(name.clone(), Arc::new(policy));
         }
         for (name, set) in &cfg.auth.api_keys {
-            let set = ApiKeySet::compile(name, set).map_err(|m| (format!("auth.api_keys.{name}"), m))?;
+            let set =
+                ApiKeySet::compile(name, set).map_err(|m| (format!("auth.api_keys.{name}"), m))?;
             out.api_keys.insert(name.clone(), Arc::new(set));
         }
         for (name, c) in &cfg.cors {
@@ -138,7 +139,8 @@ impl RoutePolicies {
                 .flatten()
                 .enumerate()
                 .map(|(i, s)| {
-                    crate::config::compile::parse_net(s).map_err(|m| (format!("{at}.{key}[{i}]"), m))
+                    crate::config::compile::parse_net(s)
+                        .map_err(|m| (format!("{at}.{key}[{i}]"), m))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -152,19 +154,20 @@ impl RoutePolicies {
             .transpose()?;
         let cors = match &route.cors {
             None => None,
-            Some(name) => Some(
-                named
-                    .cors
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| (format!("{at}.cors"), format!("unknown cors policy `{name}`")))?,
-            ),
+            Some(name) => Some(named.cors.get(name).cloned().ok_or_else(|| {
+                (
+                    format!("{at}.cors"),
+                    format!("unknown cors policy `{name}`"),
+                )
+            })?),
         };
         let mut auth = Vec::new();
         for (i, entry) in route.auth.iter().flatten().enumerate() {
             let unknown = || (format!("{at}.auth[{i}]"), format!("unknown auth `{entry}`"));
             auth.push(match entry.split_once(':') {
-                Some(("jwt", name)) => AuthMethod::Jwt(named.jwt.get(name).cloned().ok_or_else(unknown)?),
+                Some(("jwt", name)) => {
+                    AuthMethod::Jwt(named.jwt.get(name).cloned().ok_or_else(unknown)?)
+                }
                 Some(("api_key", name)) => {
                     AuthMethod::ApiKey(named.api_keys.get(name).cloned().ok_or_else(unknown)?)
                 }
@@ -194,7 +197,10 @@ impl RoutePolicies {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ip.is_none() && self.cors.is_none() && self.auth.is_empty() && self.require_claims.is_empty()
+        self.ip.is_none()
+            && self.cors.is_none()
+            && self.auth.is_empty()
+            && self.require_claims.is_empty()
     }
 
     /// Runs every policy of the route in phase order.
@@ -362,9 +368,15 @@ mod tests {
     #[test]
     fn claims_match_strings_scopes_arrays_any_of() {
         let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(claim_holds(&json!("users:read users:write"), &w(&["users:read"])));
+        assert!(claim_holds(
+            &json!("users:read users:write"),
+            &w(&["users:read"])
+        ));
         assert!(!claim_holds(&json!("users:readx"), &w(&["users:read"])));
-        assert!(claim_holds(&json!(["admin", "dev"]), &w(&["support", "admin"])));
+        assert!(claim_holds(
+            &json!(["admin", "dev"]),
+            &w(&["support", "admin"])
+        ));
         assert!(!claim_holds(&json!(["dev"]), &w(&["support", "admin"])));
         assert!(claim_holds(&json!(42), &w(&["42"])));
         assert!(claim_holds(&json!(true), &w(&["true"])));
