@@ -52,6 +52,9 @@ pub struct AccessLine<'a> {
     /// field is absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<&'a str>,
+    /// Who the request authenticated as (an API key id or a JWT subject),
+    /// never a credential. Beyond SPEC §8's list; null when public.
+    pub consumer: Option<&'a str>,
 }
 
 fn rfc3339<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -100,7 +103,7 @@ fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
         buf,
         "{} request_id={} listener={} client_ip={} method={} host={} path={} route={} \
          upstream={} target={} status={} duration_ms={:.3} upstream_ms={} bytes_in={} \
-         bytes_out={} retries={} error={}",
+         bytes_out={} retries={} error={} consumer={}",
         humantime::format_rfc3339_millis(l.ts),
         text_value(l.request_id),
         text_value(l.listener),
@@ -118,6 +121,7 @@ fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
         l.bytes_out,
         l.retries,
         opt(l.error),
+        opt(l.consumer),
     );
     if let Some(subject) = l.client_cert {
         let _ = write!(buf, " client_cert={}", text_value(subject));

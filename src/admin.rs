@@ -103,6 +103,9 @@ async fn answer(
         "/readyz" => {
             if shared.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if shared.snapshot.load().jwks.iter().any(|s| !s.loaded()) {
+                // A JWT policy whose keys never loaded would answer 503.
+                text(StatusCode::SERVICE_UNAVAILABLE, "waiting for JWKS\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
@@ -112,6 +115,9 @@ async fn answer(
             shared
                 .metrics
                 .sync_access_log_dropped(u64::try_from(dropped).unwrap_or(u64::MAX));
+            for source in &shared.snapshot.load().jwks {
+                source.update_age();
+            }
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -74,9 +74,33 @@ async fn echo(
     Ok(resp)
 }
 
+/// The secret of the demo's JWT policy (the default of `config/demo.yaml`).
+fn demo_secret() -> String {
+    std::env::var("TOLLGATE_DEMO_JWT_SECRET")
+        .unwrap_or_else(|_| "tollgate-demo-secret-change-me".into())
+}
+
+/// A token the demo's `/secure` route accepts, valid for an hour.
+pub fn demo_token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "sub": "demo-user", "iss": "tollgate-demo", "scope": "echo:read",
+        "iat": now, "exp": now + 3600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(demo_secret().as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
 /// What to try, once the gateway listens on `gw` with its admin on `admin`.
 pub fn instructions(gw: SocketAddr, admin: Option<SocketAddr>) -> String {
     let admin = admin.map_or_else(|| "(no admin listener)".to_string(), |a| a.to_string());
+    let token = demo_token();
     format!(
         "\
 tollgate demo is running: the gateway on http://{gw}, two echo upstreams behind it.
@@ -88,6 +112,9 @@ Try:
   for i in 1 2 3 4 5 6; do curl -s http://{gw}/api/hello | grep upstream; done
   # hashed on x-user: alice always lands on the same echo
   curl -s -H 'x-user: alice' http://{gw}/sticky | grep upstream
+  # JWT-protected: 401 without a token, 200 with the demo token (valid 1h)
+  curl -i http://{gw}/secure
+  curl -s -H 'Authorization: Bearer {token}' http://{gw}/secure | grep -i x-user-id
   # 404 no_route, as JSON
   curl -i http://{gw}/nowhere
   # 413 payload_too_large (the demo allows 1MiB bodies)

@@ -50,6 +50,44 @@ pub enum GatewayError {
     UpstreamUnavailable { upstream: String },
     #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
     UpstreamTimeout { upstream: String, timeout_ms: u64 },
+    #[error("{}", .0.message())]
+    Unauthorized(AuthFailure),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the keys of JWT policy `{policy}` are not available yet")]
+    AuthUnavailable { policy: String },
+}
+
+/// Why a request was refused with 401 (the `reason` label of
+/// `tollgate_auth_failures_total`), ordered from least to most informative: a
+/// route with several auth methods reports the highest one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuthFailure {
+    /// No credential was presented.
+    Missing,
+    /// A credential was presented and is not valid (bad signature, wrong issuer
+    /// or audience, unknown key, malformed, not yet valid).
+    Invalid,
+    /// A token whose signature is good but whose `exp` has passed.
+    Expired,
+}
+
+impl AuthFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid => "invalid",
+            AuthFailure::Expired => "expired",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "credentials are required",
+            AuthFailure::Invalid => "the credentials are not valid",
+            AuthFailure::Expired => "the token has expired",
+        }
+    }
 }
 
 impl GatewayError {
@@ -68,6 +106,9 @@ impl GatewayError {
             | GatewayError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -86,6 +127,9 @@ impl GatewayError {
             GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::AuthUnavailable { .. } => "auth_unavailable",
         }
     }
 
@@ -95,11 +139,14 @@ impl GatewayError {
             | GatewayError::NoRoute
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::HeadersTooLarge { .. }
-            | GatewayError::BodyTimeout => Fault::Client,
-            GatewayError::RateLimited { .. } => Fault::Client,
+            | GatewayError::BodyTimeout
+            | GatewayError::RateLimited { .. }
+            | GatewayError::Unauthorized(_)
+            | GatewayError::Forbidden(_) => Fault::Client,
             GatewayError::Overloaded
             | GatewayError::UpstreamOverloaded { .. }
-            | GatewayError::RateLimitUnavailable => Fault::Gateway,
+            | GatewayError::RateLimitUnavailable
+            | GatewayError::AuthUnavailable { .. } => Fault::Gateway,
             GatewayError::NoHealthyUpstream { .. }
             | GatewayError::CircuitOpen { .. }
             | GatewayError::UpstreamUnavailable { .. }
@@ -144,6 +191,16 @@ impl GatewayError {
         }
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        // RFC 6750 §3: no error attribute when no credential was sent.
+        if let GatewayError::Unauthorized(reason) = self {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(match reason {
+                    AuthFailure::Missing => "Bearer",
+                    AuthFailure::Invalid | AuthFailure::Expired => "Bearer error=\"invalid_token\"",
+                }),
+            );
         }
         resp
     }

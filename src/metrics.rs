@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets from 100 µs to 10 s: a gateway's own latency sits at the bottom, a
@@ -39,6 +39,38 @@ pub struct Metrics {
     rate_limited_total: IntCounterVec,
     rate_limit_store_errors: IntCounterVec,
     access_log_dropped: IntCounter,
+    auth_failures_total: IntCounterVec,
+    jwks_refreshes_total: IntCounterVec,
+    jwks_age: GaugeVec,
+}
+
+/// `tollgate_auth_failures_total` handles of one route.
+#[derive(Clone)]
+pub struct AuthFailureMetrics {
+    pub missing: IntCounter,
+    pub invalid: IntCounter,
+    pub expired: IntCounter,
+    pub forbidden: IntCounter,
+}
+
+impl AuthFailureMetrics {
+    pub fn count(&self, reason: crate::error::AuthFailure) {
+        use crate::error::AuthFailure;
+        match reason {
+            AuthFailure::Missing => self.missing.inc(),
+            AuthFailure::Invalid => self.invalid.inc(),
+            AuthFailure::Expired => self.expired.inc(),
+        }
+    }
+}
+
+/// The JWKS metrics of one JWT policy.
+#[derive(Clone)]
+pub struct JwksMetrics {
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    /// Seconds since the key set was last fetched successfully.
+    pub age: Gauge,
 }
 
 /// The `method` label values: the standard methods, and `OTHER` for the rest so
@@ -260,6 +292,30 @@ impl Metrics {
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(rate_limit_store_errors.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let auth_failures_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_auth_failures_total",
+                "Requests refused by authentication or authorization, by route and reason.",
+            ),
+            &["route", "reason"],
+        )?;
+        let jwks_refreshes_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_jwks_refreshes_total",
+                "JWKS fetches, by JWT policy and result.",
+            ),
+            &["policy", "result"],
+        )?;
+        let jwks_age = GaugeVec::new(
+            Opts::new(
+                "tollgate_jwks_age_seconds",
+                "Seconds since the JWT policy's key set was last fetched successfully.",
+            ),
+            &["policy"],
+        )?;
+        registry.register(Box::new(auth_failures_total.clone()))?;
+        registry.register(Box::new(jwks_refreshes_total.clone()))?;
+        registry.register(Box::new(jwks_age.clone()))?;
 
         Ok(Metrics {
             registry,
@@ -280,7 +336,38 @@ impl Metrics {
             rate_limited_total,
             rate_limit_store_errors,
             access_log_dropped,
+            auth_failures_total,
+            jwks_refreshes_total,
+            jwks_age,
         })
+    }
+
+    pub fn auth_failures(&self, route: &str) -> AuthFailureMetrics {
+        let c = |reason: &str| self.auth_failures_total.with_label_values(&[route, reason]);
+        AuthFailureMetrics {
+            missing: c("missing"),
+            invalid: c("invalid"),
+            expired: c("expired"),
+            forbidden: c("forbidden"),
+        }
+    }
+
+    pub fn jwks(&self, policy: &str) -> JwksMetrics {
+        JwksMetrics {
+            success: self
+                .jwks_refreshes_total
+                .with_label_values(&[policy, "success"]),
+            failure: self
+                .jwks_refreshes_total
+                .with_label_values(&[policy, "failure"]),
+            age: self.jwks_age.with_label_values(&[policy]),
+        }
+    }
+
+    /// Drops the age series of a policy that no longer exists (its refresh
+    /// counters stay: counters do not go back).
+    pub fn forget_jwks(&self, policy: &str) {
+        let _ = self.jwks_age.remove_label_values(&[policy]);
     }
 
     pub fn route(&self, name: &str) -> RouteMetrics {

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
+use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::router::Router;
 use crate::upstream::Upstream;
@@ -31,6 +32,9 @@ pub struct Snapshot {
     /// The config this version was compiled from: `GET /config` shows it and a
     /// reload diffs against it. Never read on the request path.
     pub source: Arc<crate::config::LoadedConfig>,
+    /// The JWKS sources of the `jwks_url` policies: `/readyz` waits for each to
+    /// load once.
+    pub jwks: Vec<Arc<JwksSource>>,
 }
 
 /// Per-request limits from `server.limits`.

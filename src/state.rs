@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::schema;
+use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::snapshot::Snapshot;
 use crate::upstream::circuit::Circuit;
@@ -58,6 +60,9 @@ pub struct Carryover {
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     /// Running health-check tasks per upstream, with what they were started for.
     health: Mutex<HashMap<String, (HealthKey, CancellationToken)>>,
+    /// JWKS sources by (policy name, the policy's definition as JSON): an
+    /// unchanged policy keeps its keys and its refresh loop across reloads.
+    jwks: Mutex<HashMap<(String, String), Arc<JwksSource>>>,
 }
 
 impl Drop for Carryover {
@@ -164,8 +169,40 @@ impl Carryover {
             .len()
     }
 
-    /// Forgets the state of upstreams and targets `snap` does not have.
+    /// The JWKS source of JWT policy `name`: the running one while the policy's
+    /// definition is unchanged, else a new one (made by `make`, started now).
+    pub fn jwks(
+        &self,
+        name: &str,
+        def: &schema::JwtPolicy,
+        make: impl FnOnce() -> Arc<JwksSource>,
+    ) -> Arc<JwksSource> {
+        let key = (
+            name.to_string(),
+            serde_json::to_string(def).unwrap_or_default(),
+        );
+        let mut map = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(key)
+            .or_insert_with(|| {
+                let source = make();
+                source.start();
+                source
+            })
+            .clone()
+    }
+
+    /// Forgets the state of upstreams, targets and JWKS sources `snap` does not
+    /// have; the refresh loops of dropped JWKS sources stop.
     pub fn retain(&self, snap: &Snapshot) {
+        let mut jwks = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
+        jwks.retain(|_, source| {
+            let keep = snap.jwks.iter().any(|s| Arc::ptr_eq(s, source));
+            if !keep {
+                source.stop();
+            }
+            keep
+        });
+        drop(jwks);
         let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         targets.retain(|(up, url), _| {
             snap.upstreams
@@ -242,6 +279,7 @@ routes:
             &third.upstreams[0].client
         ));
         assert_eq!(carry.targets.lock().unwrap().len(), 1);
+        assert!(carry.jwks.lock().unwrap().is_empty());
         let again = snapshot(BASE, &metrics, &carry);
         let state = &again.upstreams[0].targets[1].state;
         assert_eq!(

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::policy::rate_limit::{
     KeyKind, LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
 };
-use crate::policy::{RouteLimit, RoutePolicies};
+use crate::policy::{NamedPolicies, RouteLimit, RoutePolicies};
 use crate::router::{PathSpec, RouteSpec, Router};
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
 use crate::state::Carryover;
@@ -71,6 +71,13 @@ pub fn compile(
         rate_limits.push(policy);
     }
     let upstream_index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
+    // Relative file names (jwks_file) are relative to the config file, as in
+    // `LoadedConfig::files`.
+    let base_dir = std::path::Path::new(&loaded.source)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
+    let named =
+        NamedPolicies::compile(cfg, base_dir, metrics, carry).map_err(|(p, m)| err(p, m))?;
 
     let mut specs = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
@@ -115,8 +122,10 @@ pub fn compile(
             action,
             rewrite,
             timeout: r.timeout.map(|t| t.get()),
-            policies: RoutePolicies {
-                rate_limits: r
+            policies: {
+                let mut policies = RoutePolicies::compile(r, &path, &named, metrics)
+                    .map_err(|(p, m)| err(p, m))?;
+                policies.rate_limits = r
                     .rate_limit
                     .iter()
                     .flatten()
@@ -135,7 +144,8 @@ pub fn compile(
                             refused: metrics.rate_limited(&r.name, name),
                         })
                     })
-                    .collect::<Result<_, CompileError>>()?,
+                    .collect::<Result<_, CompileError>>()?;
+                policies
             },
             request_headers: header_ops(&r.request_headers, &format!("{path}.request_headers"))?,
             response_headers: header_ops(&r.response_headers, &format!("{path}.response_headers"))?,
@@ -169,6 +179,7 @@ pub fn compile(
         },
         trusted_proxies,
         source: Arc::new(loaded.clone()),
+        jwks: named.jwks_sources(),
     })
 }
 

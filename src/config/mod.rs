@@ -7,7 +7,7 @@ mod env;
 pub mod load;
 mod positions;
 pub mod schema;
-mod suggest;
+pub(crate) mod suggest;
 pub mod units;
 pub mod validate;
 

@@ -11,7 +11,9 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use ipnet::IpNet;
 
 use super::positions::{child, item};
-use super::schema::{Config, HeaderOps, ListenerTls, Match, Route, Upstream, UpstreamTls};
+use super::schema::{
+    Config, HeaderOps, JwtPolicy, ListenerTls, Match, Route, Upstream, UpstreamTls,
+};
 use super::suggest;
 use crate::policy::rate_limit::KeyKind;
 
@@ -25,6 +27,8 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     for (name, upstream) in &config.upstreams {
         v.upstream(&child("upstreams", name), upstream);
     }
+    v.auth(config);
+    v.cors(config);
     v.routes(config);
     v.rate_limits(config);
     v.unsupported(config);
@@ -72,31 +76,9 @@ type UsedAt = fn(&Config) -> Vec<String>;
 /// rather than being silently ignored; the issue that implements a feature
 /// deletes its line here.
 const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
-    ("auth.jwt", |c| nonempty(!c.auth.jwt.is_empty(), "auth.jwt")),
-    ("auth.api_keys", |c| {
-        nonempty(!c.auth.api_keys.is_empty(), "auth.api_keys")
-    }),
-    ("route auth", |c| {
-        indexed(&c.routes, "routes", "auth", |r| r.auth.is_some())
-    }),
-    ("require_claims", |c| {
-        indexed(&c.routes, "routes", "require_claims", |r| {
-            r.require_claims.is_some()
-        })
-    }),
-    ("route cors", |c| {
-        indexed(&c.routes, "routes", "cors", |r| r.cors.is_some())
-    }),
-    ("ip_allow", |c| {
-        indexed(&c.routes, "routes", "ip_allow", |r| r.ip_allow.is_some())
-    }),
-    ("ip_deny", |c| {
-        indexed(&c.routes, "routes", "ip_deny", |r| r.ip_deny.is_some())
-    }),
     ("compress", |c| {
         indexed(&c.routes, "routes", "compress", |r| r.compress.is_some())
     }),
-    ("cors", |c| nonempty(!c.cors.is_empty(), "cors")),
     // OTLP span export needs the `otel` cargo feature, which is not built yet;
     // trace-context propagation itself needs no setting.
     ("tracing.otlp_endpoint (OpenTelemetry export)", |c| {
@@ -535,8 +517,323 @@ impl Checker {
                     self.err(child(&at, "timeout"), "must be above zero");
                 }
             }
+            self.route_policies(&at, route, config);
             self.header_ops(&child(&at, "request_headers"), &route.request_headers);
             self.header_ops(&child(&at, "response_headers"), &route.response_headers);
+        }
+    }
+
+    fn auth(&mut self, config: &Config) {
+        for (name, p) in &config.auth.jwt {
+            self.jwt_policy(&child("auth.jwt", name), p);
+        }
+        for (name, set) in &config.auth.api_keys {
+            let at = child("auth.api_keys", name);
+            if HeaderName::from_bytes(set.header.as_bytes()).is_err() {
+                self.err(
+                    child(&at, "header"),
+                    format!("`{}` is not a valid header name", set.header),
+                );
+            }
+            if set.keys.is_empty() {
+                self.err(child(&at, "keys"), "an API key set needs at least one key");
+            }
+            let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+            for (i, k) in set.keys.iter().enumerate() {
+                let key_at = item(&child(&at, "keys"), i);
+                if k.id.is_empty() || HeaderValue::from_str(&k.id).is_err() {
+                    self.err(
+                        child(&key_at, "id"),
+                        "an id must be non-empty printable ASCII (it is sent as X-Consumer-Id)",
+                    );
+                } else if !ids.insert(k.id.as_str()) {
+                    self.err(child(&key_at, "id"), format!("duplicate key id `{}`", k.id));
+                }
+                if k.key.is_empty() {
+                    self.err(
+                        child(&key_at, "key"),
+                        "the key is empty (is its ${VARIABLE} set?)",
+                    );
+                } else if HeaderValue::from_str(&k.key).is_err() {
+                    self.err(
+                        child(&key_at, "key"),
+                        "a key must be printable ASCII (it travels in a header)",
+                    );
+                } else if !keys.insert(k.key.as_str()) {
+                    self.err(
+                        child(&key_at, "key"),
+                        format!("key id `{}` reuses the key of an earlier id", k.id),
+                    );
+                }
+            }
+        }
+    }
+
+    fn jwt_policy(&mut self, at: &str, p: &JwtPolicy) {
+        use crate::policy::jwt::ALGORITHMS;
+        if p.algorithms.is_empty() {
+            self.err(child(at, "algorithms"), "list at least one algorithm");
+        }
+        let mut hmac = false;
+        let mut public = false;
+        for (i, alg) in p.algorithms.iter().enumerate() {
+            let alg_at = item(&child(at, "algorithms"), i);
+            if alg.eq_ignore_ascii_case("none") {
+                self.err(alg_at, "`none` (unsigned tokens) is never accepted");
+            } else if !ALGORITHMS.contains(&alg.as_str()) {
+                self.err(
+                    alg_at,
+                    format!(
+                        "unknown algorithm `{alg}`; expected one of {}{}",
+                        ALGORITHMS.join(", "),
+                        suggest::hint(alg, ALGORITHMS.iter().copied())
+                    ),
+                );
+            } else if alg.starts_with("HS") {
+                hmac = true;
+            } else {
+                public = true;
+            }
+        }
+        let sources: Vec<&str> = [
+            ("jwks_file", p.jwks_file.is_some()),
+            ("jwks_url", p.jwks_url.is_some()),
+            ("secret", p.secret.is_some()),
+        ]
+        .iter()
+        .filter(|s| s.1)
+        .map(|s| s.0)
+        .collect();
+        if sources.len() != 1 {
+            let got = if sources.is_empty() {
+                "none is given".to_owned()
+            } else {
+                format!("got {}", sources.join(" and "))
+            };
+            self.err(
+                at,
+                format!("needs exactly one key source: jwks_file, jwks_url or secret; {got}"),
+            );
+        }
+        if p.secret.is_some() && public {
+            self.err(
+                child(at, "algorithms"),
+                "a `secret` only verifies HS256/HS384/HS512; RSA, EC and EdDSA keys come from jwks_file or jwks_url",
+            );
+        }
+        if p.secret.is_none() && hmac {
+            self.err(
+                child(at, "algorithms"),
+                "HS256/HS384/HS512 need a `secret` (JWKS keys are public keys)",
+            );
+        }
+        if let Some(secret) = &p.secret
+            && secret.is_empty()
+        {
+            self.err(
+                child(at, "secret"),
+                "the secret is empty (is its ${VARIABLE} set?)",
+            );
+        }
+        if let Some(url) = &p.jwks_url {
+            let ok = url.parse::<Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                self.err(
+                    child(at, "jwks_url"),
+                    format!("expected an http:// or https:// URL, got `{url}`"),
+                );
+            }
+        }
+        if let Some(file) = &p.jwks_file
+            && file.is_empty()
+        {
+            self.err(child(at, "jwks_file"), "the file name is empty");
+        }
+        if let Some(r) = p.jwks_refresh {
+            if p.jwks_url.is_none() {
+                self.err(child(at, "jwks_refresh"), "only applies with jwks_url");
+            } else if r.get().is_zero() {
+                self.err(child(at, "jwks_refresh"), "must be above zero");
+            }
+        }
+        if let Some(l) = p.leeway
+            && l.get() > std::time::Duration::from_secs(600)
+        {
+            self.err(
+                child(at, "leeway"),
+                "at most 10m: clock skew beyond that is a broken clock",
+            );
+        }
+        if let Some(auds) = &p.audiences
+            && auds.is_empty()
+        {
+            self.err(
+                child(at, "audiences"),
+                "an empty list would accept no token; leave it out to not check `aud`",
+            );
+        }
+        if let Some(list) = &p.token_from {
+            if list.is_empty() {
+                self.err(child(at, "token_from"), "list at least one token source");
+            }
+            for (i, s) in list.iter().enumerate() {
+                if let Err(e) = s.parse::<crate::policy::jwt::TokenSource>() {
+                    self.err(item(&child(at, "token_from"), i), e);
+                }
+            }
+        }
+        let fc = child(at, "forward_claims");
+        for (claim, h) in &p.forward_claims {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                self.err(
+                    child(&fc, claim),
+                    format!("`{h}` is not a valid header name"),
+                );
+            } else if MANAGED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                self.err(
+                    child(&fc, claim),
+                    format!("`{h}` is managed by the gateway"),
+                );
+            }
+        }
+    }
+
+    fn cors(&mut self, config: &Config) {
+        use crate::policy::cors::{check_header_name, check_origin};
+        for (name, c) in &config.cors {
+            let at = child("cors", name);
+            if c.allow_origins.is_empty() {
+                self.err(
+                    child(&at, "allow_origins"),
+                    "list at least one origin (or \"*\")",
+                );
+            }
+            for (i, o) in c.allow_origins.iter().enumerate() {
+                if let Err(e) = check_origin(o) {
+                    self.err(item(&child(&at, "allow_origins"), i), e);
+                }
+            }
+            if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
+                self.err(
+                    child(&at, "allow_credentials"),
+                    "cannot be true with allow_origins [\"*\"]: browsers reject that combination; list the origins instead",
+                );
+            }
+            for (i, m) in c.allow_methods.iter().flatten().enumerate() {
+                if let Err(e) = check_method(m) {
+                    self.err(item(&child(&at, "allow_methods"), i), e);
+                }
+            }
+            for key in ["allow_headers", "expose_headers"] {
+                let list = if key == "allow_headers" {
+                    &c.allow_headers
+                } else {
+                    &c.expose_headers
+                };
+                for (i, h) in list.iter().flatten().enumerate() {
+                    if let Err(e) = check_header_name(h) {
+                        self.err(item(&child(&at, key), i), e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Route `auth`, `require_claims`, `cors`, `ip_allow` and `ip_deny`.
+    fn route_policies(&mut self, at: &str, route: &Route, config: &Config) {
+        let mut has_jwt = false;
+        if let Some(list) = &route.auth {
+            if list.is_empty() {
+                self.err(
+                    child(at, "auth"),
+                    "an empty list would refuse everyone; leave `auth` out for a public route",
+                );
+            }
+            let mut seen = HashSet::new();
+            for (i, entry) in list.iter().enumerate() {
+                let entry_at = item(&child(at, "auth"), i);
+                if !seen.insert(entry.as_str()) {
+                    self.err(&entry_at, format!("`{entry}` is listed twice"));
+                    continue;
+                }
+                match entry.split_once(':') {
+                    Some(("jwt", name)) => {
+                        has_jwt = true;
+                        if !config.auth.jwt.contains_key(name) {
+                            let hint =
+                                suggest::hint(name, config.auth.jwt.keys().map(String::as_str));
+                            self.err(entry_at, format!("unknown JWT policy `{name}`{hint}"));
+                        }
+                    }
+                    Some(("api_key", name)) => {
+                        if !config.auth.api_keys.contains_key(name) {
+                            let hint = suggest::hint(
+                                name,
+                                config.auth.api_keys.keys().map(String::as_str),
+                            );
+                            self.err(entry_at, format!("unknown API key set `{name}`{hint}"));
+                        }
+                    }
+                    Some((kind, _)) => self.err(
+                        entry_at,
+                        format!(
+                            "unknown auth kind `{kind}`; expected jwt:<policy> or api_key:<set>{}",
+                            suggest::hint(kind, ["jwt", "api_key"])
+                        ),
+                    ),
+                    None => self.err(
+                        entry_at,
+                        format!("expected jwt:<policy> or api_key:<set>, got `{entry}`"),
+                    ),
+                }
+            }
+        }
+        if let Some(claims) = &route.require_claims {
+            if !has_jwt {
+                self.err(
+                    child(at, "require_claims"),
+                    "needs a JWT in the route's `auth` (jwt:<policy>): claims come from the token",
+                );
+            }
+            for (claim, want) in claims {
+                let empty = match want {
+                    super::schema::StringOrList::One(v) => v.is_empty(),
+                    super::schema::StringOrList::Many(v) => {
+                        v.is_empty() || v.iter().any(String::is_empty)
+                    }
+                };
+                if empty {
+                    self.err(
+                        child(&child(at, "require_claims"), claim),
+                        "give the value (or values, any of which may match) the claim must have",
+                    );
+                }
+            }
+        }
+        if let Some(name) = &route.cors
+            && !config.cors.contains_key(name)
+        {
+            let hint = suggest::hint(name, config.cors.keys().map(String::as_str));
+            self.err(
+                child(at, "cors"),
+                format!("unknown cors policy `{name}`{hint}"),
+            );
+        }
+        for (key, list) in [("ip_allow", &route.ip_allow), ("ip_deny", &route.ip_deny)] {
+            let Some(list) = list else { continue };
+            if list.is_empty() && key == "ip_allow" {
+                self.err(
+                    child(at, key),
+                    "an empty allow list would refuse everyone; leave it out instead",
+                );
+            }
+            for (i, net) in list.iter().enumerate() {
+                if let Err(e) = super::compile::parse_net(net) {
+                    self.err(item(&child(at, key), i), e);
+                }
+            }
         }
     }
 

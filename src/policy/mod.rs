@@ -9,22 +9,47 @@
 //! go upstream, and either lets the request continue, answers it directly (a CORS
 //! preflight), or refuses it with a `GatewayError`.
 
+pub mod api_key;
+pub mod cors;
+pub mod ip;
+pub mod jwks;
+pub mod jwt;
 pub mod rate_limit;
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Response};
+use serde_json::Value;
 
-use crate::error::GatewayError;
+use crate::config::schema;
+use crate::error::{AuthFailure, GatewayError};
+use crate::metrics::{AuthFailureMetrics, Metrics};
 use crate::proxy::Exchange;
 use crate::proxy::body::ResponseBody;
+use crate::state::Carryover;
+use api_key::ApiKeySet;
+use cors::CorsPolicy;
+use ip::IpRules;
+use jwt::{JwtError, JwtPolicy};
 use rate_limit::{KeySource, Outcome, RateLimitPolicy, Verdict};
+
+/// Sent upstream with the id of the API key that authenticated the request.
+pub static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
 
 /// The compiled policies of one route. Empty for a public route with no limits:
 /// checking it then costs one branch.
 #[derive(Default)]
 pub struct RoutePolicies {
+    ip: Option<IpRules>,
+    cors: Option<Arc<CorsPolicy>>,
+    /// Any one must pass; empty = public.
+    auth: Vec<AuthMethod>,
+    /// Every entry must hold: (claim, accepted values).
+    require_claims: Vec<(String, Vec<String>)>,
+    failures: Option<AuthFailureMetrics>,
     /// Every limit must admit the request.
     pub rate_limits: Vec<RouteLimit>,
 }
@@ -40,6 +65,11 @@ static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
+pub enum AuthMethod {
+    Jwt(Arc<JwtPolicy>),
+    ApiKey(Arc<ApiKeySet>),
+}
+
 /// What the policies decided about a request they did not refuse.
 pub enum Decision {
     /// Go on to the route's action.
@@ -48,9 +78,146 @@ pub enum Decision {
     Respond(Response<ResponseBody>),
 }
 
+/// The named policies of a config version, shared by the routes that use them.
+#[derive(Default)]
+pub struct NamedPolicies {
+    pub jwt: HashMap<String, Arc<JwtPolicy>>,
+    pub api_keys: HashMap<String, Arc<ApiKeySet>>,
+    pub cors: HashMap<String, Arc<CorsPolicy>>,
+}
+
+impl NamedPolicies {
+    /// Builds `auth.*` and `cors.*`. `jwks_url` policies take their key source
+    /// from `carry` (kept across reloads while the policy is unchanged).
+    /// Errors are (key path, message).
+    pub fn compile(
+        cfg: &schema::Config,
+        base_dir: &Path,
+        metrics: &Metrics,
+        carry: &Carryover,
+    ) -> Result<NamedPolicies, (String, String)> {
+        let mut out = NamedPolicies::default();
+        for (name, p) in &cfg.auth.jwt {
+            let at = format!("auth.jwt.{name}");
+            let remote = match &p.jwks_url {
+                None => None,
+                Some(url) => {
+                    let uri: http::Uri = url
+                        .parse()
+                        .map_err(|_| (format!("{at}.jwks_url"), format!("`{url}` is not a URL")))?;
+                    let refresh = p.jwks_refresh.map_or(jwks::DEFAULT_REFRESH, |d| d.get());
+                    Some(carry.jwks(name, p, || {
+                        jwks::JwksSource::new(name, uri, refresh, metrics.jwks(name))
+                    }))
+                }
+            };
+            let policy = JwtPolicy::compile(name, p, base_dir, remote).map_err(|m| (at, m))?;
+            out.jwt.insert(name.clone(), Arc::new(policy));
+        }
+        for (name, set) in &cfg.auth.api_keys {
+            let set =
+                ApiKeySet::compile(name, set).map_err(|m| (format!("auth.api_keys.{name}"), m))?;
+            out.api_keys.insert(name.clone(), Arc::new(set));
+        }
+        for (name, c) in &cfg.cors {
+            let c = CorsPolicy::compile(c).map_err(|m| (format!("cors.{name}"), m))?;
+            out.cors.insert(name.clone(), Arc::new(c));
+        }
+        Ok(out)
+    }
+
+    /// The JWKS sources in use (for `/readyz` and the age metric).
+    pub fn jwks_sources(&self) -> Vec<Arc<jwks::JwksSource>> {
+        let mut v: Vec<_> = self
+            .jwt
+            .values()
+            .filter_map(|p| match p.keys() {
+                jwt::Keys::Remote(s) => Some(s.clone()),
+                jwt::Keys::Static(_) => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.policy.cmp(&b.policy));
+        v
+    }
+}
+
 impl RoutePolicies {
+    /// The policies of `route` (at key path `at`), resolved against `named`.
+    pub fn compile(
+        route: &schema::Route,
+        at: &str,
+        named: &NamedPolicies,
+        metrics: &Metrics,
+    ) -> Result<RoutePolicies, (String, String)> {
+        let nets = |list: &Option<Vec<String>>, key: &str| {
+            list.iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, s)| {
+                    crate::config::compile::parse_net(s)
+                        .map_err(|m| (format!("{at}.{key}[{i}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let ip = (route.ip_allow.is_some() || route.ip_deny.is_some())
+            .then(|| -> Result<_, (String, String)> {
+                Ok(IpRules {
+                    allow: nets(&route.ip_allow, "ip_allow")?,
+                    deny: nets(&route.ip_deny, "ip_deny")?,
+                })
+            })
+            .transpose()?;
+        let cors = match &route.cors {
+            None => None,
+            Some(name) => Some(named.cors.get(name).cloned().ok_or_else(|| {
+                (
+                    format!("{at}.cors"),
+                    format!("unknown cors policy `{name}`"),
+                )
+            })?),
+        };
+        let mut auth = Vec::new();
+        for (i, entry) in route.auth.iter().flatten().enumerate() {
+            let unknown = || (format!("{at}.auth[{i}]"), format!("unknown auth `{entry}`"));
+            auth.push(match entry.split_once(':') {
+                Some(("jwt", name)) => {
+                    AuthMethod::Jwt(named.jwt.get(name).cloned().ok_or_else(unknown)?)
+                }
+                Some(("api_key", name)) => {
+                    AuthMethod::ApiKey(named.api_keys.get(name).cloned().ok_or_else(unknown)?)
+                }
+                _ => return Err(unknown()),
+            });
+        }
+        let require_claims = route
+            .require_claims
+            .iter()
+            .flatten()
+            .map(|(claim, want)| {
+                let values = match want {
+                    schema::StringOrList::One(v) => vec![v.clone()],
+                    schema::StringOrList::Many(v) => v.clone(),
+                };
+                (claim.clone(), values)
+            })
+            .collect::<Vec<_>>();
+        let guarded = ip.is_some() || !auth.is_empty() || !require_claims.is_empty();
+        Ok(RoutePolicies {
+            failures: guarded.then(|| metrics.auth_failures(&route.name)),
+            ip,
+            cors,
+            auth,
+            require_claims,
+            rate_limits: Vec::new(),
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.rate_limits.is_empty()
+        self.ip.is_none()
+            && self.cors.is_none()
+            && self.auth.is_empty()
+            && self.require_claims.is_empty()
+            && self.rate_limits.is_empty()
     }
 
     /// Runs every policy of the route in phase order.
@@ -59,10 +226,51 @@ impl RoutePolicies {
         parts: &mut Parts,
         ex: &mut Exchange,
     ) -> Result<Decision, GatewayError> {
-        // Rate limits come last: a request refused by auth must not spend tokens.
+        // 1. IP rules: the cheapest refusal, before anything else is looked at.
+        if let Some(ip) = &self.ip
+            && !ip.admits(ex.client_ip)
+        {
+            self.count_forbidden();
+            return Err(GatewayError::Forbidden(
+                "this client address is not allowed on this route",
+            ));
+        }
+
+        // 2. CORS: a preflight is answered here, before auth (browsers send no
+        // credentials on it); other requests get their headers on any answer.
+        if let Some(cors) = &self.cors {
+            if let Some(resp) = cors.preflight(parts, &mut ex.response_headers) {
+                return Ok(Decision::Respond(resp));
+            }
+            cors.annotate(parts, &mut ex.response_headers);
+        }
+
+        // 3. Authentication: any one method must pass.
+        if !self.auth.is_empty() {
+            self.authenticate(parts, ex).await?;
+        }
+
+        // 4. Required claims (RBAC).
+        if !self.require_claims.is_empty() {
+            let holds = ex.claims.as_ref().is_some_and(|claims| {
+                self.require_claims
+                    .iter()
+                    .all(|(claim, want)| claims.get(claim).is_some_and(|v| claim_holds(v, want)))
+            });
+            if !holds {
+                self.count_forbidden();
+                return Err(GatewayError::Forbidden(
+                    "the token does not carry the claims this route requires",
+                ));
+            }
+        }
+
+        // 5. Rate limits: after auth, so a refused request spends no tokens and
+        //    `jwt:<claim>` / `api_key` keys can use `ex.claims` / `ex.consumer`.
         if !self.rate_limits.is_empty() {
             self.check_rate_limits(parts, ex).await?;
         }
+
         Ok(Decision::Continue)
     }
 
@@ -103,6 +311,111 @@ impl RoutePolicies {
         }
         Ok(())
     }
+
+    fn count_forbidden(&self) {
+        if let Some(f) = &self.failures {
+            f.forbidden.inc();
+        }
+    }
+
+    async fn authenticate(&self, parts: &mut Parts, ex: &mut Exchange) -> Result<(), GatewayError> {
+        // Identity headers are the gateway's to set: never the client's.
+        parts.headers.remove(&X_CONSUMER_ID);
+        for m in &self.auth {
+            if let AuthMethod::Jwt(p) = m {
+                for (_, h) in &p.forward_claims {
+                    parts.headers.remove(h);
+                }
+            }
+        }
+
+        let mut worst: Option<Refusal> = None;
+        let mut passed = false;
+        for m in &self.auth {
+            let result = match m {
+                AuthMethod::ApiKey(set) => set.check(parts).map(|id| {
+                    if let Ok(v) = HeaderValue::from_str(&id) {
+                        parts.headers.insert(X_CONSUMER_ID.clone(), v);
+                    }
+                    ex.consumer = Some(id.to_string());
+                }),
+                AuthMethod::Jwt(p) => match p.find_token(parts) {
+                    None => Err(AuthFailure::Missing),
+                    Some((source, token)) => match p.verify(token).await {
+                        Ok(v) => {
+                            if p.strip_token {
+                                p.strip(parts, source);
+                            }
+                            p.forward(&v.claims, &mut parts.headers);
+                            ex.consumer = v.subject.as_deref().map(str::to_string);
+                            ex.claims = Some(v.claims);
+                            Ok(())
+                        }
+                        Err(JwtError::Failure(f)) => Err(f),
+                        Err(JwtError::Unavailable) => {
+                            let r = Refusal::Unavailable(p.name.clone());
+                            worst = worst.max(Some(r));
+                            continue;
+                        }
+                    },
+                },
+            };
+            match result {
+                Ok(()) => {
+                    passed = true;
+                    break;
+                }
+                Err(f) => worst = worst.max(Some(Refusal::Failure(f))),
+            }
+        }
+        // Keys are never forwarded, whichever method passed.
+        for m in &self.auth {
+            if let AuthMethod::ApiKey(set) = m {
+                parts.headers.remove(&set.header);
+            }
+        }
+        if passed {
+            return Ok(());
+        }
+        match worst {
+            Some(Refusal::Unavailable(policy)) => Err(GatewayError::AuthUnavailable {
+                policy: policy.to_string(),
+            }),
+            Some(Refusal::Failure(f)) => {
+                if let Some(m) = &self.failures {
+                    m.count(f);
+                }
+                Err(GatewayError::Unauthorized(f))
+            }
+            None => Err(GatewayError::Unauthorized(AuthFailure::Missing)),
+        }
+    }
+}
+
+/// How a route's auth methods failed, least to most telling: a presented but
+/// bad credential says more than a missing one, and keys we could not load are
+/// our fault, not the client's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Refusal {
+    Failure(AuthFailure),
+    Unavailable(Arc<str>),
+}
+
+/// `require_claims` semantics: a string claim equals a wanted value or, split
+/// on spaces (OAuth `scope`), contains one; an array contains one; numbers and
+/// booleans compare by their text.
+fn claim_holds(value: &Value, wanted: &[String]) -> bool {
+    let scalar = |v: &Value, w: &str| match v {
+        Value::String(s) => s == w,
+        Value::Number(n) => n.to_string() == w,
+        Value::Bool(b) => b.to_string() == w,
+        _ => false,
+    };
+    wanted.iter().any(|w| match value {
+        Value::String(s) => s == w || s.split(' ').any(|part| part == w),
+        Value::Array(items) => items.iter().any(|v| scalar(v, w)),
+        other => scalar(other, w),
+    })
 }
 
 fn set_rate_limit_headers(ex: &mut Exchange, v: &Verdict) {
@@ -110,4 +423,36 @@ fn set_rate_limit_headers(ex: &mut Exchange, v: &Verdict) {
     h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(v.limit));
     h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(v.remaining));
     h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(v.reset_secs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claims_match_strings_scopes_arrays_any_of() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(claim_holds(
+            &json!("users:read users:write"),
+            &w(&["users:read"])
+        ));
+        assert!(!claim_holds(&json!("users:readx"), &w(&["users:read"])));
+        assert!(claim_holds(
+            &json!(["admin", "dev"]),
+            &w(&["support", "admin"])
+        ));
+        assert!(!claim_holds(&json!(["dev"]), &w(&["support", "admin"])));
+        assert!(claim_holds(&json!(42), &w(&["42"])));
+        assert!(claim_holds(&json!(true), &w(&["true"])));
+        assert!(!claim_holds(&json!({"a": 1}), &w(&["a"])));
+    }
+
+    #[test]
+    fn refusals_rank_by_information() {
+        let f = |a| Some(Refusal::Failure(a));
+        assert!(f(AuthFailure::Invalid) > f(AuthFailure::Missing));
+        assert!(f(AuthFailure::Expired) > f(AuthFailure::Invalid));
+        assert!(Some(Refusal::Unavailable("p".into())) > f(AuthFailure::Expired));
+    }
 }

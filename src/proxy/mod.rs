@@ -122,6 +122,11 @@ pub async fn handle(
     let mut last = None;
     for (name, value) in rec.ex.response_headers.drain() {
         match name {
+            // Vary lists what the answer depends on: add to the upstream's.
+            Some(name) if name == header::VARY => {
+                headers.append(name.clone(), value);
+                last = Some(name);
+            }
             Some(name) => {
                 headers.insert(name.clone(), value);
                 last = Some(name);

@@ -137,6 +137,7 @@ impl Drop for RequestRecord {
             retries: ex.retries,
             error,
             client_cert: ex.client_cert_subject.as_deref(),
+            consumer: ex.consumer.as_deref(),
         });
     }
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -522,6 +524,24 @@ impl Gateway {
     /// Starts the gateway from `yaml`. `${NAME}` placeholders are replaced from
     /// `vars` (e.g. `("UP", "127.0.0.1:4567")`).
     pub async fn start(yaml: &str, vars: &[(&str, String)]) -> Gateway {
+        let gw = Gateway::start_unready(yaml, vars).await;
+        // Ready when /readyz says so (polled, never slept on).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = get(&gw.admin_url("/readyz")).await
+                && r.status == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gw
+    }
+
+    /// Like `start`, without waiting for `/readyz` (for gateways that are
+    /// expected not to be ready, e.g. while a JWKS is unreachable).
+    pub async fn start_unready(yaml: &str, vars: &[(&str, String)]) -> Gateway {
         let vars: Vec<(String, String)> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -544,24 +564,12 @@ impl Gateway {
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
         let addr = app.listener_addr("http").expect("http listener");
         let admin = app.admin_addr().expect("admin listener");
-        let gw = Gateway {
+        Gateway {
             app: Some(app),
             addr,
             admin,
             log,
-        };
-        // Ready when /readyz says so (polled, never slept on).
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = get(&gw.admin_url("/readyz")).await
-                && r.status == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "gateway never became ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        gw
     }
 
     /// Starts the gateway from a config file, as `main` does: reloads re-read
