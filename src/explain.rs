@@ -6,7 +6,7 @@ use std::fmt::Write;
 use http::{HeaderMap, Method};
 
 use crate::config::schema::Config;
-use crate::router::RequestView;
+use crate::router::{Explanation, RequestView};
 use crate::snapshot::{Action, Snapshot};
 
 pub struct Probe {
@@ -17,20 +17,27 @@ pub struct Probe {
     pub headers: HeaderMap,
 }
 
+impl Probe {
+    /// The request path (without the query) and the router's explanation.
+    fn route(&self, snap: &Snapshot) -> (&str, Explanation) {
+        let (path, query) = match self.target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (self.target.as_str(), None),
+        };
+        let view = RequestView {
+            method: &self.method,
+            host: self.host.as_deref(),
+            path,
+            query,
+            headers: &self.headers,
+        };
+        (path, snap.router.explain(&view))
+    }
+}
+
 /// A human-readable answer: the chosen route first, then each near miss.
 pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
-    let (path, query) = match probe.target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (probe.target.as_str(), None),
-    };
-    let view = RequestView {
-        method: &probe.method,
-        host: probe.host.as_deref(),
-        path,
-        query,
-        headers: &probe.headers,
-    };
-    let ex = snap.router.explain(&view);
+    let (path, ex) = probe.route(snap);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -129,18 +136,7 @@ fn list_or(items: Option<&[String]>, none: &str) -> String {
 /// nothing matches (the gateway would answer 404 no_route).
 pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json::Value {
     use serde_json::{Value, json};
-    let (path, query) = match probe.target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (probe.target.as_str(), None),
-    };
-    let view = RequestView {
-        method: &probe.method,
-        host: probe.host.as_deref(),
-        path,
-        query,
-        headers: &probe.headers,
-    };
-    let ex = snap.router.explain(&view);
+    let (path, ex) = probe.route(snap);
     let route = ex.chosen.map(|i| {
         let route = &snap.routes[i];
         let raw = &cfg.routes[i];

@@ -525,10 +525,15 @@ impl Gateway {
     /// `vars` (e.g. `("UP", "127.0.0.1:4567")`).
     pub async fn start(yaml: &str, vars: &[(&str, String)]) -> Gateway {
         let gw = Gateway::start_unready(yaml, vars).await;
-        // Ready when /readyz says so (polled, never slept on).
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Waits until `/readyz` says 200 (polled, never slept on).
+    pub async fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(r) = get(&gw.admin_url("/readyz")).await
+            if let Ok(r) = get(&self.admin_url("/readyz")).await
                 && r.status == 200
             {
                 break;
@@ -536,7 +541,6 @@ impl Gateway {
             assert!(Instant::now() < deadline, "gateway never became ready");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        gw
     }
 
     /// Like `start`, without waiting for `/readyz` (for gateways that are
@@ -616,16 +620,7 @@ impl Gateway {
             admin,
             log,
         };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = get(&gw.admin_url("/readyz")).await
-                && r.status == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "gateway never became ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        gw.wait_ready().await;
         gw
     }
 
