@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -992,4 +992,42 @@ fn tls_config_errors_name_the_key() {
         err.contains("upstreams.u.tls.server_name: expected a DNS name"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn renewed_certificate_files_are_picked_up_by_the_file_watcher() {
+    let pki = Pki::new("ca");
+    let first = pki.leaf("site", &["site.test"]);
+    let up = Upstream::echo("echo").await;
+    // The config lives beside the certificates, as in a typical deployment.
+    let config = pki.path("tollgate.yaml");
+    std::fs::write(&config, gateway_yaml(&certs_yaml(&[&first]))).unwrap();
+    let gw = Gateway::start_file(
+        &config,
+        &[("UP", up.host_port())],
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    let addr = gw.app().listener_addr("https").unwrap();
+    let served = || async {
+        let tls = Client::any()
+            .connect(addr, Some("site.test"))
+            .await
+            .unwrap();
+        served_cert(&tls)
+    };
+    assert_eq!(served().await, first.der);
+
+    // Renewal rewrites the certificate and key files in place; nobody sends
+    // SIGHUP or calls /reload.
+    let renewed = pki.leaf("site", &["site.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served().await != renewed.der {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.shutdown().await;
 }
