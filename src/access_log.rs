@@ -20,8 +20,13 @@ pub enum LogFormat {
 
 /// Where access-log lines go.
 pub struct AccessLog {
-    writer: NonBlocking,
+    /// `None` when access logging is off: nothing is formatted at all.
+    sink: Option<Sink>,
     format: LogFormat,
+}
+
+struct Sink {
+    writer: NonBlocking,
     dropped: ErrorCounter,
     // Flushes the queued lines when the app shuts down.
     _guard: WorkerGuard,
@@ -62,25 +67,35 @@ fn rfc3339<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Erro
 }
 
 impl AccessLog {
-    pub fn new(out: Box<dyn Write + Send>, format: LogFormat) -> Self {
-        let (writer, guard) = NonBlockingBuilder::default()
-            .lossy(true)
-            .thread_name("tollgate-access-log")
-            .finish(out);
-        AccessLog {
-            dropped: writer.error_counter(),
-            writer,
-            format,
-            _guard: guard,
-        }
+    /// Lines go to `out`; `None` turns the access log off.
+    pub fn new(out: Option<Box<dyn Write + Send>>, format: LogFormat) -> Self {
+        let sink = out.map(|out| {
+            let (writer, guard) = NonBlockingBuilder::default()
+                .lossy(true)
+                .thread_name("tollgate-access-log")
+                .finish(out);
+            Sink {
+                dropped: writer.error_counter(),
+                writer,
+                _guard: guard,
+            }
+        });
+        AccessLog { sink, format }
     }
 
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> usize {
-        self.dropped.dropped_lines()
+        self.sink.as_ref().map_or(0, |s| s.dropped.dropped_lines())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.sink.is_some()
     }
 
     pub fn write(&self, line: &AccessLine<'_>) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
         let mut buf = Vec::with_capacity(320);
         match self.format {
             LogFormat::Json => {
@@ -92,7 +107,7 @@ impl AccessLog {
         }
         buf.push(b'\n');
         // The writer only queues the line; a full queue drops and counts it.
-        let _ = self.writer.clone().write_all(&buf);
+        let _ = sink.writer.clone().write_all(&buf);
     }
 }
 

@@ -62,8 +62,8 @@ pub struct Shared {
 }
 
 pub struct BuildOptions {
-    /// Where access-log lines go (stdout in `main`).
-    pub access_log: Box<dyn Write + Send>,
+    /// Where access-log lines go (stdout in `main`); `None`: no access log.
+    pub access_log: Option<Box<dyn Write + Send>>,
     pub log_format: LogFormat,
     /// The file the config came from: SIGHUP and `POST /reload` re-read it.
     /// `None` (the demo, tests from text): reloads are refused.
@@ -79,7 +79,7 @@ pub const DEFAULT_WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
-            access_log: Box::new(std::io::sink()),
+            access_log: None,
             log_format: LogFormat::Json,
             config_file: None,
             watch_debounce: None,

@@ -23,6 +23,14 @@ struct Cli {
     /// Log format [default: text on a terminal, json otherwise]
     #[arg(long, global = true, value_enum)]
     log_format: Option<Format>,
+    /// Access log destination: stdout, off, or a file path (appended to)
+    #[arg(
+        long,
+        global = true,
+        value_name = "stdout|off|FILE",
+        default_value = "stdout"
+    )]
+    access_log: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -131,6 +139,7 @@ fn load(path: &Path) -> Result<LoadedConfig, Failure> {
 
 fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
     let path = config_path(&cli);
+    let access_log = cli.access_log.clone();
     match cli.command.unwrap_or(Command::Run) {
         Command::Validate => {
             load(&path)?;
@@ -158,10 +167,12 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
         Command::Run => {
             let loaded = load(&path)?;
             let rt = runtime_for_server().map_err(runtime)?;
-            rt.block_on(serve(loaded, Some(path), format))
+            let sink = access_log_sink(&access_log)?;
+            rt.block_on(serve(loaded, Some(path), format, sink))
         }
         Command::Demo => {
             let rt = runtime_for_server().map_err(runtime)?;
+            let sink = access_log_sink(&access_log)?;
             rt.block_on(async {
                 let a = demo::start_echo("echo-a").await.map_err(runtime)?;
                 let b = demo::start_echo("echo-b").await.map_err(runtime)?;
@@ -174,7 +185,7 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
                     config::load_str_with_env(demo::DEMO_CONFIG, "<demo>", &env).map_err(|e| {
                         runtime(anyhow::anyhow!("the embedded demo config is invalid:\n{e}"))
                     })?;
-                serve(loaded, None, format).await
+                serve(loaded, None, format, sink).await
             })
         }
     }
@@ -221,15 +232,33 @@ fn runtime_for_cli() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// `--access-log`: stdout, off, or a file opened for appending.
+fn access_log_sink(dest: &str) -> Result<Option<Box<dyn std::io::Write + Send>>, Failure> {
+    Ok(match dest {
+        "off" => None,
+        "stdout" | "-" => Some(Box::new(std::io::stdout())),
+        path => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--access-log {path}"))
+                .map_err(runtime)?;
+            Some(Box::new(file))
+        }
+    })
+}
+
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`.
 async fn serve(
     loaded: LoadedConfig,
     path: Option<PathBuf>,
     format: LogFormat,
+    access_log: Option<Box<dyn std::io::Write + Send>>,
 ) -> Result<(), Failure> {
     let is_demo = path.is_none();
     let opts = BuildOptions {
-        access_log: Box::new(std::io::stdout()),
+        access_log,
         log_format: format,
         watch_debounce: path.is_some().then_some(tollgate::DEFAULT_WATCH_DEBOUNCE),
         config_file: path.clone().map(tollgate::reload::ConfigFile::new),

@@ -559,7 +559,7 @@ impl Gateway {
         let app = tollgate::build(
             loaded,
             BuildOptions {
-                access_log: Box::new(log.clone()),
+                access_log: Some(Box::new(log.clone())),
                 log_format: LogFormat::Json,
                 ..Default::default()
             },
@@ -597,7 +597,7 @@ impl Gateway {
         let app = tollgate::build(
             loaded,
             BuildOptions {
-                access_log: Box::new(log.clone()),
+                access_log: Some(Box::new(log.clone())),
                 log_format: LogFormat::Json,
                 config_file: Some(tollgate::reload::ConfigFile {
                     path: path.to_path_buf(),
