@@ -220,3 +220,117 @@ fn run_on_a_taken_port_exits_2_with_one_message() {
     assert!(messages[0].starts_with("tollgate: "), "{err}");
     drop(taken);
 }
+
+/// Starts `run` in the background and returns it with the address it listens
+/// on, read from its JSON log on stderr.
+fn start(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("TOLLGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tollgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "listening"
+                && let Some(addr) = v["fields"]["addr"].as_str()
+            {
+                let _ = tx.send(addr.parse().expect("addr"));
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tollgate never logged its listening address");
+    (child, addr)
+}
+
+fn get_ping(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET /ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+/// SIGTERM, then the exit code of a clean shutdown.
+fn terminate(mut child: std::process::Child) -> Output {
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn access_log_goes_to_a_file_or_nowhere_and_sigterm_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "gw.yaml", GOOD);
+    let log = dir.path().join("access.log");
+    let (child, addr) = start(&[
+        "run",
+        "--config",
+        f.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--access-log",
+        log.to_str().unwrap(),
+    ]);
+    assert!(get_ping(addr).starts_with("HTTP/1.1 200"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(r#""route":"ping""#)) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access-log line in the file");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 200);
+    let out = terminate(child);
+    assert_eq!(out.status.code(), Some(0), "a clean shutdown exits 0");
+    assert!(
+        stdout(&out).is_empty(),
+        "the log went to the file, not stdout"
+    );
+
+    let (child, addr) = start(&[
+        "run",
+        "--config",
+        f.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--access-log",
+        "off",
+    ]);
+    assert!(get_ping(addr).starts_with("HTTP/1.1 200"));
+    let out = terminate(child);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).is_empty(),
+        "--access-log off writes nothing: {}",
+        stdout(&out)
+    );
+}
