@@ -257,6 +257,9 @@ async fn serve(
     access_log: Option<Box<dyn std::io::Write + Send>>,
 ) -> Result<(), Failure> {
     let is_demo = path.is_none();
+    // Handlers first: a SIGTERM that arrives while the listeners come up must
+    // drain, not kill the process with the default action.
+    let signals = Signals::install().map_err(runtime)?;
     let opts = BuildOptions {
         access_log,
         log_format: format,
@@ -275,34 +278,56 @@ async fn serve(
             .ok_or_else(|| runtime(anyhow::anyhow!("demo listener missing")))?;
         eprintln!("{}", demo::instructions(gw, app.admin_addr()));
     }
-    wait_for_signals(&app, path.as_deref())
-        .await
-        .map_err(runtime)?;
+    signals.wait(&app, path.as_deref()).await;
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// SIGTERM / SIGINT end the process gracefully; SIGHUP reloads.
 #[cfg(unix)]
-async fn wait_for_signals(app: &App, path: Option<&Path>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(app, path).await,
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns when the process should shut down.
+    async fn wait(mut self, app: &App, path: Option<&Path>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => reload(app, path).await,
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_app: &App, _path: Option<&Path>) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Signals)
+    }
+
+    async fn wait(self, _app: &App, _path: Option<&Path>) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn reload(app: &App, path: Option<&Path>) {
