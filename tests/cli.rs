@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-/// Runs the binary with `args`, killing it if it runs longer than 20 s.
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
+/// Starts the binary with `args`, its output captured, its environment clean.
+fn spawn(args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("TOLLGATE_CONFIG")
@@ -18,7 +18,12 @@ fn run(args: &[&str]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn tollgate");
+        .expect("spawn tollgate")
+}
+
+/// Runs the binary with `args`, killing it if it runs longer than 20 s.
+fn run(args: &[&str]) -> Output {
+    let mut child = spawn(args);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if child.try_wait().expect("try_wait").is_some() {
@@ -225,15 +230,7 @@ fn run_on_a_taken_port_exits_2_with_one_message() {
 /// on, read from its JSON log on stderr.
 fn start(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("TOLLGATE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tollgate");
+    let mut child = spawn(args);
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
