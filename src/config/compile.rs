@@ -230,6 +230,15 @@ fn compile_upstream(
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<Upstream, CompileError> {
     let path = format!("upstreams.{name}");
+    let pool_settings = PoolSettings {
+        connect_timeout: up.timeouts.connect.get(),
+        idle_timeout: up.timeouts.idle.get(),
+        max_idle_per_target: up.pool.max_idle_per_target,
+        tls: upstream_tls(name, up, resolve, &path)?,
+    };
+    let client = carry
+        .pool(name, pool_settings.clone())
+        .map_err(|m| err(&path, m))?;
     let mut targets = Vec::with_capacity(up.targets.len());
     for (i, t) in up.targets.iter().enumerate() {
         let (scheme, authority) =
@@ -247,6 +256,7 @@ fn compile_upstream(
             url: t.url.as_str().into(),
             metrics: target_metrics,
             state,
+            endpoint: client.endpoint(&scheme, &authority),
             scheme,
             authority,
             label,
@@ -262,12 +272,6 @@ fn compile_upstream(
         strategy,
         up.targets.iter().map(|t| (t.url.as_str(), t.weight)),
     );
-    let pool_settings = PoolSettings {
-        connect_timeout: up.timeouts.connect.get(),
-        idle_timeout: up.timeouts.idle.get(),
-        max_idle_per_target: up.pool.max_idle_per_target,
-        tls: upstream_tls(name, up, resolve, &path)?,
-    };
     Ok(Upstream {
         health: health_settings(up, &path)?,
         circuit: up.circuit_breaker.as_ref().map(|c| CircuitSettings {
@@ -288,9 +292,7 @@ fn compile_upstream(
         name: name.into(),
         targets,
         balancer,
-        client: carry
-            .pool(name, pool_settings.clone())
-            .map_err(|m| err(&path, m))?,
+        client,
         pool_settings,
         request_timeout: up.timeouts.request.get(),
         max_concurrent: up.max_concurrent_requests.unwrap_or(0),

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::record::RequestRecord;
+use crate::upstream::pool::UpstreamBody;
 
 /// Why a client's request body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +141,7 @@ impl Body for RequestBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 /// What the client receives.
@@ -165,7 +166,7 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody {
             kind: Kind::Upstream(body),
             sent: 0,

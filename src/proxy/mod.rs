@@ -29,7 +29,7 @@ use crate::snapshot::{Action, Snapshot};
 use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
-use crate::upstream::pool::{BodyErrorKind, SendError};
+use crate::upstream::pool::{BodyErrorKind, SendError, UpstreamBody};
 use crate::upstream::retry::{MAX_REPLAY_BODY, RetryReason};
 use body::{BodyError, RequestBody, ResponseBody};
 use headers::X_REQUEST_ID;
@@ -343,7 +343,7 @@ async fn forward(
     upstream: &Upstream,
     at: Attempt,
     ex: &mut Exchange,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let started = TokioInstant::now();
     let deadline = started + at.timeout;
     let (retry, mut streamed, replay) = match body {
@@ -374,12 +374,6 @@ async fn forward(
         ex.target = Some((at.upstream_idx, idx));
         let target = &upstream.targets[idx];
 
-        let uri = Uri::builder()
-            .scheme(target.scheme.clone())
-            .authority(target.authority.clone())
-            .path_and_query(at.path_and_query.clone())
-            .build()
-            .map_err(|_| GatewayError::BadRequest("the request URI cannot be forwarded"))?;
         let more = attempt < max_attempts;
         let body = match streamed.take() {
             Some(b) => b,
@@ -388,7 +382,7 @@ async fn forward(
         };
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
+        *req.uri_mut() = Uri::from(at.path_and_query.clone());
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = if more {
             parts.headers.clone()
@@ -405,7 +399,7 @@ async fn forward(
             remaining
         };
         let sent = TokioInstant::now();
-        let result = tokio::time::timeout(limit, upstream.client.send(req)).await;
+        let result = tokio::time::timeout(limit, upstream.client.send(&target.endpoint, req)).await;
         let took = sent.elapsed();
         upstream_time += took;
         ex.upstream_ms = Some(upstream_time.as_secs_f64() * 1000.0);

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Uri};
 use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use crate::config::units::StatusRange;
 use crate::proxy::body::RequestBody;
 use crate::state::TargetState;
 use crate::upstream::Upstream;
-use crate::upstream::pool::UpstreamClient;
+use crate::upstream::pool::{Endpoint, UpstreamBody, UpstreamClient};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSettings {
@@ -73,7 +73,7 @@ pub fn spawn(up: &Upstream, token: &CancellationToken) {
         let probe = Probe {
             upstream: up.name.clone(),
             target: t.label.clone(),
-            scheme: t.scheme.clone(),
+            endpoint: t.endpoint.clone(),
             authority: t.authority.clone(),
             state: t.state.clone(),
             gauge: t.metrics.healthy.clone(),
@@ -93,7 +93,7 @@ pub fn spawn(up: &Upstream, token: &CancellationToken) {
 struct Probe {
     upstream: Arc<str>,
     target: Arc<str>,
-    scheme: Scheme,
+    endpoint: Arc<Endpoint>,
     authority: http::uri::Authority,
     state: Arc<TargetState>,
     gauge: IntGauge,
@@ -139,16 +139,8 @@ impl Probe {
 
     async fn probe_once(&self) -> bool {
         let s = &*self.settings;
-        let Ok(uri) = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(s.path.clone())
-            .build()
-        else {
-            return false;
-        };
         let mut req = Request::new(RequestBody::empty());
-        *req.uri_mut() = uri;
+        *req.uri_mut() = Uri::from(s.path.clone());
         if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
             req.headers_mut().insert(header::HOST, host);
         }
@@ -156,7 +148,7 @@ impl Probe {
             header::USER_AGENT,
             HeaderValue::from_static("tollgate-health-check"),
         );
-        match tokio::time::timeout(s.timeout, self.client.send(req)).await {
+        match tokio::time::timeout(s.timeout, self.client.send(&self.endpoint, req)).await {
             Ok(Ok(resp)) => {
                 let ok = s.expect.contains(resp.status().as_u16());
                 // Read (a bounded amount of) the body so the connection can be reused.
@@ -169,7 +161,7 @@ impl Probe {
     }
 }
 
-async fn drain(mut body: hyper::body::Incoming) {
+async fn drain(mut body: UpstreamBody) {
     use http_body_util::BodyExt;
     let mut seen = 0usize;
     while let Some(Ok(frame)) = body.frame().await {

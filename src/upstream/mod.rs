@@ -55,6 +55,8 @@ pub struct Target {
     /// `http` or `https` (TLS to the target).
     pub scheme: Scheme,
     pub authority: Authority,
+    /// Where its connections live (in the upstream's pool).
+    pub endpoint: Arc<pool::Endpoint>,
     /// `host:port`, the `target` metric label and log field.
     pub label: Arc<str>,
     /// Carried across reloads (see `state`).

@@ -1,26 +1,45 @@
 //! The connection layer to upstream targets: the one seam between the proxy and
 //! the HTTP client library.
 //!
-//! Today it is hyper-util's pooled client (keep-alive connections per target,
-//! connect timeout, idle expiry). Everything above this file sees only
-//! `UpstreamClient::send` and `SendError`, so the pool can be replaced (a per-core
-//! pool on hyper's `client::conn`, see the performance issue) without touching
-//! the proxy.
+//! A pool of HTTP/1.1 keep-alive connections per target, built on hyper's
+//! low-level `client::conn::http1`. There is no connection task: the request's
+//! own task drives its connection (while waiting for the response head, then
+//! while the response body streams to the client, see `UpstreamBody`), and the
+//! connection goes back to its target's idle stack when the body ended. That
+//! saves the task hop, channel and wake-ups per request that a pooled client
+//! with one task per connection costs (hyper-util's legacy client), which is
+//! what the profile of the proxy's hot path showed. An upgraded connection
+//! (`101 Switching Protocols`) is handed to a task of its own.
+//!
+//! Everything above this file sees `UpstreamClient::send`, `Endpoint`,
+//! `UpstreamBody` and `SendError`.
 
+use std::collections::HashMap;
 use std::error::Error as _;
-use std::sync::Arc;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::proxy::body::{BodyError, RequestBody};
 
@@ -43,8 +62,42 @@ pub struct TlsSettings {
     pub insecure_skip_verify: bool,
 }
 
+/// The connections of one upstream (all its targets), kept across config
+/// versions while its pool settings stay the same.
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    tls: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+    h1: http1::Builder,
+    /// Every target this pool has served, by scheme and authority. Touched when
+    /// a config compiles and by the sweeper, never per request.
+    endpoints: Mutex<HashMap<(Scheme, Authority), Arc<Endpoint>>>,
+}
+
+/// One target's address and idle connections. A compiled `Target` holds its
+/// endpoint, so a request reaches its idle connections without a lookup.
+pub struct Endpoint {
+    authority: Authority,
+    tls: bool,
+    max_idle: usize,
+    /// Most recently used last: reuse takes the warmest connection, the sweeper
+    /// closes from the cold end. The lock is per target and held for a push or
+    /// a pop.
+    idle: Mutex<Vec<Box<Conn>>>,
+}
+
+/// One HTTP/1.1 connection: the request sender and the protocol state machine
+/// that moves its bytes (polled by whoever holds the connection).
+struct Conn {
+    tx: http1::SendRequest<RequestBody>,
+    io: http1::Connection<TokioIo<Stream>, RequestBody>,
+    idle_since: Instant,
 }
 
 /// Why an attempt failed, classified for the answer and the metrics.
@@ -67,45 +120,429 @@ pub enum BodyErrorKind {
 
 impl UpstreamClient {
     pub fn new(settings: &PoolSettings) -> Result<Self, String> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        http.set_nodelay(true);
-        // The TLS layer sees `https://` URIs; the TCP connector below must too.
-        http.enforce_http(false);
-        let builder = HttpsConnectorBuilder::new()
-            .with_tls_config(
-                client_config(&settings.tls).map_err(|e| format!("TLS client setup: {e}"))?,
-            )
-            .https_or_http();
-        let builder = match settings
-            .tls
-            .server_name
-            .as_deref()
-            .and_then(|n| ServerName::try_from(n.to_owned()).ok())
-        {
-            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
-            None => builder,
+        let config = client_config(&settings.tls).map_err(|e| format!("TLS client setup: {e}"))?;
+        let server_name = match settings.tls.server_name.as_deref() {
+            Some(n) => Some(
+                ServerName::try_from(n.to_owned())
+                    .map_err(|e| format!("TLS server_name `{n}`: {e}"))?,
+            ),
+            None => None,
         };
-        let connector = builder.enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(settings.max_idle_per_target)
-            // The proxy sets Host itself (the client's, or the route's rewrite).
-            .set_host(false)
-            .build(connector);
-        Ok(UpstreamClient { client })
+        let inner = Arc::new(Inner {
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_idle: settings.max_idle_per_target,
+            tls: TlsConnector::from(Arc::new(config)),
+            server_name,
+            h1: http1::Builder::new(),
+            endpoints: Mutex::default(),
+        });
+        // Idle connections past `idle_timeout` are closed by a sweeper, so that
+        // a target nobody asks for any more holds no sockets.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&inner)));
+        }
+        Ok(UpstreamClient { inner })
     }
 
-    /// Sends one request (its URI absolute: `http://host:port/path`) and returns
-    /// once the response head arrived.
-    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
-        self.client.request(req).await.map_err(classify)
+    /// The endpoint of `scheme://authority` (created on first use; shared by
+    /// every config version that names the same target).
+    pub fn endpoint(&self, scheme: &Scheme, authority: &Authority) -> Arc<Endpoint> {
+        let mut map = self
+            .inner
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.entry((scheme.clone(), authority.clone()))
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    authority: authority.clone(),
+                    tls: *scheme == Scheme::HTTPS,
+                    max_idle: self.inner.max_idle,
+                    idle: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Sends one request to `ep` and returns once the response head arrived.
+    /// The request URI is in origin form (`/path?query`); the Host header is
+    /// the caller's business.
+    pub async fn send(
+        &self,
+        ep: &Arc<Endpoint>,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let inner = &*self.inner;
+        let mut reused = true;
+        let mut conn = match ep.checkout(inner.idle_timeout) {
+            Some(c) => c,
+            None => {
+                reused = false;
+                inner.connect(ep).await?
+            }
+        };
+        loop {
+            let sending = conn.tx.try_send_request(req);
+            match drive(&mut conn.io, sending).await {
+                Ok(resp) => return Ok(finish(resp, conn, ep)),
+                Err(mut e) => {
+                    // A kept-alive connection that the target closed before the
+                    // request went out: the request is intact, try a fresh one.
+                    if reused && let Some(back) = e.take_message() {
+                        req = back;
+                        reused = false;
+                        conn = match ep.checkout(inner.idle_timeout) {
+                            Some(c) => c,
+                            None => inner.connect(ep).await?,
+                        };
+                        continue;
+                    }
+                    return Err(classify(&e.into_error()));
+                }
+            }
+        }
     }
 }
 
-fn classify(err: hyper_util::client::legacy::Error) -> SendError {
+/// Polls the connection and the pending response together in the caller's task
+/// until the response head is there (or the connection failed).
+async fn drive<F, T>(io: &mut http1::Connection<TokioIo<Stream>, RequestBody>, sending: F) -> T
+where
+    F: Future<Output = T>,
+{
+    let mut sending = std::pin::pin!(sending);
+    let mut io_done = false;
+    std::future::poll_fn(|cx| {
+        if !io_done && Pin::new(&mut *io).poll(cx).is_ready() {
+            // The connection ended; `sending` now resolves (with an error,
+            // unless the response was complete).
+            io_done = true;
+        }
+        sending.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// The response head arrived on `conn`: its body keeps driving the connection.
+fn finish(resp: Response<Incoming>, conn: Box<Conn>, ep: &Arc<Endpoint>) -> Response<UpstreamBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection becomes the tunnel: hyper hands the IO over to
+        // `hyper::upgrade::on(response)` once the connection is polled again,
+        // which a task of its own does.
+        let Conn { io, tx, .. } = *conn;
+        tokio::spawn(async move {
+            let _ = io.with_upgrades().await;
+            drop(tx);
+        });
+        return resp.map(UpstreamBody::plain);
+    }
+    resp.map(|body| UpstreamBody {
+        body: BodyKind::Plain(body),
+        conn: Some((conn, ep.clone())),
+    })
+}
+
+impl Inner {
+    /// Opens a connection to `ep`: TCP (and TLS for `https`), within the
+    /// connect timeout, then the HTTP/1.1 handshake.
+    async fn connect(&self, ep: &Endpoint) -> Result<Box<Conn>, SendError> {
+        let stream = tokio::time::timeout(self.connect_timeout, self.open(ep))
+            .await
+            .map_err(|_| {
+                SendError::Connect(format!(
+                    "connect to {} timed out after {:?}",
+                    ep.authority, self.connect_timeout
+                ))
+            })??;
+        let (tx, io) = self
+            .h1
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(chain(&e)))?;
+        Ok(Box::new(Conn {
+            tx,
+            io,
+            idle_since: Instant::now(),
+        }))
+    }
+
+    async fn open(&self, ep: &Endpoint) -> Result<Stream, SendError> {
+        let host = ep.authority.host();
+        let port = ep.authority.port_u16().unwrap_or(if ep.tls { 443 } else { 80 });
+        let connect_err = |e: io::Error| SendError::Connect(format!("{}: {e}", ep.authority));
+        // An IP literal needs no resolver; names are resolved per connection
+        // (not per request), so DNS changes are seen as connections turn over.
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok();
+        let tcp = match literal {
+            Some(ip) => TcpStream::connect(SocketAddr::new(ip, port))
+                .await
+                .map_err(connect_err)?,
+            None => {
+                let mut last = None;
+                let mut found = None;
+                for addr in tokio::net::lookup_host((host, port))
+                    .await
+                    .map_err(connect_err)?
+                {
+                    match TcpStream::connect(addr).await {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                match (found, last) {
+                    (Some(s), _) => s,
+                    (None, Some(e)) => return Err(connect_err(e)),
+                    (None, None) => {
+                        return Err(SendError::Connect(format!(
+                            "{}: the name resolved to no address",
+                            ep.authority
+                        )));
+                    }
+                }
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        if !ep.tls {
+            return Ok(Stream::Tcp(tcp));
+        }
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+                .map_err(|e| SendError::Connect(format!("{}: {e}", ep.authority)))?
+                .to_owned(),
+        };
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| SendError::Connect(format!("{}: TLS: {e}", ep.authority)))?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
+}
+
+impl Endpoint {
+    /// The warmest idle connection that is still usable, if any.
+    fn checkout(&self, idle_timeout: Duration) -> Option<Box<Conn>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let mut conn = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
+            if conn.idle_since.elapsed() >= idle_timeout {
+                continue;
+            }
+            // One poll lets the connection notice a close by the target (or
+            // finish its previous exchange); the next poll, with the request's
+            // waker, re-registers interest in the socket.
+            if Pin::new(&mut conn.io).poll(&mut cx).is_ready() || !conn.tx.is_ready() {
+                continue;
+            }
+            return Some(conn);
+        }
+    }
+
+    /// Keeps `conn` for the next request, within the pool's size.
+    fn checkin(&self, mut conn: Box<Conn>) {
+        conn.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Closes idle connections older than the idle timeout, and forgets endpoints
+/// no config uses any more once they hold no connection. Ends with the pool.
+async fn sweep(inner: Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => (i.idle_timeout / 2).max(Duration::from_millis(500)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut stale = Vec::new();
+        let mut map = inner.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, ep| {
+            let mut idle = ep.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let keep_from = idle
+                .iter()
+                .position(|c| c.idle_since.elapsed() < inner.idle_timeout)
+                .unwrap_or(idle.len());
+            stale.extend(idle.drain(..keep_from));
+            let in_use = Arc::strong_count(ep) > 1 || !idle.is_empty();
+            drop(idle);
+            in_use
+        });
+        drop(map);
+        // Sockets close outside the locks.
+        drop(stale);
+    }
+}
+
+/// An upstream response body. While it streams it drives the connection it
+/// arrives on; at its end the connection returns to its endpoint's idle stack.
+/// Dropped before its end, it closes the connection (the rest of the body
+/// cannot be skipped cheaply, and a half-read connection cannot be reused).
+pub struct UpstreamBody {
+    body: BodyKind,
+    conn: Option<(Box<Conn>, Arc<Endpoint>)>,
+}
+
+enum BodyKind {
+    Plain(Incoming),
+}
+
+impl UpstreamBody {
+    /// A body that needs no connection driven (HTTP/2, upgrades).
+    pub fn plain(body: Incoming) -> Self {
+        UpstreamBody {
+            body: BodyKind::Plain(body),
+            conn: None,
+        }
+    }
+
+    fn incoming(&mut self) -> &mut Incoming {
+        match &mut self.body {
+            BodyKind::Plain(b) => b,
+        }
+    }
+
+    /// The body ended: the connection is reusable once its state machine has
+    /// seen the end of the message.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        let Some((mut conn, ep)) = self.conn.take() else {
+            return;
+        };
+        if Pin::new(&mut conn.io).poll(cx).is_pending() && !conn.tx.is_closed() {
+            ep.checkin(conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some((conn, _)) = &mut this.conn
+            && Pin::new(&mut conn.io).poll(cx).is_ready()
+        {
+            // The connection is finished (closed, or failed: then the body
+            // reports the error itself).
+            this.conn = None;
+        }
+        let polled = Pin::new(this.incoming()).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(cx),
+            Poll::Ready(Some(Ok(_))) if this.incoming().is_end_stream() => this.release(cx),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            BodyKind::Plain(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            BodyKind::Plain(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body without content (HEAD, 204, 304, `content-length: 0`) may never
+        // be polled: it still gives its connection back.
+        if self.conn.is_some() && self.is_end_stream() {
+            self.release(&mut Context::from_waker(Waker::noop()));
+        }
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over TCP.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+fn classify(err: &hyper::Error) -> SendError {
     // The client's own body error travels inside hyper's error chain.
     let mut source = err.source();
     while let Some(e) = source {
@@ -118,11 +555,7 @@ fn classify(err: hyper_util::client::legacy::Error) -> SendError {
         }
         source = e.source();
     }
-    if err.is_connect() {
-        SendError::Connect(chain(&err))
-    } else {
-        SendError::Reset(chain(&err))
-    }
+    SendError::Reset(chain(err))
 }
 
 /// The error and its causes on one line, for logs.
@@ -142,7 +575,6 @@ fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
     let provider = crate::server::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    // hyper-rustls sets ALPN itself from the enabled protocols (http/1.1).
     let config = if tls.insecure_skip_verify {
         builder
             .dangerous()
@@ -159,6 +591,8 @@ fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
