@@ -10,15 +10,24 @@ use ipnet::IpNet;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes the headers that describe one connection rather than the message:
 /// those named by `Connection`, then the fixed hop-by-hop set. `TE: trailers` is
 /// the one TE value that may pass (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names first: most messages carry one or two of these
+    // at most, and each removal is a hashed lookup.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & (1 << CONNECTION_BIT) != 0 {
         // Collect first: removing while the values are borrowed is not possible.
         // `keep-alive` and `close` are the usual tokens and name no header worth
         // a lookup, so the common case allocates nothing.
@@ -42,53 +51,94 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRAILER);
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    if headers.remove(header::TE).is_some() && te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & (1 << TE_BIT) != 0 {
+        let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
+/// The fixed hop-by-hop headers, by bit position; Connection and TE follow
+/// (they need more than a removal).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+];
+const CONNECTION_BIT: u32 = 7;
+const TE_BIT: u32 = 8;
+
+fn hop_index(name: &HeaderName) -> Option<u32> {
+    Some(match name.as_str() {
+        "keep-alive" => 0,
+        "proxy-connection" => 1,
+        "transfer-encoding" => 2,
+        "upgrade" => 3,
+        "proxy-authenticate" => 4,
+        "proxy-authorization" => 5,
+        "trailer" => 6,
+        "connection" => CONNECTION_BIT,
+        "te" => TE_BIT,
+        _ => return None,
+    })
+}
+
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the Host the client asked for).
+/// `X-Forwarded-Host` (the Host the client asked for). `peer` is the peer's
+/// address as a header value (made once per connection).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let mut xff = String::with_capacity(64);
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            if !xff.is_empty() {
-                xff.push_str(", ");
-            }
-            xff.push_str(s);
+    let xff = match headers.entry(&X_FORWARDED_FOR) {
+        http::header::Entry::Vacant(e) => {
+            e.insert(peer.clone());
+            None
         }
-    }
-    if !xff.is_empty() {
-        xff.push_str(", ");
-    }
-    use std::fmt::Write;
-    let _ = write!(xff, "{peer}");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+        http::header::Entry::Occupied(e) => {
+            let mut xff = Vec::with_capacity(64);
+            for v in e.iter() {
+                if !xff.is_empty() {
+                    xff.extend_from_slice(b", ");
+                }
+                xff.extend_from_slice(v.as_bytes());
+            }
+            xff.extend_from_slice(b", ");
+            xff.extend_from_slice(peer.as_bytes());
+            Some(xff)
+        }
+    };
+    if let Some(v) = xff.and_then(|x| HeaderValue::from_maybe_shared(bytes::Bytes::from(x)).ok()) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
+}
+
+/// An address as a header value (`X-Forwarded-For`'s entry for a peer).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The client address (SPEC §9): the rightmost `X-Forwarded-For` entry that is
@@ -188,10 +238,11 @@ fn hex_id<const N: usize>() -> [u8; N] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'0'; N];
     while out.iter().all(|&c| c == b'0') {
-        for chunk in out.chunks_mut(32) {
-            let n = fastrand::u128(..);
-            for (i, b) in chunk.iter_mut().enumerate() {
-                *b = HEX[((n >> (i * 4)) & 0xf) as usize];
+        for chunk in out.chunks_mut(16) {
+            let mut n = fastrand::u64(..);
+            for b in chunk {
+                *b = HEX[(n & 0xf) as usize];
+                n >>= 4;
             }
         }
     }
@@ -249,7 +300,7 @@ mod tests {
         ]);
         set_forwarded(
             &mut m,
-            "10.0.0.9".parse().unwrap(),
+            &ip_value("10.0.0.9".parse().unwrap()),
             "http",
             Some(&HeaderValue::from_static("api.example.com")),
         );

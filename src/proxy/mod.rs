@@ -252,7 +252,7 @@ async fn serve(
     // The gateway already answered `100 Continue` to the client by reading its body.
     h.remove(header::EXPECT);
     let proto = if conn.tls { "https" } else { "http" };
-    headers::set_forwarded(h, conn.peer.ip(), proto, ex.host.as_ref());
+    headers::set_forwarded(h, &conn.peer_value, proto, ex.host.as_ref());
     headers::propagate_trace(h);
     route.request_headers.apply(h);
     match (&route.rewrite.host, &ex.host) {

@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Version;
+use http::{HeaderValue, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as a header value, made once for all its requests.
+    pub peer_value: HeaderValue,
     pub listener: Arc<str>,
     /// The connection came over TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
@@ -48,6 +50,7 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, listener: Arc<str>) -> Self {
         ConnInfo {
             peer,
+            peer_value: crate::proxy::headers::ip_value(peer.ip()),
             listener,
             tls: false,
             client_cert_subject: None,
