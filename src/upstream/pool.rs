@@ -30,6 +30,16 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub max_idle_per_target: usize,
     pub tls: TlsSettings,
+    pub protocol: Protocol,
+}
+
+/// `upstreams.*.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// h2c (prior knowledge) for `http://`, ALPN h2 for `https://`: see `h2`.
+    H2,
 }
 
 /// How `https://` targets are verified.
@@ -43,8 +53,9 @@ pub struct TlsSettings {
     pub insecure_skip_verify: bool,
 }
 
-pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+pub enum UpstreamClient {
+    Http1(Client<HttpsConnector<HttpConnector>, RequestBody>),
+    H2(super::h2::H2Client),
 }
 
 /// Why an attempt failed, classified for the answer and the metrics.
@@ -67,6 +78,9 @@ pub enum BodyErrorKind {
 
 impl UpstreamClient {
     pub fn new(settings: &PoolSettings) -> Result<Self, String> {
+        if settings.protocol == Protocol::H2 {
+            return super::h2::H2Client::new(settings).map(UpstreamClient::H2);
+        }
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
@@ -95,13 +109,16 @@ impl UpstreamClient {
             // The proxy sets Host itself (the client's, or the route's rewrite).
             .set_host(false)
             .build(connector);
-        Ok(UpstreamClient { client })
+        Ok(UpstreamClient::Http1(client))
     }
 
     /// Sends one request (its URI absolute: `http://host:port/path`) and returns
     /// once the response head arrived.
     pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
-        self.client.request(req).await.map_err(classify)
+        match self {
+            UpstreamClient::Http1(client) => client.request(req).await.map_err(classify),
+            UpstreamClient::H2(client) => client.send(req).await,
+        }
     }
 }
 
@@ -138,11 +155,11 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The rustls client config for an upstream's `https://` targets.
-fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
+pub(super) fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
     let provider = crate::server::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    // hyper-rustls sets ALPN itself from the enabled protocols (http/1.1).
+    // hyper-rustls sets ALPN itself from the enabled protocols (http/1.1); h2 sets its own.
     let config = if tls.insecure_skip_verify {
         builder
             .dangerous()
