@@ -158,11 +158,9 @@ impl H2Client {
             None => ServerName::try_from(bare.to_owned())
                 .map_err(|e| SendError::Connect(format!("TLS server name `{bare}`: {e}")))?,
         };
-        let stream = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| SendError::Connect(format!("TLS handshake with {target}: {}", chain(&e))))?;
+        let stream = self.tls.connect(name, tcp).await.map_err(|e| {
+            SendError::Connect(format!("TLS handshake with {target}: {}", chain(&e)))
+        })?;
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(SendError::Connect(format!(
                 "{target} did not negotiate h2 via ALPN (protocol: h2 needs an HTTP/2 server)"
