@@ -764,10 +764,10 @@ fn protocol_validation_accepts_h2_and_suggests_for_typos() {
     };
     let env = |_: &str| None;
     assert!(tollgate::config::load_str_with_env(&yaml("h2"), "t.yaml", &env).is_ok());
-    let err = tollgate::config::load_str_with_env(&yaml("h2c"), "t.yaml", &env)
-        .err()
-        .expect("h2c is not a protocol")
-        .to_string();
+    let err = match tollgate::config::load_str_with_env(&yaml("h2c"), "t.yaml", &env) {
+        Ok(_) => panic!("h2c is not a protocol"),
+        Err(e) => e.to_string(),
+    };
     assert!(
         err.contains("unknown protocol `h2c`; expected http1 or h2"),
         "{err}"

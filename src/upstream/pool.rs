@@ -53,6 +53,10 @@ pub struct TlsSettings {
     pub insecure_skip_verify: bool,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per upstream, behind an Arc: boxing would add a hop per request"
+)]
 pub enum UpstreamClient {
     Http1(Client<HttpsConnector<HttpConnector>, RequestBody>),
     H2(super::h2::H2Client),
