@@ -166,6 +166,56 @@ impl GatewayError {
         )
     }
 
+    /// The gRPC status code a gRPC client gets for this error (see
+    /// `docs/readme/grpc.md` for the table and why).
+    pub fn grpc_code(&self) -> u8 {
+        const INVALID_ARGUMENT: u8 = 3;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const PERMISSION_DENIED: u8 = 7;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNIMPLEMENTED: u8 = 12;
+        const UNAVAILABLE: u8 = 14;
+        const UNAUTHENTICATED: u8 = 16;
+        match self {
+            GatewayError::BadRequest(_) => INVALID_ARGUMENT,
+            GatewayError::NoRoute => UNIMPLEMENTED,
+            GatewayError::PayloadTooLarge { .. }
+            | GatewayError::HeadersTooLarge { .. }
+            | GatewayError::RateLimited { .. } => RESOURCE_EXHAUSTED,
+            GatewayError::BodyTimeout | GatewayError::UpstreamTimeout { .. } => DEADLINE_EXCEEDED,
+            GatewayError::Overloaded
+            | GatewayError::RateLimitUnavailable
+            | GatewayError::UpstreamOverloaded { .. }
+            | GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::CircuitOpen { .. }
+            | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::AuthUnavailable { .. } => UNAVAILABLE,
+            GatewayError::Unauthorized(_) => UNAUTHENTICATED,
+            GatewayError::Forbidden(_) => PERMISSION_DENIED,
+        }
+    }
+
+    /// The answer to a gRPC client: a trailers-only response (HTTP 200, the
+    /// status in `grpc-status`/`grpc-message` headers, no body), with the same
+    /// extra headers as `to_response` (Retry-After, WWW-Authenticate).
+    pub fn to_grpc_response(&self) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::empty());
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_code())),
+        );
+        if let Ok(message) = HeaderValue::try_from(grpc_percent_encode(&self.to_string())) {
+            headers.insert("grpc-message", message);
+        }
+        self.extra_headers(headers);
+        resp
+    }
+
     /// The SPEC §4 response: `{"error","message","request_id"}` as JSON.
     pub fn to_response(&self, request_id: &str) -> Response<ResponseBody> {
         let body = ErrorBody {
@@ -183,6 +233,12 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        self.extra_headers(headers);
+        resp
+    }
+
+    /// Headers every shape of this error's answer carries.
+    fn extra_headers(&self, headers: &mut http::HeaderMap) {
         if let GatewayError::RateLimited {
             retry_after_secs, ..
         } = self
@@ -202,8 +258,24 @@ impl GatewayError {
                 }),
             );
         }
-        resp
     }
+}
+
+/// `grpc-message` encoding (gRPC over HTTP/2 spec): bytes outside printable
+/// ASCII, and `%` itself, become `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    out
 }
 
 #[derive(serde::Serialize)]
@@ -220,5 +292,60 @@ impl fmt::Display for Fault {
             Fault::Upstream => "upstream",
             Fault::Gateway => "gateway",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_percent_encode("a b"), "a b");
+        assert_eq!(grpc_percent_encode("100%"), "100%25");
+        assert_eq!(grpc_percent_encode("é\n"), "%C3%A9%0A");
+    }
+
+    #[test]
+    fn grpc_answer_is_trailers_only_with_extra_headers() {
+        let e = GatewayError::RateLimited {
+            policy: "p".into(),
+            retry_after_secs: 3,
+        };
+        let resp = e.to_grpc_response();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "8");
+        assert_eq!(h["grpc-message"], "rate limit `p` exceeded; retry in 3 s");
+        assert_eq!(h["retry-after"], "3");
+        assert!(http_body::Body::is_end_stream(resp.body()));
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_http_status() {
+        let cases = [
+            (GatewayError::NoRoute, 12),
+            (GatewayError::Unauthorized(AuthFailure::Missing), 16),
+            (GatewayError::Forbidden("no"), 7),
+            (
+                GatewayError::UpstreamUnavailable {
+                    upstream: "u".into(),
+                },
+                14,
+            ),
+            (GatewayError::Overloaded, 14),
+            (
+                GatewayError::UpstreamTimeout {
+                    upstream: "u".into(),
+                    timeout_ms: 1,
+                },
+                4,
+            ),
+            (GatewayError::BadRequest("x"), 3),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.grpc_code(), code, "{e:?}");
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::state::Carryover;
 use crate::upstream::balancer::{Balancer, Strategy};
 use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
 use crate::upstream::health::{DEFAULT_EXPECT, HealthSettings};
-use crate::upstream::pool::{PoolSettings, TlsSettings};
+use crate::upstream::pool::{PoolSettings, Protocol, TlsSettings};
 use crate::upstream::retry::{
     DEFAULT_BACKOFF, DEFAULT_BUDGET_PERCENT, DEFAULT_METHODS, DEFAULT_ON, RetryPolicy,
 };
@@ -235,6 +235,10 @@ fn compile_upstream(
         idle_timeout: up.timeouts.idle.get(),
         max_idle_per_target: up.pool.max_idle_per_target,
         tls: upstream_tls(name, up, resolve, &path)?,
+        protocol: match up.protocol.as_str() {
+            "h2" => Protocol::H2,
+            _ => Protocol::Http1,
+        },
     };
     let client = carry
         .pool(name, pool_settings.clone())

@@ -323,8 +323,7 @@ impl Checker {
             self.err(child(at, "balance"), e);
         }
         match u.protocol.as_str() {
-            "http1" => {}
-            "h2" => self.err(child(at, "protocol"), "protocol `h2` is not supported yet"),
+            "http1" | "h2" => {}
             other => self.err(
                 child(at, "protocol"),
                 format!(

@@ -4,6 +4,7 @@
 //! into a response in one place (`GatewayError::to_response`).
 
 pub mod body;
+pub mod grpc;
 pub mod headers;
 pub mod record;
 
@@ -62,6 +63,8 @@ pub struct Exchange {
     pub holds_global_slot: bool,
     /// The upstream whose bulkhead slot this request holds.
     pub upstream_slot: Option<usize>,
+    /// A gRPC call: gateway errors are answered gRPC-shaped.
+    pub grpc: bool,
 }
 
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
@@ -94,6 +97,7 @@ pub async fn handle(
         client_cert_subject: conn.client_cert_subject.clone(),
         response_headers: HeaderMap::new(),
         holds_global_slot: false,
+        grpc: grpc::is_grpc(req.headers()),
     };
     // The record exists from the start: if the client goes away before the
     // answer (the future is dropped), dropping it still releases every slot
@@ -113,7 +117,12 @@ pub async fn handle(
         Ok(resp) => (resp, None),
         Err(e) => {
             let id = rec.ex.request_id.to_str().unwrap_or_default();
-            (e.to_response(id), Some(e.code()))
+            let resp = if rec.ex.grpc {
+                e.to_grpc_response()
+            } else {
+                e.to_response(id)
+            };
+            (resp, Some(e))
         }
     };
     let headers = resp.headers_mut();
@@ -139,7 +148,10 @@ pub async fn handle(
         }
     }
     headers.insert(X_REQUEST_ID.clone(), rec.ex.request_id.clone());
-    rec.answered(resp.status(), error);
+    // A gRPC error answer is HTTP 200: logs and metrics keep the status the
+    // gateway meant (e.g. 429), so dashboards read the same for every client.
+    let status = error.as_ref().map_or(resp.status(), GatewayError::status);
+    rec.answered(status, error.as_ref().map(GatewayError::code));
     resp.body_mut().set_record(record);
     resp
 }
@@ -291,10 +303,15 @@ async fn serve(
         }
     };
 
+    // A gRPC client's deadline caps the route's timeout (and still goes upstream).
+    let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
     let attempt = Attempt {
         upstream_idx,
         path_and_query,
-        timeout: route.timeout.unwrap_or(upstream.request_timeout),
+        timeout: route
+            .timeout
+            .unwrap_or(upstream.request_timeout)
+            .min(grpc_deadline.unwrap_or(Duration::MAX)),
         body_limit: limits.max_body_bytes,
     };
     let mut resp = forward(parts, body, upstream, attempt, ex).await?;

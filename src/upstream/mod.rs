@@ -7,6 +7,7 @@
 
 pub mod balancer;
 pub mod circuit;
+pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod report;

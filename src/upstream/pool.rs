@@ -49,6 +49,16 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub max_idle_per_target: usize,
     pub tls: TlsSettings,
+    pub protocol: Protocol,
+}
+
+/// `upstreams.*.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// h2c (prior knowledge) for `http://`, ALPN h2 for `https://`: see `h2`.
+    H2,
 }
 
 /// How `https://` targets are verified.
@@ -66,6 +76,8 @@ pub struct TlsSettings {
 /// versions while its pool settings stay the same.
 pub struct UpstreamClient {
     inner: Arc<Inner>,
+    /// `protocol: h2`: requests share one multiplexed connection per target.
+    h2: Option<super::h2::H2Client>,
 }
 
 struct Inner {
@@ -144,7 +156,11 @@ impl UpstreamClient {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&inner)));
         }
-        Ok(UpstreamClient { inner })
+        let h2 = match settings.protocol {
+            Protocol::H2 => Some(super::h2::H2Client::new(settings)?),
+            Protocol::Http1 => None,
+        };
+        Ok(UpstreamClient { inner, h2 })
     }
 
     /// The endpoint of `scheme://authority` (created on first use; shared by
@@ -175,6 +191,16 @@ impl UpstreamClient {
         ep: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        if let Some(h2) = &self.h2 {
+            let uri = http::Uri::builder()
+                .scheme(if ep.tls { Scheme::HTTPS } else { Scheme::HTTP })
+                .authority(ep.authority.clone())
+                .path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
+                .build()
+                .map_err(|e| SendError::Connect(format!("{}: {e}", ep.authority)))?;
+            *req.uri_mut() = uri;
+            return Ok(h2.send(req).await?.map(UpstreamBody::plain));
+        }
         let inner = &*self.inner;
         let mut reused = true;
         let mut conn = match ep.checkout(inner.idle_timeout) {
@@ -579,7 +605,7 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The rustls client config for an upstream's `https://` targets.
-fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
+pub(super) fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
     let provider = crate::server::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
