@@ -6,6 +6,7 @@
 pub mod body;
 pub mod headers;
 pub mod record;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct Exchange {
     pub holds_global_slot: bool,
     /// The upstream whose bulkhead slot this request holds.
     pub upstream_slot: Option<usize>,
+    /// A WebSocket handshake in progress (`websocket::detect`).
+    pub upgrade: Option<websocket::Upgrade>,
 }
 
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
@@ -94,6 +97,7 @@ pub async fn handle(
         client_cert_subject: conn.client_cert_subject.clone(),
         response_headers: HeaderMap::new(),
         holds_global_slot: false,
+        upgrade: None,
     };
     // The record exists from the start: if the client goes away before the
     // answer (the future is dropped), dropping it still releases every slot
@@ -140,12 +144,15 @@ pub async fn handle(
     }
     headers.insert(X_REQUEST_ID.clone(), rec.ex.request_id.clone());
     rec.answered(resp.status(), error);
-    resp.body_mut().set_record(record);
+    match rec.ex.upgrade.take() {
+        Some(up) => websocket::answered(up, &mut resp, record, error.is_some()),
+        None => resp.body_mut().set_record(record),
+    }
     resp
 }
 
 async fn serve(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     snap: &Snapshot,
     shared: &Shared,
     conn: &ConnInfo,
@@ -170,6 +177,8 @@ async fn serve(
             limit: limits.max_header_bytes,
         });
     }
+
+    ex.upgrade = websocket::detect(&mut req)?;
 
     // Routing.
     let view = RequestView {
@@ -249,6 +258,9 @@ async fn serve(
     };
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
+    if let Some(up) = &ex.upgrade {
+        up.prepare_request(h);
+    }
     // The gateway already answered `100 Continue` to the client by reading its body.
     h.remove(header::EXPECT);
     let proto = if conn.tls { "https" } else { "http" };
@@ -273,7 +285,8 @@ async fn serve(
         .retry
         .as_ref()
         .is_some_and(|r| r.allows_method(&parts.method));
-    let body = if hyper::body::Body::is_end_stream(&body) {
+    // An upgrade request has no body: what follows its head is the tunnel's.
+    let body = if ex.upgrade.is_some() || hyper::body::Body::is_end_stream(&body) {
         Outgoing::Replayable(Bytes::new())
     } else {
         let received = Arc::new(AtomicU64::new(0));
@@ -298,8 +311,15 @@ async fn serve(
         body_limit: limits.max_body_bytes,
     };
     let mut resp = forward(parts, body, upstream, attempt, ex).await?;
+    let switched = match ex.upgrade.as_mut() {
+        Some(up) => up.switch(&mut resp, &upstream.name)?,
+        None => false,
+    };
     headers::strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
+    if switched && let Some(up) = &ex.upgrade {
+        return Ok(up.answer(resp));
+    }
     Ok(resp.map(ResponseBody::upstream))
 }
 
