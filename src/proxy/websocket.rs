@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,8 +35,10 @@ static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-ke
 static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
-/// Per-direction copy buffer of a tunnel.
-const BUFFER: usize = 16 * 1024;
+/// How long a tunnel waits for the second side to close once the first did.
+/// A WebSocket ends with a close handshake and then the server's TCP close;
+/// a client that does not close its end afterwards is not waited for longer.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// How the client asked for the WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,37 +247,70 @@ async fn tunnel(
         }
         Err(_) => return Some("upgrade_failed"),
     };
-    let mut client = Metered {
+    let client = Metered {
         io: TokioIo::new(client),
         traffic,
         inbound: true,
     };
-    let mut upstream = Metered {
+    let upstream = Metered {
         io: TokioIo::new(upstream),
         traffic,
         inbound: false,
     };
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER);
-    tokio::pin!(copy);
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
+    // Each direction passes on the end of its stream as a shutdown of the other
+    // side's write half.
+    let inbound = async {
+        let r = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
+        let _ = upstream_tx.shutdown().await;
+        r
+    };
+    let outbound = async {
+        let r = tokio::io::copy(&mut upstream_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+        r
+    };
+    tokio::pin!(inbound, outbound);
+    let (mut inbound_done, mut outbound_done) = (false, false);
+    let mut linger: Option<Instant> = None;
     loop {
-        let deadline = traffic.last_activity() + idle;
+        let deadline = match linger {
+            Some(at) => at,
+            None => traffic.last_activity() + idle,
+        };
         tokio::select! {
-            done = &mut copy => {
-                return match done {
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "WebSocket tunnel broke");
-                        Some("tunnel_error")
-                    }
-                };
+            r = &mut inbound, if !inbound_done => {
+                inbound_done = true;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "WebSocket tunnel broke (client side)");
+                    return Some("tunnel_error");
+                }
+            }
+            r = &mut outbound, if !outbound_done => {
+                outbound_done = true;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "WebSocket tunnel broke (upstream side)");
+                    return Some("tunnel_error");
+                }
             }
             _ = tokio::time::sleep_until(deadline) => {
+                if linger.is_some() {
+                    // The other side never closed after the first did: the
+                    // WebSocket is over anyway.
+                    return None;
+                }
                 if traffic.last_activity() + idle <= Instant::now() {
                     return Some("tunnel_idle_timeout");
                 }
             }
             _ = cut.cancelled() => return Some("shutdown"),
+        }
+        if inbound_done && outbound_done {
+            return None;
+        }
+        if (inbound_done || outbound_done) && linger.is_none() {
+            linger = Some(Instant::now() + LINGER.min(idle));
         }
     }
 }
