@@ -20,7 +20,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response as WsResponse};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as WsRequest, Response as WsResponse,
+};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -95,6 +97,8 @@ impl WsUpstream {
     }
 }
 
+// tungstenite's handshake callback returns its (large) error response type.
+#[allow(clippy::result_large_err)]
 async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Arc<Mutex<Seen>>) {
     let seen2 = seen.clone();
     let callback = move |req: &WsRequest, mut resp: WsResponse| {
@@ -129,7 +133,8 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Arc<Mutex<Seen
             }
             Message::Text(t) if t.as_str() == "silent" => {}
             Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
+                let sent = ws.send(msg).await;
+                if sent.is_err() {
                     break;
                 }
             }
@@ -175,11 +180,19 @@ async fn gateway(up: &WsUpstream, extra_server: &str) -> Gateway {
 
 type Client = WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-async fn connect(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Result<Client, tungstenite::Error> {
-    let mut req = format!("ws://{}{path}", gw.addr).into_client_request().unwrap();
+async fn connect(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, tungstenite::Error> {
+    let mut req = format!("ws://{}{path}", gw.addr)
+        .into_client_request()
+        .unwrap();
     for (k, v) in headers {
-        req.headers_mut()
-            .insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     let (ws, _resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
         .await
@@ -211,7 +224,10 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<
 }
 
 /// Waits until the peer ends the stream (close frame, EOF or reset).
-async fn closed_within<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, limit: Duration) {
+async fn closed_within<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    limit: Duration,
+) {
     let ended = tokio::time::timeout(limit, async {
         loop {
             match ws.next().await {
@@ -229,11 +245,18 @@ async fn text_binary_ping_and_close_codes_pass_both_ways() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "").await;
 
-    let mut ws = connect(&gw, "/chat/room1", &[("x-request-id", "ws-basic")]).await.unwrap();
+    let mut ws = connect(&gw, "/chat/room1", &[("x-request-id", "ws-basic")])
+        .await
+        .unwrap();
     round_trip(&mut ws, Message::text("hello")).await;
     round_trip(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
-    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
-    assert_eq!(next(&mut ws).await, Message::Pong(b"are you there".to_vec().into()));
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        Message::Pong(b"are you there".to_vec().into())
+    );
     // Client-initiated close: code and reason reach the upstream, whose reply
     // comes back.
     ws.send(Message::Close(Some(CloseFrame {
@@ -289,9 +312,13 @@ async fn the_upstream_closing_with_a_code_reaches_the_client() {
 async fn subprotocol_is_negotiated_through_the_gateway() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "").await;
-    let mut req = format!("ws://{}/chat", gw.addr).into_client_request().unwrap();
-    req.headers_mut()
-        .insert("sec-websocket-protocol", HeaderValue::from_static("chat, superchat"));
+    let mut req = format!("ws://{}/chat", gw.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("chat, superchat"),
+    );
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
@@ -323,10 +350,18 @@ async fn auth_refuses_an_unauthenticated_upgrade_and_admits_a_key() {
     let gw = Gateway::start(&yaml, &[("UP", up.addr.to_string())]).await;
 
     assert_eq!(refused_status(connect(&gw, "/chat", &[]).await), 401);
-    assert_eq!(refused_status(connect(&gw, "/chat", &[("x-api-key", "nope")]).await), 401);
-    assert!(up.handshakes().is_empty(), "no tunnel may reach the upstream");
+    assert_eq!(
+        refused_status(connect(&gw, "/chat", &[("x-api-key", "nope")]).await),
+        401
+    );
+    assert!(
+        up.handshakes().is_empty(),
+        "no tunnel may reach the upstream"
+    );
 
-    let mut ws = connect(&gw, "/chat", &[("x-api-key", "s3cret")]).await.unwrap();
+    let mut ws = connect(&gw, "/chat", &[("x-api-key", "s3cret")])
+        .await
+        .unwrap();
     round_trip(&mut ws, Message::text("authorized")).await;
     let hs = &up.handshakes()[0];
     assert!(hs.iter().any(|(k, v)| k == "x-consumer-id" && v == "app"));
@@ -334,7 +369,10 @@ async fn auth_refuses_an_unauthenticated_upgrade_and_admits_a_key() {
 
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_websocket_upgrades_total{route="chat",result="error"}"#),
+        metric(
+            &m,
+            r#"tollgate_websocket_upgrades_total{route="chat",result="error"}"#
+        ),
         Some(2.0)
     );
     gw.shutdown().await;
@@ -371,7 +409,10 @@ async fn an_upstream_refusing_the_upgrade_is_passed_through() {
         assert_eq!(r.status, status);
         let m = gw.metrics().await;
         assert_eq!(
-            metric(&m, r#"tollgate_websocket_upgrades_total{route="chat",result="refused"}"#),
+            metric(
+                &m,
+                r#"tollgate_websocket_upgrades_total{route="chat",result="refused"}"#
+            ),
             Some(1.0)
         );
         gw.shutdown().await;
@@ -381,6 +422,68 @@ async fn an_upstream_refusing_the_upgrade_is_passed_through() {
     let up = Upstream::echo("plain").await;
     let gw = Gateway::start(&yaml("", "", ""), &[("UP", up.host_port())]).await;
     assert_eq!(refused_status(connect(&gw, "/chat", &[]).await), 200);
+    gw.shutdown().await;
+}
+
+/// Guards the connection pool: each tunnel gets a connection of its own, an
+/// upgraded connection never goes back to the pool, and a 101 is never retried.
+#[tokio::test]
+async fn tunnels_own_their_upstream_connections_and_are_not_retried() {
+    let up = WsUpstream::start().await;
+    let yaml = format!(
+        "{}upstreams:
+  chat:
+    targets: [{{ url: 'http://${{UP}}' }}]
+    pool: {{ max_idle_per_target: 4 }}
+    retries: {{ attempts: 2, on: [connect_error, timeout, 502, 503, 504] }}
+routes:
+  - name: chat
+    match: {{ path_prefix: /chat }}
+    upstream: chat
+",
+        support::server_block("shutdown_grace: 200ms")
+    );
+    let gw = Gateway::start(&yaml, &[("UP", up.addr.to_string())]).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        tunnels.push(connect(&gw, "/chat", &[]).await.unwrap());
+    }
+    // Interleaved: each tunnel hears only its own echo.
+    for round in 0..3 {
+        for (i, ws) in tunnels.iter_mut().enumerate() {
+            ws.send(Message::text(format!("{i}/{round}")))
+                .await
+                .unwrap();
+        }
+        for (i, ws) in tunnels.iter_mut().enumerate() {
+            assert_eq!(next(ws).await, Message::text(format!("{i}/{round}")));
+        }
+    }
+    for mut ws in tunnels {
+        ws.close(None).await.unwrap();
+        closed_within(&mut ws, WAIT).await;
+    }
+    // After they closed, new upgrades still work (no dead upgraded connection
+    // was handed out by the pool).
+    for i in 0..3 {
+        let mut ws = connect(&gw, "/chat", &[]).await.unwrap();
+        round_trip(&mut ws, Message::text(format!("again {i}"))).await;
+        ws.close(None).await.unwrap();
+        closed_within(&mut ws, WAIT).await;
+    }
+    assert_eq!(
+        up.handshakes().len(),
+        6,
+        "one handshake per tunnel, none retried"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_retries_total{reason="101",upstream="chat"}"#
+        ),
+        None
+    );
     gw.shutdown().await;
 }
 
@@ -396,7 +499,11 @@ async fn a_dead_upstream_is_a_502() {
 async fn other_upgrades_are_served_as_plain_requests() {
     let up = Upstream::echo("plain").await;
     let gw = Gateway::start(&yaml("", "", ""), &[("UP", up.host_port())]).await;
-    let r = support::get_with(&gw.url("/chat"), &[("connection", "upgrade"), ("upgrade", "h2c")]).await;
+    let r = support::get_with(
+        &gw.url("/chat"),
+        &[("connection", "upgrade"), ("upgrade", "h2c")],
+    )
+    .await;
     assert_eq!(r.status, 200);
     let seen = r.json();
     assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
@@ -408,8 +515,12 @@ async fn other_upgrades_are_served_as_plain_requests() {
 async fn an_idle_tunnel_is_closed_and_traffic_keeps_it_open() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "limits:\n  idle_timeout: 400ms").await;
-    let mut busy = connect(&gw, "/chat", &[("x-request-id", "busy")]).await.unwrap();
-    let mut quiet = connect(&gw, "/chat", &[("x-request-id", "quiet")]).await.unwrap();
+    let mut busy = connect(&gw, "/chat", &[("x-request-id", "busy")])
+        .await
+        .unwrap();
+    let mut quiet = connect(&gw, "/chat", &[("x-request-id", "quiet")])
+        .await
+        .unwrap();
     // Messages every 100ms keep `busy` open well past the timeout.
     for i in 0..8 {
         round_trip(&mut busy, Message::text(format!("tick {i}"))).await;
@@ -419,6 +530,8 @@ async fn an_idle_tunnel_is_closed_and_traffic_keeps_it_open() {
     let line = gw.wait_log_for("quiet").await;
     assert_eq!(line["status"], 101);
     assert_eq!(line["error"], "tunnel_idle_timeout", "{line}");
+    // The log line covers the tunnel's life, not just the handshake.
+    assert!(line["duration_ms"].as_f64().unwrap() >= 400.0, "{line}");
     round_trip(&mut busy, Message::text("still open")).await;
     gw.shutdown().await;
 }
@@ -429,7 +542,11 @@ async fn a_reload_does_not_cut_an_open_tunnel() {
     let gw = gateway(&up, "").await;
     let mut ws = connect(&gw, "/chat", &[]).await.unwrap();
     round_trip(&mut ws, Message::text("before")).await;
-    let changed = yaml("", "", "  - name: other\n    match: { path: /other }\n    respond: { status: 200 }\n");
+    let changed = yaml(
+        "",
+        "",
+        "  - name: other\n    match: { path: /other }\n    respond: { status: 200 }\n",
+    );
     gw.reload(&changed, &[("UP", up.addr.to_string())]).await;
     round_trip(&mut ws, Message::text("after reload")).await;
     // New upgrades use the new config.
@@ -442,7 +559,9 @@ async fn a_reload_does_not_cut_an_open_tunnel() {
 async fn shutdown_closes_open_tunnels_after_the_grace_period() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "shutdown_grace: 300ms").await;
-    let mut ws = connect(&gw, "/chat", &[("x-request-id", "cut")]).await.unwrap();
+    let mut ws = connect(&gw, "/chat", &[("x-request-id", "cut")])
+        .await
+        .unwrap();
     round_trip(&mut ws, Message::text("hi")).await;
     let log = gw.log.clone();
     let started = std::time::Instant::now();
@@ -477,17 +596,49 @@ async fn metrics_count_upgrades_durations_and_bytes() {
     let deadline = std::time::Instant::now() + WAIT;
     let m = loop {
         let m = gw.metrics().await;
-        if metric(&m, r#"tollgate_websocket_tunnel_duration_seconds_count{route="chat"}"#) == Some(2.0) {
+        if metric(
+            &m,
+            r#"tollgate_websocket_tunnel_duration_seconds_count{route="chat"}"#,
+        ) == Some(2.0)
+        {
             break m;
         }
-        assert!(std::time::Instant::now() < deadline, "tunnels never counted as closed:\n{m}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tunnels never counted as closed:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert_eq!(want(&m, r#"tollgate_websocket_upgrades_total{route="chat",result="upgraded"}"#), 3.0);
-    assert_eq!(want(&m, r#"tollgate_websocket_tunnels_active{route="chat"}"#), 1.0);
-    assert!(want(&m, r#"tollgate_websocket_tunnel_bytes_total{direction="in",route="chat"}"#) >= 40.0);
-    assert!(want(&m, r#"tollgate_websocket_tunnel_bytes_total{direction="out",route="chat"}"#) >= 20.0);
-    assert_eq!(want(&m, r#"tollgate_requests_total{method="GET",route="chat",status="101"}"#), 2.0);
+    assert_eq!(
+        want(
+            &m,
+            r#"tollgate_websocket_upgrades_total{route="chat",result="upgraded"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        want(&m, r#"tollgate_websocket_tunnels_active{route="chat"}"#),
+        1.0
+    );
+    assert!(
+        want(
+            &m,
+            r#"tollgate_websocket_tunnel_bytes_total{direction="in",route="chat"}"#
+        ) >= 40.0
+    );
+    assert!(
+        want(
+            &m,
+            r#"tollgate_websocket_tunnel_bytes_total{direction="out",route="chat"}"#
+        ) >= 20.0
+    );
+    assert_eq!(
+        want(
+            &m,
+            r#"tollgate_requests_total{method="GET",route="chat",status="101"}"#
+        ),
+        2.0
+    );
     // A plain route has no WebSocket series.
     assert!(!m.contains(r#"tollgate_websocket_upgrades_total{route="_none""#));
     gw.shutdown().await;
@@ -526,7 +677,10 @@ async fn websocket_over_http2_extended_connect() {
         match sender.send_request(request()).await {
             Ok(resp) => break resp,
             Err(e) => {
-                assert!(std::time::Instant::now() < deadline, "extended CONNECT refused: {e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "extended CONNECT refused: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -534,8 +688,12 @@ async fn websocket_over_http2_extended_connect() {
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("sec-websocket-accept"));
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
-    let mut ws =
-        WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Client, None).await;
+    let mut ws = WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
     round_trip(&mut ws, Message::text("over h2")).await;
     round_trip(&mut ws, Message::binary(vec![7u8; 100_000])).await;
     ws.close(None).await.unwrap();
@@ -561,7 +719,9 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "ws test ca");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ws test ca");
         let cert = params.self_signed(&key).unwrap();
         let ca_path = dir.path().join("ca.pem");
         std::fs::write(&ca_path, cert.pem()).unwrap();
@@ -577,10 +737,14 @@ impl Pki {
     fn server(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf, rustls::ServerConfig) {
         let key = KeyPair::generate().unwrap();
         let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (self.dir.path().join(format!("{file}.crt")), self.dir.path().join(format!("{file}.key")));
+        let (c, k) = (
+            self.dir.path().join(format!("{file}.crt")),
+            self.dir.path().join(format!("{file}.key")),
+        );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -615,7 +779,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 async fn wss_through_a_tls_listener_to_an_https_upstream() {
     let pki = Pki::new();
     let (_, _, upstream_tls) = pki.server("upstream", &["127.0.0.1"]);
-    let up = WsUpstream::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(upstream_tls)))).await;
+    let up = WsUpstream::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+        upstream_tls,
+    ))))
+    .await;
     let (cert, key, _) = pki.server("gateway", &["localhost"]);
     let p = |p: &PathBuf| p.display().to_string().replace('\\', "/");
     let yaml = format!(
@@ -652,7 +819,9 @@ routes:
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap();
-        let (mut ws, resp) = client_async("wss://localhost/chat/secure", tls).await.unwrap();
+        let (mut ws, resp) = client_async("wss://localhost/chat/secure", tls)
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 101);
         round_trip(&mut ws, Message::text("secret")).await;
         round_trip(&mut ws, Message::binary(vec![1u8; 1 << 20])).await;
@@ -660,6 +829,9 @@ routes:
         closed_within(&mut ws, WAIT).await;
     }
     let hs = &up.handshakes()[0];
-    assert!(hs.iter().any(|(k, v)| k == "x-forwarded-proto" && v == "https"));
+    assert!(
+        hs.iter()
+            .any(|(k, v)| k == "x-forwarded-proto" && v == "https")
+    );
     gw.shutdown().await;
 }

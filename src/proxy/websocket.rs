@@ -134,7 +134,10 @@ impl Upgrade {
             return Ok(false);
         }
         if !has_token(resp.headers(), &header::UPGRADE, "websocket") {
-            tracing::warn!(upstream, "upstream switched to a protocol other than websocket");
+            tracing::warn!(
+                upstream,
+                "upstream switched to a protocol other than websocket"
+            );
             return Err(bad());
         }
         self.upstream = Some(hyper::upgrade::on(&mut *resp));
@@ -207,7 +210,14 @@ pub fn answered(
         let traffic = Traffic::new();
         record.ex.bytes_in = Some(traffic.bytes_in.clone());
         let started = Instant::now();
-        let end = tunnel(client, upstream, &traffic, snapshot.limits.idle_timeout, &cut).await;
+        let end = tunnel(
+            client,
+            upstream,
+            &traffic,
+            snapshot.limits.idle_timeout,
+            &cut,
+        )
+        .await;
         let (bytes_in, bytes_out) = (
             traffic.bytes_in.load(Ordering::Relaxed),
             traffic.bytes_out.load(Ordering::Relaxed),
@@ -403,10 +413,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
 /// Whether a comma-separated header (any of its lines) lists `token`.
 fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     h.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
 }
 
@@ -426,7 +434,8 @@ fn websocket_key() -> HeaderValue {
             out[i * 4 + j] = ALPHABET[((v >> (18 - 6 * j)) & 63) as usize];
         }
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+    HeaderValue::from_bytes(&out)
+        .unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
 #[cfg(test)]
@@ -448,7 +457,10 @@ mod tests {
     #[test]
     fn tokens_match_in_lists_and_case_insensitively() {
         let mut h = HeaderMap::new();
-        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(has_token(&h, &header::CONNECTION, "upgrade"));
         assert!(!has_token(&h, &header::CONNECTION, "close"));
         assert!(!has_token(&h, &header::UPGRADE, "websocket"));
