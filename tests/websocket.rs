@@ -835,3 +835,30 @@ routes:
     );
     gw.shutdown().await;
 }
+
+/// A rough throughput figure (not a pass/fail check): 64 MiB in 1 MiB binary
+/// messages echoed directly and through the gateway.
+/// `cargo test --release --test websocket -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn tunnel_throughput() {
+    let up = WsUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let direct = format!("ws://{}/chat", up.addr);
+    let through = format!("ws://{}/chat", gw.addr);
+    for (name, url) in [("direct", direct), ("gateway", through)] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let msg = Message::binary(vec![42u8; 1 << 20]);
+        let started = std::time::Instant::now();
+        for _ in 0..64 {
+            round_trip(&mut ws, msg.clone()).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{name}: 64 MiB echoed in {secs:.3}s = {:.0} MiB/s each way",
+            64.0 / secs
+        );
+        ws.close(None).await.unwrap();
+    }
+    gw.shutdown().await;
+}

@@ -194,6 +194,10 @@ pub fn answered(
         resp.body_mut().set_record(record);
         return;
     };
+    if let Some(m) = metrics {
+        m.upgraded.inc();
+        m.active.inc();
+    }
     record.switched_protocols();
     let conn = record.conn.clone();
     let client = up.client;
@@ -203,10 +207,6 @@ pub fn answered(
             .ex
             .route
             .map(|i| snapshot.routes[i].metrics.websocket());
-        if let Some(m) = metrics {
-            m.upgraded.inc();
-            m.active.inc();
-        }
         let traffic = Traffic::new();
         record.ex.bytes_in = Some(traffic.bytes_in.clone());
         let started = Instant::now();
