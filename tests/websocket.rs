@@ -651,40 +651,7 @@ async fn websocket_over_http2_extended_connect() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "").await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let request = || {
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(format!("http://{}/chat/h2", gw.addr))
-            .header("sec-websocket-version", "13")
-            .header("x-request-id", "h2-ws")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        req
-    };
-    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) may not be in yet.
-    let deadline = std::time::Instant::now() + WAIT;
-    let resp = loop {
-        sender.ready().await.unwrap();
-        match sender.send_request(request()).await {
-            Ok(resp) => break resp,
-            Err(e) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "extended CONNECT refused: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let resp = h2_connect(tcp, gw.addr, "websocket", "h2-ws").await;
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("sec-websocket-accept"));
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
@@ -702,7 +669,60 @@ async fn websocket_over_http2_extended_connect() {
     assert!(hs.iter().any(|(k, v)| k == "upgrade" && v == "websocket"));
     let line = gw.wait_log_for("h2-ws").await;
     assert_eq!(line["status"], 200, "{line}");
+
+    // Another protocol cannot be tunnelled.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let resp = h2_connect(tcp, gw.addr, "connect-udp", "h2-other").await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(up.handshakes().len(), 1);
     gw.shutdown().await;
+}
+
+/// Sends an RFC 8441 extended CONNECT for `/chat/h2` over a new HTTP/2
+/// connection on `io` and returns the answer's head.
+async fn h2_connect<S>(
+    io: S,
+    authority: SocketAddr,
+    protocol: &'static str,
+    request_id: &'static str,
+) -> http::Response<hyper::body::Incoming>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = || {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{authority}/chat/h2"))
+            .header("sec-websocket-version", "13")
+            .header("x-request-id", request_id)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static(protocol));
+        req
+    };
+    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) may not be in yet.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        sender.ready().await.unwrap();
+        match sender.send_request(request()).await {
+            Ok(resp) => return resp,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "extended CONNECT refused: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// A test CA issuing server certificates into a temporary directory.
@@ -828,6 +848,29 @@ routes:
         ws.close(None).await.unwrap();
         closed_within(&mut ws, WAIT).await;
     }
+    // RFC 8441 over TLS (ALPN h2).
+    let mut config = pki.client();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let resp = h2_connect(tls, addr, "websocket", "wss-h2").await;
+    assert_eq!(resp.status(), 200);
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    round_trip(&mut ws, Message::text("secret over h2")).await;
+    ws.close(None).await.unwrap();
+    closed_within(&mut ws, WAIT).await;
+
+    assert_eq!(up.handshakes().len(), 3);
     let hs = &up.handshakes()[0];
     assert!(
         hs.iter()
