@@ -651,7 +651,7 @@ async fn websocket_over_http2_extended_connect() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "").await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let resp = h2_connect(tcp, gw.addr, "websocket", "h2-ws").await;
+    let resp = h2_connect(tcp, gw.addr, "/chat/h2", "websocket", "h2-ws").await;
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("sec-websocket-accept"));
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
@@ -672,17 +672,30 @@ async fn websocket_over_http2_extended_connect() {
 
     // Another protocol cannot be tunnelled.
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let resp = h2_connect(tcp, gw.addr, "connect-udp", "h2-other").await;
+    let resp = h2_connect(tcp, gw.addr, "/chat/h2", "connect-udp", "h2-other").await;
     assert_eq!(resp.status(), 400);
     assert_eq!(up.handshakes().len(), 1);
     gw.shutdown().await;
+
+    // A route that answers directly cannot open a tunnel: its 200 would read
+    // as one to an HTTP/2 client, so the answer is a 400.
+    let tail =
+        "  - name: static\n    match: { path: /static }\n    respond: { status: 200, body: hi }\n";
+    let gw = Gateway::start(&yaml("", "", tail), &[("UP", up.addr.to_string())]).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let resp = h2_connect(tcp, gw.addr, "/static", "websocket", "h2-static").await;
+    assert_eq!(resp.status(), 400);
+    let line = gw.wait_log_for("h2-static").await;
+    assert_eq!(line["status"], 400, "{line}");
+    gw.shutdown().await;
 }
 
-/// Sends an RFC 8441 extended CONNECT for `/chat/h2` over a new HTTP/2
+/// Sends an RFC 8441 extended CONNECT for `path` over a new HTTP/2
 /// connection on `io` and returns the answer's head.
 async fn h2_connect<S>(
     io: S,
     authority: SocketAddr,
+    path: &str,
     protocol: &'static str,
     request_id: &'static str,
 ) -> http::Response<hyper::body::Incoming>
@@ -699,7 +712,7 @@ where
     let request = || {
         let mut req = http::Request::builder()
             .method(http::Method::CONNECT)
-            .uri(format!("http://{authority}/chat/h2"))
+            .uri(format!("http://{authority}{path}"))
             .header("sec-websocket-version", "13")
             .header("x-request-id", request_id)
             .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -857,7 +870,7 @@ routes:
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let resp = h2_connect(tls, addr, "websocket", "wss-h2").await;
+    let resp = h2_connect(tls, addr, "/chat/secure", "websocket", "wss-h2").await;
     assert_eq!(resp.status(), 200);
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
     let mut ws = WebSocketStream::from_raw_socket(

@@ -188,6 +188,20 @@ pub fn answered(
         Origin::Http2 => status == StatusCode::OK,
     };
     let Some(upstream) = up.upstream.filter(|_| switched && !gateway_error) else {
+        let mut gateway_error = gateway_error;
+        if up.origin == Origin::Http2 && status.is_success() {
+            // An HTTP/2 client reads any 2xx to its CONNECT as an open tunnel;
+            // a route that answers directly cannot give it one.
+            let e = GatewayError::BadRequest("this route cannot open a WebSocket");
+            let mut refusal = e.to_response(record.ex.request_id.to_str().unwrap_or_default());
+            refusal.headers_mut().insert(
+                super::headers::X_REQUEST_ID.clone(),
+                record.ex.request_id.clone(),
+            );
+            *resp = refusal;
+            record.answered(resp.status(), Some(e.code()));
+            gateway_error = true;
+        }
         if let Some(m) = metrics {
             if gateway_error { &m.error } else { &m.refused }.inc();
         }
