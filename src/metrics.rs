@@ -42,6 +42,7 @@ pub struct Metrics {
     auth_failures_total: IntCounterVec,
     jwks_refreshes_total: IntCounterVec,
     jwks_age: GaugeVec,
+    websocket: WebSocketFamilies,
 }
 
 /// `tollgate_auth_failures_total` handles of one route.
@@ -111,9 +112,19 @@ pub struct RouteMetrics {
     /// own lookup hashes the labels under a lock shared by every route.
     counters: OnceLock<Box<[OnceLock<IntCounter>]>>,
     pub duration: Histogram,
+    websocket_families: WebSocketFamilies,
+    /// Resolved at the route's first WebSocket request, so routes that never
+    /// see one export no WebSocket series.
+    websocket: OnceLock<WebSocketMetrics>,
 }
 
 impl RouteMetrics {
+    /// The route's WebSocket handles (resolved once per config version).
+    pub fn websocket(&self) -> &WebSocketMetrics {
+        self.websocket
+            .get_or_init(|| self.websocket_families.route(&self.route))
+    }
+
     /// Counts one finished request.
     pub fn count(&self, method: &http::Method, status: http::StatusCode) {
         let m = method_index(method);
@@ -316,8 +327,10 @@ impl Metrics {
         registry.register(Box::new(auth_failures_total.clone()))?;
         registry.register(Box::new(jwks_refreshes_total.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
+        let websocket = WebSocketFamilies::new(&registry)?;
 
         Ok(Metrics {
+            websocket,
             registry,
             requests_total,
             request_duration,
@@ -376,6 +389,8 @@ impl Metrics {
             route: name.into(),
             counters: OnceLock::new(),
             duration: self.request_duration.with_label_values(&[name]),
+            websocket_families: self.websocket.clone(),
+            websocket: OnceLock::new(),
         }
     }
 
@@ -446,6 +461,7 @@ impl Metrics {
     pub fn forget_route(&self, route: &str) {
         remove_matching(&self.requests_total, "route", route, &[]);
         let _ = self.request_duration.remove_label_values(&[route]);
+        self.websocket.forget(route);
     }
 
     /// Drops the series of a target (`host:port`) of `upstream`.
@@ -564,5 +580,99 @@ mod tests {
         let text = String::from_utf8(m.render()).unwrap();
         assert!(!text.contains(r#"version="aaa""#));
         assert!(text.contains(r#"tollgate_config_info{version="bbb"} 1"#));
+    }
+}
+
+/// Buckets for tunnel lifetimes: from a quick open-and-close to a day.
+const TUNNEL_BUCKETS: &[f64] = &[
+    0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+
+/// The WebSocket metric families (an addition to SPEC §7).
+#[derive(Clone)]
+struct WebSocketFamilies {
+    upgrades_total: IntCounterVec,
+    tunnels_active: IntGaugeVec,
+    tunnel_duration: HistogramVec,
+    tunnel_bytes: IntCounterVec,
+}
+
+/// The WebSocket handles of one route.
+pub struct WebSocketMetrics {
+    /// Upgrade requests answered 101 (or 200 for RFC 8441): a tunnel opened.
+    pub upgraded: IntCounter,
+    /// Upgrade requests the upstream answered with anything else (passed on).
+    pub refused: IntCounter,
+    /// Upgrade requests the gateway answered itself with an error (auth, rate
+    /// limit, no healthy target, upstream down...).
+    pub error: IntCounter,
+    pub active: IntGauge,
+    pub duration: Histogram,
+    /// Bytes from the client to the upstream (`in`) and back (`out`).
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
+impl WebSocketFamilies {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let upgrades_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_websocket_upgrades_total",
+                "WebSocket upgrade requests by route and result (upgraded, refused by the upstream, error from the gateway).",
+            ),
+            &["route", "result"],
+        )?;
+        let tunnels_active = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_websocket_tunnels_active",
+                "WebSocket tunnels open now, by route.",
+            ),
+            &["route"],
+        )?;
+        let tunnel_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_websocket_tunnel_duration_seconds",
+                "Lifetime of WebSocket tunnels, from the upgrade to the close, by route.",
+            )
+            .buckets(TUNNEL_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let tunnel_bytes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_websocket_tunnel_bytes_total",
+                "Bytes carried by WebSocket tunnels once closed, by route and direction (in: client to upstream).",
+            ),
+            &["route", "direction"],
+        )?;
+        registry.register(Box::new(upgrades_total.clone()))?;
+        registry.register(Box::new(tunnels_active.clone()))?;
+        registry.register(Box::new(tunnel_duration.clone()))?;
+        registry.register(Box::new(tunnel_bytes.clone()))?;
+        Ok(WebSocketFamilies {
+            upgrades_total,
+            tunnels_active,
+            tunnel_duration,
+            tunnel_bytes,
+        })
+    }
+
+    fn route(&self, route: &str) -> WebSocketMetrics {
+        let result = |r: &str| self.upgrades_total.with_label_values(&[route, r]);
+        WebSocketMetrics {
+            upgraded: result("upgraded"),
+            refused: result("refused"),
+            error: result("error"),
+            active: self.tunnels_active.with_label_values(&[route]),
+            duration: self.tunnel_duration.with_label_values(&[route]),
+            bytes_in: self.tunnel_bytes.with_label_values(&[route, "in"]),
+            bytes_out: self.tunnel_bytes.with_label_values(&[route, "out"]),
+        }
+    }
+
+    fn forget(&self, route: &str) {
+        remove_matching(&self.upgrades_total, "route", route, &[]);
+        remove_matching(&self.tunnel_bytes, "route", route, &[]);
+        let _ = self.tunnels_active.remove_label_values(&[route]);
+        let _ = self.tunnel_duration.remove_label_values(&[route]);
     }
 }

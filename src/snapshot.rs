@@ -44,6 +44,8 @@ pub struct RequestLimits {
     pub body_read_timeout: Duration,
     /// 0 = unlimited.
     pub max_concurrent_requests: usize,
+    /// `idle_timeout`: also closes a WebSocket tunnel silent in both directions.
+    pub idle_timeout: Duration,
 }
 
 pub struct Route {

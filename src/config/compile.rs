@@ -176,6 +176,7 @@ pub fn compile(
             max_body_bytes: limits.max_body_bytes.0,
             body_read_timeout: limits.body_read_timeout.get(),
             max_concurrent_requests: limits.max_concurrent_requests,
+            idle_timeout: limits.idle_timeout.get(),
         },
         trusted_proxies,
         source: Arc::new(loaded.clone()),

@@ -7,6 +7,7 @@ pub mod body;
 pub mod grpc;
 pub mod headers;
 pub mod record;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct Exchange {
     pub upstream_slot: Option<usize>,
     /// A gRPC call: gateway errors are answered gRPC-shaped.
     pub grpc: bool,
+    /// A WebSocket handshake in progress (`websocket::detect`).
+    pub upgrade: Option<websocket::Upgrade>,
 }
 
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
@@ -98,6 +101,7 @@ pub async fn handle(
         response_headers: HeaderMap::new(),
         holds_global_slot: false,
         grpc: grpc::is_grpc(req.headers()),
+        upgrade: None,
     };
     // The record exists from the start: if the client goes away before the
     // answer (the future is dropped), dropping it still releases every slot
@@ -152,12 +156,15 @@ pub async fn handle(
     // gateway meant (e.g. 429), so dashboards read the same for every client.
     let status = error.as_ref().map_or(resp.status(), GatewayError::status);
     rec.answered(status, error.as_ref().map(GatewayError::code));
-    resp.body_mut().set_record(record);
+    match rec.ex.upgrade.take() {
+        Some(up) => websocket::answered(up, &mut resp, record, error.is_some()),
+        None => resp.body_mut().set_record(record),
+    }
     resp
 }
 
 async fn serve(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     snap: &Snapshot,
     shared: &Shared,
     conn: &ConnInfo,
@@ -182,6 +189,8 @@ async fn serve(
             limit: limits.max_header_bytes,
         });
     }
+
+    ex.upgrade = websocket::detect(&mut req)?;
 
     // Routing.
     let view = RequestView {
@@ -261,6 +270,9 @@ async fn serve(
     };
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
+    if let Some(up) = &ex.upgrade {
+        up.prepare_request(h);
+    }
     // The gateway already answered `100 Continue` to the client by reading its body.
     h.remove(header::EXPECT);
     let proto = if conn.tls { "https" } else { "http" };
@@ -285,7 +297,8 @@ async fn serve(
         .retry
         .as_ref()
         .is_some_and(|r| r.allows_method(&parts.method));
-    let body = if hyper::body::Body::is_end_stream(&body) {
+    // An upgrade request has no body: what follows its head is the tunnel's.
+    let body = if ex.upgrade.is_some() || hyper::body::Body::is_end_stream(&body) {
         Outgoing::Replayable(Bytes::new())
     } else {
         let received = Arc::new(AtomicU64::new(0));
@@ -315,8 +328,15 @@ async fn serve(
         body_limit: limits.max_body_bytes,
     };
     let mut resp = forward(parts, body, upstream, attempt, ex).await?;
+    let switched = match ex.upgrade.as_mut() {
+        Some(up) => up.switch(&mut resp, &upstream.name)?,
+        None => false,
+    };
     headers::strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
+    if switched && let Some(up) = &ex.upgrade {
+        return Ok(up.answer(resp));
+    }
     Ok(resp.map(ResponseBody::upstream))
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Method, StatusCode, Uri};
 
@@ -28,6 +28,9 @@ pub struct RequestRecord {
     pub ex: Exchange,
     bytes_out: u64,
     complete: bool,
+    /// Set when the exchange became a tunnel: the latency metric is the
+    /// handshake's, while the access log covers the tunnel's whole life.
+    handshake: Option<Duration>,
 }
 
 /// nginx's code for a request whose client left before the answer.
@@ -56,6 +59,7 @@ impl RequestRecord {
             ex,
             bytes_out: 0,
             complete: false,
+            handshake: None,
         }
     }
 
@@ -69,6 +73,12 @@ impl RequestRecord {
     pub fn body_done(&mut self, bytes_out: u64, complete: bool) {
         self.bytes_out = bytes_out;
         self.complete = complete;
+    }
+
+    /// The answer switched protocols (WebSocket): the request's latency is
+    /// fixed now; the record lives on until the tunnel closes.
+    pub fn switched_protocols(&mut self) {
+        self.handshake = Some(self.started.elapsed());
     }
 }
 
@@ -90,14 +100,15 @@ impl Drop for RequestRecord {
         }
         let route = ex.route.map(|i| &snap.routes[i]);
         let status = self.status;
+        let latency = self.handshake.unwrap_or(elapsed).as_secs_f64();
         match route {
             Some(r) => {
                 r.metrics.count(&self.method, status);
-                r.metrics.duration.observe(elapsed.as_secs_f64());
+                r.metrics.duration.observe(latency);
             }
             None => {
                 snap.unmatched.count(&self.method, status);
-                snap.unmatched.duration.observe(elapsed.as_secs_f64());
+                snap.unmatched.duration.observe(latency);
             }
         }
         let target = ex.target.map(|(u, t)| {

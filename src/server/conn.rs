@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -38,6 +40,13 @@ pub struct ConnInfo {
     /// connection closes after), but drops the evidence; the proxy refuses such
     /// requests outright, so the head is looked at here on its way in.
     ambiguous_length: AtomicBool,
+    /// WebSocket tunnels opened by requests on this connection. A tunnel
+    /// outlives its request (HTTP/1.1 hands the whole connection over), so the
+    /// connection task waits for them before it ends: the connection keeps its
+    /// `max_connections` permit and shutdown waits for the tunnels.
+    tunnels: TaskTracker,
+    /// Cancelled when the connection must end now (shutdown grace over).
+    cut: CancellationToken,
 }
 
 pub enum Verdict {
@@ -60,6 +69,8 @@ impl ConnInfo {
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             ambiguous_length: AtomicBool::new(false),
+            tunnels: TaskTracker::new(),
+            cut: CancellationToken::new(),
         }
     }
 
@@ -86,6 +97,30 @@ impl ConnInfo {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.idle_since.store(self.now_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// Runs a tunnel opened by a request on this connection; `cut` fires when
+    /// the connection must end at once.
+    pub fn spawn_tunnel<F>(&self, tunnel: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tunnels.spawn(tunnel(self.cut.clone()));
+    }
+
+    /// Waits for the connection's tunnels to end, cutting them when `abort`
+    /// fires first.
+    pub async fn finish_tunnels(&self, abort: &CancellationToken) {
+        self.tunnels.close();
+        if self.tunnels.is_empty() {
+            return;
+        }
+        tokio::select! {
+            _ = self.tunnels.wait() => return,
+            _ = abort.cancelled() => {}
+        }
+        self.cut.cancel();
+        self.tunnels.wait().await;
     }
 
     /// Whether the request that just started had an ambiguous length (and

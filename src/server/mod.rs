@@ -52,7 +52,9 @@ impl ConnSettings {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(256)
+            // RFC 8441: WebSocket over HTTP/2 (extended CONNECT, `:protocol`).
+            .enable_connect_protocol();
         ConnSettings {
             builder,
             idle_timeout: limits.idle_timeout.get(),
@@ -224,4 +226,5 @@ async fn serve_connection<S>(
             _ = life.abort.cancelled() => break,
         }
     }
+    info.finish_tunnels(&life.abort).await;
 }

@@ -110,8 +110,27 @@ pub struct Endpoint {
 /// that moves its bytes (polled by whoever holds the connection).
 struct Conn {
     tx: http1::SendRequest<RequestBody>,
-    io: http1::Connection<TokioIo<Stream>, RequestBody>,
+    /// `None` once the connection ended (closed, failed, or upgraded).
+    io: Option<ConnIo>,
     idle_since: Instant,
+}
+
+/// hyper's connection state machine with upgrades on (its type is not
+/// nameable, hence the box: one per connection, not per request).
+type ConnIo = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+impl Conn {
+    /// Lets the connection make progress; `false` once it has ended.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(io) = &mut self.io else {
+            return false;
+        };
+        if io.as_mut().poll(cx).is_ready() {
+            self.io = None;
+            return false;
+        }
+        true
+    }
 }
 
 /// Why an attempt failed, classified for the answer and the metrics.
@@ -212,7 +231,7 @@ impl UpstreamClient {
         };
         loop {
             let sending = conn.tx.try_send_request(req);
-            match drive(&mut conn.io, sending).await {
+            match drive(&mut conn, sending).await {
                 Ok(resp) => return Ok(finish(resp, conn, ep)),
                 Err(mut e) => {
                     // A kept-alive connection that the target closed before the
@@ -235,18 +254,15 @@ impl UpstreamClient {
 
 /// Polls the connection and the pending response together in the caller's task
 /// until the response head is there (or the connection failed).
-async fn drive<F, T>(io: &mut http1::Connection<TokioIo<Stream>, RequestBody>, sending: F) -> T
+async fn drive<F, T>(conn: &mut Conn, sending: F) -> T
 where
     F: Future<Output = T>,
 {
     let mut sending = std::pin::pin!(sending);
-    let mut io_done = false;
     std::future::poll_fn(|cx| {
-        if !io_done && Pin::new(&mut *io).poll(cx).is_ready() {
-            // The connection ended; `sending` now resolves (with an error,
-            // unless the response was complete).
-            io_done = true;
-        }
+        // Once the connection ended, `sending` resolves (with an error, unless
+        // the response was complete or the connection was upgraded).
+        conn.poll_io(cx);
         sending.as_mut().poll(cx)
     })
     .await
@@ -256,13 +272,12 @@ where
 fn finish(resp: Response<Incoming>, conn: Box<Conn>, ep: &Arc<Endpoint>) -> Response<UpstreamBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The connection becomes the tunnel: hyper hands the IO over to
-        // `hyper::upgrade::on(response)` once the connection is polled again,
-        // which a task of its own does.
-        let Conn { io, tx, .. } = *conn;
-        tokio::spawn(async move {
-            let _ = io.with_upgrades().await;
-            drop(tx);
-        });
+        // `hyper::upgrade::on(response)` when it sees the switch (usually
+        // already done while reading the head); if not yet, a task of its own
+        // polls it there. It never returns to the pool.
+        if let Some(io) = conn.io {
+            tokio::spawn(io);
+        }
         return resp.map(UpstreamBody::plain);
     }
     resp.map(|body| UpstreamBody {
@@ -290,7 +305,7 @@ impl Inner {
             .map_err(|e| SendError::Connect(chain(&e)))?;
         Ok(Box::new(Conn {
             tx,
-            io,
+            io: Some(Box::pin(io.with_upgrades())),
             idle_since: Instant::now(),
         }))
     }
@@ -375,7 +390,7 @@ impl Endpoint {
             // One poll lets the connection notice a close by the target (or
             // finish its previous exchange); the next poll, with the request's
             // waker, re-registers interest in the socket.
-            if Pin::new(&mut conn.io).poll(&mut cx).is_ready() || !conn.tx.is_ready() {
+            if !conn.poll_io(&mut cx) || !conn.tx.is_ready() {
                 continue;
             }
             return Some(conn);
@@ -458,7 +473,7 @@ impl UpstreamBody {
         let Some((mut conn, ep)) = self.conn.take() else {
             return;
         };
-        if Pin::new(&mut conn.io).poll(cx).is_pending() && !conn.tx.is_closed() {
+        if conn.poll_io(cx) && !conn.tx.is_closed() {
             ep.checkin(conn);
         }
     }
@@ -474,7 +489,7 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         if let Some((conn, _)) = &mut this.conn
-            && Pin::new(&mut conn.io).poll(cx).is_ready()
+            && !conn.poll_io(cx)
         {
             // The connection is finished (closed, or failed: then the body
             // reports the error itself).
