@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
+use crate::proxy::compress::Compression;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::router::Router;
@@ -54,6 +55,8 @@ pub struct Route {
     pub policies: RoutePolicies,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `compress:`: the encodings offered for this route's responses.
+    pub compress: Option<Compression>,
     pub metrics: RouteMetrics,
 }
 

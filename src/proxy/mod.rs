@@ -4,6 +4,7 @@
 //! into a response in one place (`GatewayError::to_response`).
 
 pub mod body;
+pub mod compress;
 pub mod headers;
 pub mod record;
 
@@ -291,6 +292,7 @@ async fn serve(
         }
     };
 
+    let compression = compress::Negotiated::new(route.compress.as_ref(), &parts);
     let attempt = Attempt {
         upstream_idx,
         path_and_query,
@@ -300,7 +302,7 @@ async fn serve(
     let mut resp = forward(parts, body, upstream, attempt, ex).await?;
     headers::strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
-    Ok(resp.map(ResponseBody::upstream))
+    Ok(compression.respond(resp))
 }
 
 /// The request body as it goes upstream.
