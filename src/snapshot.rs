@@ -11,9 +11,9 @@ use ipnet::IpNet;
 
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
-use crate::proxy::compress::Compression;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
+use crate::proxy::compress::Compression;
 use crate::router::Router;
 use crate::upstream::Upstream;
 

@@ -232,7 +232,10 @@ async fn a_slow_client_slows_a_compressed_download() {
     let moved = plateau(&written, Duration::from_millis(300), WAIT).await;
     eprintln!("after reading {read} compressed bytes: upstream at {moved}");
     assert!(moved > stalled, "reading did not let the upstream go on");
-    assert!(moved <= read + WINDOW, "upstream ran {moved} bytes for {read} read");
+    assert!(
+        moved <= read + WINDOW,
+        "upstream ran {moved} bytes for {read} read"
+    );
 }
 
 /// An upstream that reads the request head, then reads the body only when

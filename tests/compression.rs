@@ -27,8 +27,11 @@ fn text(len: usize) -> Bytes {
     let mut i = 0u64;
     while out.len() < len {
         out.extend_from_slice(
-            format!("{{\"id\":{i},\"name\":\"user-{}\",\"active\":true}}\n", i * 7919 % 1000)
-                .as_bytes(),
+            format!(
+                "{{\"id\":{i},\"name\":\"user-{}\",\"active\":true}}\n",
+                i * 7919 % 1000
+            )
+            .as_bytes(),
         );
         i += 1;
     }
@@ -261,7 +264,11 @@ async fn the_encoding_follows_accept_encoding_and_the_route_order() {
         assert_eq!(r.header("content-encoding"), Some(want), "for {accept}");
         assert_eq!(r.header("content-length"), None, "for {accept}");
         assert!(vary_has_accept_encoding(&r), "Vary for {accept}");
-        assert!(r.body.len() < original.len() / 3, "{accept}: {} bytes", r.body.len());
+        assert!(
+            r.body.len() < original.len() / 3,
+            "{accept}: {} bytes",
+            r.body.len()
+        );
         assert_eq!(decoded(&r).await, original, "round trip for {accept}");
     }
     let m = s.gw.metrics().await;
@@ -305,7 +312,11 @@ async fn identity_when_the_client_does_not_accept_an_offered_encoding() {
 #[tokio::test]
 async fn a_route_without_compress_never_compresses() {
     let s = setup().await;
-    let r = get_with(&s.gw.url("/plain"), &[("accept-encoding", "gzip, br, zstd")]).await;
+    let r = get_with(
+        &s.gw.url("/plain"),
+        &[("accept-encoding", "gzip, br, zstd")],
+    )
+    .await;
     assert_eq!(r.header("content-encoding"), None);
     assert_eq!(r.header("content-length"), Some("65536"));
     assert!(!vary_has_accept_encoding(&r));

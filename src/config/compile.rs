@@ -51,8 +51,12 @@ fn compression(
     let encodings = names
         .iter()
         .map(|n| {
-            Encoding::from_name(n)
-                .ok_or_else(|| err(format!("{path}.compress"), format!("unknown encoding `{n}`")))
+            Encoding::from_name(n).ok_or_else(|| {
+                err(
+                    format!("{path}.compress"),
+                    format!("unknown encoding `{n}`"),
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Compression::new(&encodings, |e| {
