@@ -41,6 +41,7 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     auth_failures_total: IntCounterVec,
     jwks_refreshes_total: IntCounterVec,
+    compressed_total: IntCounterVec,
     jwks_age: GaugeVec,
     websocket: WebSocketFamilies,
 }
@@ -286,6 +287,15 @@ impl Metrics {
             "Access-log lines dropped because the log writer fell behind.",
         )?;
         registry.register(Box::new(build_info))?;
+        // An addition to SPEC §7: responses compressed by a route's `compress:`.
+        let compressed_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_compressed_responses_total",
+                "Responses compressed by the gateway, by route and content encoding.",
+            ),
+            &["route", "encoding"],
+        )?;
+        registry.register(Box::new(compressed_total.clone()))?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
                 "tollgate_rate_limited_total",
@@ -352,6 +362,7 @@ impl Metrics {
             auth_failures_total,
             jwks_refreshes_total,
             jwks_age,
+            compressed_total,
         })
     }
 
@@ -413,6 +424,11 @@ impl Metrics {
         }
     }
 
+    /// The `tollgate_compressed_responses_total` counter of one (route, encoding).
+    pub fn compressed(&self, route: &str, encoding: &str) -> IntCounter {
+        self.compressed_total.with_label_values(&[route, encoding])
+    }
+
     pub fn rate_limited(&self, route: &str, policy: &str) -> IntCounter {
         self.rate_limited_total.with_label_values(&[route, policy])
     }
@@ -460,6 +476,7 @@ impl Metrics {
     /// detached handles, which is lost to nobody.
     pub fn forget_route(&self, route: &str) {
         remove_matching(&self.requests_total, "route", route, &[]);
+        remove_matching(&self.compressed_total, "route", route, &[]);
         let _ = self.request_duration.remove_label_values(&[route]);
         self.websocket.forget(route);
     }

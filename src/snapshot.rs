@@ -13,6 +13,7 @@ use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
+use crate::proxy::compress::Compression;
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -56,6 +57,8 @@ pub struct Route {
     pub policies: RoutePolicies,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `compress:`: the encodings offered for this route's responses.
+    pub compress: Option<Compression>,
     pub metrics: RouteMetrics,
 }
 

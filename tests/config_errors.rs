@@ -256,18 +256,49 @@ upstreams:
 
 #[test]
 fn features_still_to_come_are_refused_not_ignored() {
-    let text = format!(
-        "{UPSTREAMS}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: users\n    \
-         compress: [gzip]\n"
-    );
+    let text = format!("{UPSTREAMS}tracing:\n  otlp_endpoint: http://127.0.0.1:4317\n");
     let all = errors(&text);
     let got: Vec<_> = all.iter().map(|e| (at(e), e.message.as_str())).collect();
     assert_eq!(
         got,
         [(
-            (10, 5, "routes[0].compress"),
-            "compress is not supported yet"
+            (7, 18, "tracing.otlp_endpoint"),
+            "tracing.otlp_endpoint (OpenTelemetry export) is not supported yet"
         )]
+    );
+}
+
+#[test]
+fn compress_lists_known_encodings_once_on_proxied_routes() {
+    let text = format!(
+        "{UPSTREAMS}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: users\n    \
+         compress: [gzip, brotli, zstd, gzip, gzp]\n  - name: b\n    match: {{ path: /b }}\n    \
+         upstream: users\n    compress: []\n  - name: c\n    match: {{ path: /c }}\n    \
+         respond: {{ status: 200 }}\n    compress: [br]\n"
+    );
+    let all = errors(&text);
+    let got: Vec<_> = all.iter().map(|e| (at(e), e.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (
+                (10, 22, "routes[0].compress[1]"),
+                "unknown encoding `brotli`; expected gzip, br or zstd (did you mean `br`?)"
+            ),
+            ((10, 36, "routes[0].compress[3]"), "`gzip` is listed twice"),
+            (
+                (10, 42, "routes[0].compress[4]"),
+                "unknown encoding `gzp`; expected gzip, br or zstd (did you mean `gzip`?)"
+            ),
+            (
+                (14, 5, "routes[1].compress"),
+                "list at least one encoding (gzip, br, zstd), or remove `compress`"
+            ),
+            (
+                (18, 5, "routes[2].compress"),
+                "compress only applies to routes with an `upstream`"
+            ),
+        ]
     );
 }
 

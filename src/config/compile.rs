@@ -19,6 +19,7 @@ use crate::policy::rate_limit::{
     KeyKind, LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
 };
 use crate::policy::{NamedPolicies, RouteLimit, RoutePolicies};
+use crate::proxy::compress::{Compression, Encoding};
 use crate::router::{PathSpec, RouteSpec, Router};
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
 use crate::state::Carryover;
@@ -38,6 +39,29 @@ use crate::upstream::{Target, Upstream};
 pub struct CompileError {
     pub path: String,
     pub message: String,
+}
+
+/// A route's `compress:` list (validated: known names, no repeats).
+fn compression(
+    names: &[String],
+    route: &str,
+    path: &str,
+    metrics: &Metrics,
+) -> Result<Compression, CompileError> {
+    let encodings = names
+        .iter()
+        .map(|n| {
+            Encoding::from_name(n).ok_or_else(|| {
+                err(
+                    format!("{path}.compress"),
+                    format!("unknown encoding `{n}`"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Compression::new(&encodings, |e| {
+        metrics.compressed(route, e.name())
+    }))
 }
 
 fn err(path: impl Into<String>, message: impl std::fmt::Display) -> CompileError {
@@ -149,6 +173,11 @@ pub fn compile(
             },
             request_headers: header_ops(&r.request_headers, &format!("{path}.request_headers"))?,
             response_headers: header_ops(&r.response_headers, &format!("{path}.response_headers"))?,
+            compress: r
+                .compress
+                .as_deref()
+                .map(|names| compression(names, &r.name, &path, metrics))
+                .transpose()?,
             metrics: metrics.route(&r.name),
         });
     }

@@ -16,6 +16,7 @@ use super::schema::{
 };
 use super::suggest;
 use crate::policy::rate_limit::KeyKind;
+use crate::proxy::compress::Encoding;
 
 /// A problem: the key path it is about and what is wrong.
 pub type Issue = (String, String);
@@ -76,9 +77,6 @@ type UsedAt = fn(&Config) -> Vec<String>;
 /// rather than being silently ignored; the issue that implements a feature
 /// deletes its line here.
 const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
-    ("compress", |c| {
-        indexed(&c.routes, "routes", "compress", |r| r.compress.is_some())
-    }),
     // OTLP span export needs the `otel` cargo feature, which is not built yet;
     // trace-context propagation itself needs no setting.
     ("tracing.otlp_endpoint (OpenTelemetry export)", |c| {
@@ -99,16 +97,6 @@ fn redacted(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// `base[i].field` for each item that uses the feature.
-fn indexed<T>(items: &[T], base: &str, field: &str, uses: fn(&T) -> bool) -> Vec<String> {
-    items
-        .iter()
-        .enumerate()
-        .filter(|(_, x)| uses(x))
-        .map(|(i, _)| child(&item(base, i), field))
-        .collect()
 }
 
 fn nonempty(used: bool, path: &str) -> Vec<String> {
@@ -517,8 +505,39 @@ impl Checker {
                 }
             }
             self.route_policies(&at, route, config);
+            if let Some(list) = &route.compress {
+                self.compress(&child(&at, "compress"), list, route);
+            }
             self.header_ops(&child(&at, "request_headers"), &route.request_headers);
             self.header_ops(&child(&at, "response_headers"), &route.response_headers);
+        }
+    }
+
+    /// `compress: [gzip, br, zstd]`: known names, each once, on a proxied route.
+    fn compress(&mut self, at: &str, list: &[String], route: &Route) {
+        if route.upstream.is_none() {
+            self.err(at, "compress only applies to routes with an `upstream`");
+        }
+        if list.is_empty() {
+            self.err(
+                at,
+                "list at least one encoding (gzip, br, zstd), or remove `compress`",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in list.iter().enumerate() {
+            if Encoding::from_name(name).is_none() {
+                let hint = match name.to_ascii_lowercase().as_str() {
+                    "brotli" => " (did you mean `br`?)".to_string(),
+                    _ => suggest::hint(name, Encoding::NAMES),
+                };
+                self.err(
+                    item(at, i),
+                    format!("unknown encoding `{name}`; expected gzip, br or zstd{hint}"),
+                );
+            } else if !seen.insert(name.as_str()) {
+                self.err(item(at, i), format!("`{name}` is listed twice"));
+            }
         }
     }
 

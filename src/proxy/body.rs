@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::compress::CompressedBody;
 use super::record::RequestRecord;
 use crate::upstream::pool::UpstreamBody;
 
@@ -139,9 +140,20 @@ impl Body for RequestBody {
     }
 }
 
+/// Why a response body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("upstream body: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("compressing the body: {0}")]
+    Compress(std::io::Error),
+}
+
 enum Kind {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// The upstream body through an encoder (`compress:`).
+    Compressed(Box<CompressedBody>),
 }
 
 /// What the client receives.
@@ -175,6 +187,15 @@ impl ResponseBody {
         }
     }
 
+    pub fn compressed(body: Box<CompressedBody>) -> Self {
+        ResponseBody {
+            kind: Kind::Compressed(body),
+            sent: 0,
+            failed: false,
+            record: None,
+        }
+    }
+
     /// Attaches the record that is finished when this body is done.
     pub fn set_record(&mut self, record: Box<RequestRecord>) {
         self.record = Some(record);
@@ -183,16 +204,19 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(ResponseBodyError::Upstream),
+            Kind::Compressed(body) => body.poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -210,6 +234,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Compressed(body) => body.is_end_stream(),
         }
     }
 
@@ -218,6 +243,7 @@ impl Body for ResponseBody {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(body) => body.size_hint(),
+            Kind::Compressed(_) => SizeHint::default(),
         }
     }
 }

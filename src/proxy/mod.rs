@@ -4,6 +4,7 @@
 //! into a response in one place (`GatewayError::to_response`).
 
 pub mod body;
+pub mod compress;
 pub mod grpc;
 pub mod headers;
 pub mod record;
@@ -318,6 +319,7 @@ async fn serve(
 
     // A gRPC client's deadline caps the route's timeout (and still goes upstream).
     let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
+    let compression = compress::Negotiated::new(route.compress.as_ref(), &parts);
     let attempt = Attempt {
         upstream_idx,
         path_and_query,
@@ -337,7 +339,7 @@ async fn serve(
     if switched && let Some(up) = &ex.upgrade {
         return Ok(up.answer(resp));
     }
-    Ok(resp.map(ResponseBody::upstream))
+    Ok(compression.respond(resp))
 }
 
 /// The request body as it goes upstream.
