@@ -42,6 +42,8 @@ pub struct Metrics {
     auth_failures_total: IntCounterVec,
     jwks_refreshes_total: IntCounterVec,
     jwks_age: GaugeVec,
+    #[cfg(feature = "otel")]
+    pub spans: crate::otel::SpanMetrics,
 }
 
 /// `tollgate_auth_failures_total` handles of one route.
@@ -316,6 +318,8 @@ impl Metrics {
         registry.register(Box::new(auth_failures_total.clone()))?;
         registry.register(Box::new(jwks_refreshes_total.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
+        #[cfg(feature = "otel")]
+        let spans = crate::otel::SpanMetrics::register(&registry)?;
 
         Ok(Metrics {
             registry,
@@ -339,6 +343,8 @@ impl Metrics {
             auth_failures_total,
             jwks_refreshes_total,
             jwks_age,
+            #[cfg(feature = "otel")]
+            spans,
         })
     }
 
