@@ -17,6 +17,8 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

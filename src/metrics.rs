@@ -44,6 +44,8 @@ pub struct Metrics {
     compressed_total: IntCounterVec,
     jwks_age: GaugeVec,
     websocket: WebSocketFamilies,
+    #[cfg(feature = "otel")]
+    pub spans: crate::otel::SpanMetrics,
 }
 
 /// `tollgate_auth_failures_total` handles of one route.
@@ -338,6 +340,8 @@ impl Metrics {
         registry.register(Box::new(jwks_refreshes_total.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
         let websocket = WebSocketFamilies::new(&registry)?;
+        #[cfg(feature = "otel")]
+        let spans = crate::otel::SpanMetrics::register(&registry)?;
 
         Ok(Metrics {
             websocket,
@@ -363,6 +367,8 @@ impl Metrics {
             jwks_refreshes_total,
             jwks_age,
             compressed_total,
+            #[cfg(feature = "otel")]
+            spans,
         })
     }
 

@@ -36,6 +36,9 @@ pub struct Snapshot {
     /// The JWKS sources of the `jwks_url` policies: `/readyz` waits for each to
     /// load once.
     pub jwks: Vec<Arc<JwksSource>>,
+    /// OTLP span export (`tracing.otlp_endpoint`), when configured.
+    #[cfg(feature = "otel")]
+    pub spans: Option<Arc<crate::otel::SpanExporter>>,
 }
 
 /// Per-request limits from `server.limits`.

@@ -63,6 +63,9 @@ pub struct Carryover {
     /// JWKS sources by (policy name, the policy's definition as JSON): an
     /// unchanged policy keeps its keys and its refresh loop across reloads.
     jwks: Mutex<HashMap<(String, String), Arc<JwksSource>>>,
+    /// The span exporter of the running config, while a snapshot holds it.
+    #[cfg(feature = "otel")]
+    spans: Mutex<Option<std::sync::Weak<crate::otel::SpanExporter>>>,
 }
 
 impl Drop for Carryover {
@@ -189,6 +192,26 @@ impl Carryover {
                 source
             })
             .clone()
+    }
+
+    /// The span exporter for `settings`: the running one while a snapshot
+    /// still holds it and its settings are the same, else a new one (started
+    /// now). An exporter no snapshot holds any more ends by itself.
+    #[cfg(feature = "otel")]
+    pub fn span_exporter(
+        &self,
+        settings: crate::otel::ExportSettings,
+        metrics: &crate::otel::SpanMetrics,
+    ) -> Result<Arc<crate::otel::SpanExporter>, String> {
+        let mut slot = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = slot.as_ref().and_then(std::sync::Weak::upgrade)
+            && running.settings == settings
+        {
+            return Ok(running);
+        }
+        let exporter = crate::otel::SpanExporter::start(settings, metrics)?;
+        *slot = Some(Arc::downgrade(&exporter));
+        Ok(exporter)
     }
 
     /// Forgets the state of upstreams, targets and JWKS sources `snap` does not

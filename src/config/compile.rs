@@ -210,7 +210,28 @@ pub fn compile(
         trusted_proxies,
         source: Arc::new(loaded.clone()),
         jwks: named.jwks_sources(),
+        #[cfg(feature = "otel")]
+        spans: span_exporter(cfg, metrics, carry)?,
     })
+}
+
+/// The span exporter for `tracing.otlp_endpoint`: the running one while its
+/// settings are unchanged.
+#[cfg(feature = "otel")]
+fn span_exporter(
+    cfg: &schema::Config,
+    metrics: &Metrics,
+    carry: &Carryover,
+) -> Result<Option<Arc<crate::otel::SpanExporter>>, CompileError> {
+    let at = "tracing.otlp_endpoint";
+    let settings = match &cfg.tracing {
+        Some(t) => crate::otel::ExportSettings::from_config(t).map_err(|m| err(at, m))?,
+        None => None,
+    };
+    settings
+        .map(|s| carry.span_exporter(s, &metrics.spans))
+        .transpose()
+        .map_err(|m| err(at, m))
 }
 
 /// A CIDR, or a bare address meaning just that host.

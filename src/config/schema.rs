@@ -33,12 +33,18 @@ pub struct Config {
 }
 
 /// `tracing:` — W3C trace context is always propagated; this section only
-/// configures OpenTelemetry export (cargo feature `otel`, not built yet).
+/// configures OpenTelemetry span export (cargo feature `otel`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tracing {
+    /// OTLP/HTTP collector URL (`/v1/traces` appended unless present).
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
+    /// The share of new traces (requests without a sampled parent decision)
+    /// that are recorded, 0 to 1; default 1. A client's `traceparent` decides
+    /// for its own trace.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -32,7 +32,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     v.cors(config);
     v.routes(config);
     v.rate_limits(config);
-    v.unsupported(config);
+    v.tracing(config);
     v.issues
 }
 
@@ -70,24 +70,25 @@ pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
     issues
 }
 
-/// The key paths where a config uses a feature.
-type UsedAt = fn(&Config) -> Vec<String>;
-
-/// Features that parse but are not implemented yet. Using one fails validation
-/// rather than being silently ignored; the issue that implements a feature
-/// deletes its line here.
-const NOT_SUPPORTED_YET: &[(&str, UsedAt)] = &[
-    // OTLP span export needs the `otel` cargo feature, which is not built yet;
-    // trace-context propagation itself needs no setting.
-    ("tracing.otlp_endpoint (OpenTelemetry export)", |c| {
-        nonempty(
-            c.tracing
-                .as_ref()
-                .is_some_and(|t| t.otlp_endpoint.is_some()),
-            "tracing.otlp_endpoint",
-        )
-    }),
-];
+/// An OTLP/HTTP endpoint: an absolute http(s) URL without credentials.
+fn otlp_url(url: &str) -> Result<(), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("`{}` is not a URL", redacted(url)))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "expected an http:// or https:// URL (OTLP/HTTP, usually port 4318), got `{}`",
+            redacted(url)
+        ));
+    }
+    match uri.authority() {
+        None => Err(format!("`{url}` names no host")),
+        Some(a) if a.as_str().contains('@') => {
+            Err("credentials in the URL are not supported".to_string())
+        }
+        Some(_) => Ok(()),
+    }
+}
 
 /// A URL with any password replaced, for messages.
 fn redacted(url: &str) -> String {
@@ -96,14 +97,6 @@ fn redacted(url: &str) -> String {
             format!("{}://***{}", &url[..scheme], &url[at..])
         }
         _ => url.to_string(),
-    }
-}
-
-fn nonempty(used: bool, path: &str) -> Vec<String> {
-    if used {
-        vec![path.to_owned()]
-    } else {
-        Vec::new()
     }
 }
 
@@ -143,11 +136,46 @@ impl Checker {
         self.issues.push((path.into(), message.into()));
     }
 
-    fn unsupported(&mut self, config: &Config) {
-        for (feature, used_at) in NOT_SUPPORTED_YET {
-            for path in used_at(config) {
-                self.err(path, format!("{feature} is not supported yet"));
+    /// `tracing`: span export exists only in builds with the `otel` feature;
+    /// elsewhere its keys are refused, never silently ignored.
+    fn tracing(&mut self, config: &Config) {
+        let Some(t) = &config.tracing else { return };
+        if let Some(ratio) = t.sample_ratio
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            self.err(
+                "tracing.sample_ratio",
+                format!("must be between 0 and 1, got {ratio}"),
+            );
+        }
+        if cfg!(not(feature = "otel")) {
+            for (key, used) in [
+                ("otlp_endpoint", t.otlp_endpoint.is_some()),
+                ("sample_ratio", t.sample_ratio.is_some()),
+            ] {
+                if used {
+                    self.err(
+                        format!("tracing.{key}"),
+                        format!(
+                            "tracing.{key} needs tollgate built with `--features otel` \
+                             (OpenTelemetry span export is not in this build)"
+                        ),
+                    );
+                }
             }
+            return;
+        }
+        match &t.otlp_endpoint {
+            Some(url) => {
+                if let Err(m) = otlp_url(url) {
+                    self.err("tracing.otlp_endpoint", m);
+                }
+            }
+            None if t.sample_ratio.is_some() => self.err(
+                "tracing.sample_ratio",
+                "tracing.sample_ratio needs tracing.otlp_endpoint (nothing is exported without it)",
+            ),
+            None => {}
         }
     }
 
@@ -1240,17 +1268,5 @@ mod tests {
                 .unwrap_err()
                 .contains("did you mean `connect_error`")
         );
-    }
-
-    #[test]
-    fn every_unsupported_feature_has_a_name() {
-        let c = Config::default();
-        for (feature, used_at) in NOT_SUPPORTED_YET {
-            assert!(!feature.is_empty());
-            assert!(
-                used_at(&c).is_empty(),
-                "{feature} reported on an empty config"
-            );
-        }
     }
 }

@@ -175,6 +175,49 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// This hop's place in a W3C trace, as the hex digits of `traceparent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 32],
+    /// This hop's span id: the parent id the upstream receives.
+    pub span_id: [u8; 16],
+    /// The client's span id, from a valid incoming `traceparent`.
+    pub parent_id: Option<[u8; 16]>,
+    pub flags: [u8; 2],
+}
+
+impl TraceContext {
+    /// The context of this hop: a single valid `traceparent` gives the trace
+    /// id, flags and parent; anything else starts a new trace with `root_flags`.
+    /// The span id is always new.
+    pub fn incoming(headers: &HeaderMap, root_flags: [u8; 2]) -> TraceContext {
+        let parsed = match headers.get_all(&TRACEPARENT).iter().count() {
+            1 => headers
+                .get(&TRACEPARENT)
+                .and_then(|v| parse_traceparent(v.as_bytes())),
+            _ => None,
+        };
+        let (trace_id, parent_id, flags) = match parsed {
+            Some((trace, parent, flags)) => (trace, Some(parent), flags),
+            None => (hex_id::<32>(), None, root_flags),
+        };
+        TraceContext {
+            trace_id,
+            span_id: hex_id::<16>(),
+            parent_id,
+            flags,
+        }
+    }
+
+    /// The `sampled` bit of the trace flags.
+    pub fn sampled(&self) -> bool {
+        matches!(
+            self.flags[1],
+            b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'
+        )
+    }
+}
+
 /// W3C trace context (SPEC §3): the gateway is one hop of the trace. A valid
 /// `traceparent` keeps its trace id and flags and gets a new parent id (this
 /// hop's span id); `tracestate` passes unchanged. An absent or malformed
@@ -183,37 +226,33 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// W3C spec requires for a tracestate without a valid traceparent. Returns the
 /// trace id sent upstream.
 pub fn propagate_trace(headers: &mut HeaderMap) -> [u8; 32] {
-    let incoming = match headers.get_all(&TRACEPARENT).iter().count() {
-        1 => headers
-            .get(&TRACEPARENT)
-            .and_then(|v| parse_traceparent(v.as_bytes())),
-        _ => None,
-    };
-    let (trace_id, flags) = match incoming {
-        Some(parsed) => parsed,
-        None => {
-            headers.remove(&TRACESTATE);
-            (hex_id::<32>(), *b"00")
-        }
-    };
-    let span_id = hex_id::<16>();
+    let ctx = TraceContext::incoming(headers, *b"00");
+    set_traceparent(headers, &ctx);
+    ctx.trace_id
+}
+
+/// Sends `ctx` upstream: `traceparent` with this hop's span id as the parent;
+/// `tracestate` is dropped when `ctx` starts a new trace.
+pub fn set_traceparent(headers: &mut HeaderMap, ctx: &TraceContext) {
+    if ctx.parent_id.is_none() {
+        headers.remove(&TRACESTATE);
+    }
     let mut out = [0u8; 55];
     out[..3].copy_from_slice(b"00-");
-    out[3..35].copy_from_slice(&trace_id);
+    out[3..35].copy_from_slice(&ctx.trace_id);
     out[35] = b'-';
-    out[36..52].copy_from_slice(&span_id);
+    out[36..52].copy_from_slice(&ctx.span_id);
     out[52] = b'-';
-    out[53..55].copy_from_slice(&flags);
+    out[53..55].copy_from_slice(&ctx.flags);
     if let Ok(v) = HeaderValue::from_bytes(&out) {
         headers.insert(TRACEPARENT.clone(), v);
     }
-    trace_id
 }
 
-/// `version-traceid-parentid-flags` -> (trace id, flags). Version `ff` and
+/// `version-traceid-parentid-flags` -> (trace id, parent id, flags). Version `ff` and
 /// all-zero ids are invalid; a future version may carry more fields after the
 /// flags, which are ignored (W3C trace-context §3.2.4).
-fn parse_traceparent(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 32], [u8; 16], [u8; 2])> {
     let lower_hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
@@ -230,7 +269,9 @@ fn parse_traceparent(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
     }
     let mut t = [0u8; 32];
     t.copy_from_slice(trace);
-    Some((t, [flags[0], flags[1]]))
+    let mut p = [0u8; 16];
+    p.copy_from_slice(parent);
+    Some((t, p, [flags[0], flags[1]]))
 }
 
 /// N random lowercase hex digits, never all zero.
@@ -388,5 +429,40 @@ mod tests {
         let mut none = HeaderMap::new();
         propagate_trace(&mut none);
         assert!(parse_traceparent(none["traceparent"].as_bytes()).is_some());
+    }
+
+    #[test]
+    fn trace_context_names_the_parent_and_the_sampled_flag() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let ctx = TraceContext::incoming(&h, *b"00");
+        assert_eq!(&ctx.trace_id, b"4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent_id, Some(*b"00f067aa0ba902b7"));
+        assert!(ctx.sampled());
+        set_traceparent(&mut h, &ctx);
+        let sent = h["traceparent"].as_bytes();
+        assert_eq!(&sent[36..52], &ctx.span_id);
+
+        let root = TraceContext::incoming(&HeaderMap::new(), *b"01");
+        assert_eq!(root.parent_id, None);
+        assert!(root.sampled());
+        assert!(!TraceContext::incoming(&HeaderMap::new(), *b"00").sampled());
+        assert!(
+            TraceContext {
+                flags: *b"03",
+                ..root
+            }
+            .sampled()
+        );
+        assert!(
+            !TraceContext {
+                flags: *b"02",
+                ..root
+            }
+            .sampled()
+        );
     }
 }

@@ -69,6 +69,9 @@ pub struct Exchange {
     pub grpc: bool,
     /// A WebSocket handshake in progress (`websocket::detect`).
     pub upgrade: Option<websocket::Upgrade>,
+    /// This hop's trace context when the request is recorded as a span.
+    #[cfg(feature = "otel")]
+    pub trace: Option<headers::TraceContext>,
 }
 
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
@@ -103,6 +106,8 @@ pub async fn handle(
         holds_global_slot: false,
         grpc: grpc::is_grpc(req.headers()),
         upgrade: None,
+        #[cfg(feature = "otel")]
+        trace: snapshot.spans.as_ref().and_then(|s| s.begin(req.headers())),
     };
     // The record exists from the start: if the client goes away before the
     // answer (the future is dropped), dropping it still releases every slot
@@ -278,6 +283,15 @@ async fn serve(
     h.remove(header::EXPECT);
     let proto = if conn.tls { "https" } else { "http" };
     headers::set_forwarded(h, &conn.peer_value, proto, ex.host.as_ref());
+    // A recorded request sends its own span id, the one its span is exported with.
+    #[cfg(feature = "otel")]
+    match &ex.trace {
+        Some(ctx) => headers::set_traceparent(h, ctx),
+        None => {
+            headers::propagate_trace(h);
+        }
+    }
+    #[cfg(not(feature = "otel"))]
     headers::propagate_trace(h);
     route.request_headers.apply(h);
     match (&route.rewrite.host, &ex.host) {

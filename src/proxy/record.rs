@@ -69,6 +69,38 @@ impl RequestRecord {
         self.error = error;
     }
 
+    /// Hands the request's span to the exporter (when it was sampled).
+    #[cfg(feature = "otel")]
+    fn export_span(
+        &self,
+        exporter: &crate::otel::SpanExporter,
+        elapsed: std::time::Duration,
+        error: Option<&'static str>,
+    ) {
+        let Some(ctx) = self.ex.trace else { return };
+        let snap = &*self.snapshot;
+        let ex = &self.ex;
+        let target = ex.target.map(|(u, t)| &snap.upstreams[u].targets[t]);
+        exporter.export(crate::otel::FinishedSpan {
+            ctx,
+            start: self.ts,
+            duration: elapsed,
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            tls: self.conn.tls,
+            host: ex.host.clone(),
+            client_ip: ex.client_ip,
+            listener: self.conn.listener.clone(),
+            route: ex.route.map(|i| snap.routes[i].name.clone()),
+            upstream: ex.target.map(|(u, _)| snap.upstreams[u].name.clone()),
+            target: target.map(|t| t.label.clone()),
+            status: self.status.as_u16(),
+            error,
+            request_id: ex.request_id.clone(),
+            retries: ex.retries,
+        });
+    }
+
     /// The response body ended (`complete`) or was abandoned after `bytes_out`.
     pub fn body_done(&mut self, bytes_out: u64, complete: bool) {
         self.bytes_out = bytes_out;
@@ -125,6 +157,10 @@ impl Drop for RequestRecord {
             None if !complete => Some("response_incomplete"),
             None => None,
         };
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = &snap.spans {
+            self.export_span(exporter, elapsed, error);
+        }
         let path = self.uri.path();
         shared.access_log.write(&AccessLine {
             ts: self.ts,
