@@ -71,18 +71,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The fixed hop-by-hop headers, by bit position; Connection and TE follow
-/// (they need more than a removal).
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// (they need more than a removal). `Trailer` is not one: it announces the
+/// trailer fields end to end (RFC 9110 §6.6.2), and hyper sends HTTP/1.1
+/// trailers only when it is present.
+static HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
 ];
-const CONNECTION_BIT: u32 = 7;
-const TE_BIT: u32 = 8;
+const CONNECTION_BIT: u32 = 6;
+const TE_BIT: u32 = 7;
 
 fn hop_index(name: &HeaderName) -> Option<u32> {
     Some(match name.as_str() {
@@ -92,7 +93,6 @@ fn hop_index(name: &HeaderName) -> Option<u32> {
         "upgrade" => 3,
         "proxy-authenticate" => 4,
         "proxy-authorization" => 5,
-        "trailer" => 6,
         "connection" => CONNECTION_BIT,
         "te" => TE_BIT,
         _ => return None,

@@ -25,8 +25,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::pool::{BodyErrorKind, PoolSettings, SendError, client_config};
-use crate::proxy::body::{BodyError, RequestBody};
+use super::pool::{PoolSettings, SendError, chain, classify, client_config};
+use crate::proxy::body::RequestBody;
 
 /// A PING is sent after this long without frames from the upstream while a
 /// stream is open; no answer within `PING_TIMEOUT` closes the connection, so a
@@ -205,35 +205,6 @@ async fn send_on(
             None => Ok(Err(classify(e.error()))),
         },
     }
-}
-
-/// The client's own body error travels inside hyper's error chain; anything
-/// else after the connection was up is a reset.
-fn classify(err: &hyper::Error) -> SendError {
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(body) = e.downcast_ref::<BodyError>() {
-            return SendError::ClientBody(match body {
-                BodyError::TooLarge(_) => BodyErrorKind::TooLarge,
-                BodyError::Timeout => BodyErrorKind::Timeout,
-                BodyError::Client(_) => BodyErrorKind::Aborted,
-            });
-        }
-        source = e.source();
-    }
-    SendError::Reset(chain(err))
-}
-
-/// The error and its causes on one line, for logs.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 /// The HTTP/1-shaped request as HTTP/2: the `Host` header moves into the URI

@@ -591,8 +591,9 @@ impl AsyncWrite for Stream {
     }
 }
 
-fn classify(err: &hyper::Error) -> SendError {
-    // The client's own body error travels inside hyper's error chain.
+/// The client's own body error travels inside hyper's error chain; anything
+/// else after the connection was up is a reset.
+pub(super) fn classify(err: &hyper::Error) -> SendError {
     let mut source = err.source();
     while let Some(e) = source {
         if let Some(body) = e.downcast_ref::<BodyError>() {
@@ -608,7 +609,7 @@ fn classify(err: &hyper::Error) -> SendError {
 }
 
 /// The error and its causes on one line, for logs.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(super) fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {
