@@ -11,12 +11,11 @@
 //! target, a `Host` header): here the version becomes HTTP/2 and the `Host`
 //! becomes the `:authority`, while the target in the URI picks the connection.
 
-use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
@@ -41,13 +40,12 @@ pub struct H2Client {
     tls: TlsConnector,
     /// `tls.server_name`: the name every `https://` target's certificate must carry.
     server_name: Option<ServerName<'static>>,
-    /// One slot per target, created on its first request.
-    targets: Mutex<HashMap<(Scheme, Authority), Arc<Slot>>>,
 }
 
-/// A target's shared connection.
+/// A target's shared connection; each pool `Endpoint` holds one, so a request
+/// reaches it without a lookup.
 #[derive(Default)]
-struct Slot {
+pub struct Slot {
     live: Mutex<Option<Sender>>,
     /// Held while (re)connecting, so that a burst opens one connection, not one
     /// per request.
@@ -81,33 +79,28 @@ impl H2Client {
             connect_timeout: settings.connect_timeout,
             tls: TlsConnector::from(Arc::new(config)),
             server_name,
-            targets: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Sends one request (URI absolute: the target) on the target's shared
-    /// connection and returns once the response head arrived.
-    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
-        let (Some(scheme), Some(target)) = (req.uri().scheme(), req.uri().authority()) else {
-            return Err(SendError::Connect("the request names no target".into()));
-        };
-        let key = (scheme.clone(), target.clone());
-        let slot = {
-            let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-            targets.entry(key).or_default().clone()
-        };
-        let tls = *scheme == Scheme::HTTPS;
-        let target = target.clone();
+    /// Sends one request (URI absolute: the target) on the shared connection
+    /// in `slot` (the target's) and returns once the response head arrived.
+    pub async fn send(
+        &self,
+        slot: &Slot,
+        target: &Authority,
+        tls: bool,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
         let req = to_h2(req);
         let sender = match slot.current() {
             Some(s) => s,
-            None => self.reconnect(&slot, &target, tls).await?,
+            None => self.reconnect(slot, target, tls).await?,
         };
         match send_on(sender, req).await {
             // The connection closed before the request went out (a GOAWAY not
             // yet seen when it was picked): one new connection is worth a try.
             Err(Unsent(req)) => {
-                let sender = self.reconnect(&slot, &target, tls).await?;
+                let sender = self.reconnect(slot, target, tls).await?;
                 send_on(sender, req).await.map_err(|Unsent(_)| {
                     SendError::Reset("the new HTTP/2 connection closed at once".into())
                 })?

@@ -98,6 +98,8 @@ pub struct Endpoint {
     authority: Authority,
     tls: bool,
     max_idle: usize,
+    /// The shared connection when the pool speaks HTTP/2.
+    h2: super::h2::Slot,
     /// Most recently used last: reuse takes the warmest connection, the sweeper
     /// closes from the cold end. The lock is per target and held for a push or
     /// a pop. Boxed: a connection moves between this stack and a response
@@ -196,6 +198,7 @@ impl UpstreamClient {
                     authority: authority.clone(),
                     tls: *scheme == Scheme::HTTPS,
                     max_idle: self.inner.max_idle,
+                    h2: super::h2::Slot::default(),
                     idle: Mutex::default(),
                 })
             })
@@ -218,7 +221,8 @@ impl UpstreamClient {
                 .build()
                 .map_err(|e| SendError::Connect(format!("{}: {e}", ep.authority)))?;
             *req.uri_mut() = uri;
-            return Ok(h2.send(req).await?.map(UpstreamBody::plain));
+            let resp = h2.send(&ep.h2, &ep.authority, ep.tls, req).await?;
+            return Ok(resp.map(UpstreamBody::plain));
         }
         let inner = &*self.inner;
         let mut reused = true;
