@@ -221,7 +221,7 @@ impl UpstreamClient {
                 .build()
                 .map_err(|e| SendError::Connect(format!("{}: {e}", ep.authority)))?;
             *req.uri_mut() = uri;
-            let resp = h2.send(&ep.h2, &ep.authority, ep.tls, req).await?;
+            let resp = Box::pin(h2.send(&ep.h2, &ep.authority, ep.tls, req)).await?;
             return Ok(resp.map(UpstreamBody::plain));
         }
         let inner = &*self.inner;
@@ -230,7 +230,7 @@ impl UpstreamClient {
             Some(c) => c,
             None => {
                 reused = false;
-                inner.connect(ep).await?
+                Box::pin(inner.connect(ep)).await?
             }
         };
         loop {
@@ -245,7 +245,7 @@ impl UpstreamClient {
                         reused = false;
                         conn = match ep.checkout(inner.idle_timeout) {
                             Some(c) => c,
-                            None => inner.connect(ep).await?,
+                            None => Box::pin(inner.connect(ep)).await?,
                         };
                         continue;
                     }
