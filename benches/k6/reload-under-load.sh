@@ -32,8 +32,11 @@ backup=$(mktemp "$config.orig.XXXXXX")
 cp -p "$config" "$backup"
 flipper=""
 restore() {
-    [[ -n $flipper ]] && kill "$flipper" 2>/dev/null && wait "$flipper" 2>/dev/null
+    local status=$?
+    set +e
+    if [[ -n $flipper ]]; then kill "$flipper" 2>/dev/null; wait "$flipper" 2>/dev/null; fi
     cp -p "$backup" "$config.tmp.$$" && mv "$config.tmp.$$" "$config" && rm -f "$backup"
+    exit "$status"
 }
 trap restore EXIT
 trap 'exit 130' INT TERM
