@@ -238,7 +238,7 @@ cat "$HERE/lib/wrk-done.lua" > "$RUN_DIR/get.lua"
     cat "$HERE/lib/wrk-done.lua"
 } > "$RUN_DIR/upload.lua"
 
-printf 'scenario\tround\ttarget\trps\tp50_ms\tp99_ms\trequests\terrors\tnon2xx\tproxy_cpu_s\tcpu_s_per_100k\trss_peak_kib\tpss_peak_kib\tbackend_cpu_s_per_100k\tbackend_new_conns\tcheck\n' > "$RESULTS_DIR/wrk.tsv"
+printf 'scenario\tround\ttarget\trps\tp50_ms\tp99_ms\trequests\terrors\tnon2xx\tproxy_cpu_s\tcpu_s_per_100k\trss_start_kib\trss_peak_kib\tpss_peak_kib\tbackend_cpu_s_per_100k\tbackend_new_conns\tcheck\n' > "$RESULTS_DIR/wrk.tsv"
 
 accepts() { # new TCP connections accepted by both backends so far
     local a=0 n
@@ -269,9 +269,9 @@ measure() {
     local raw="$RESULTS_DIR/wrk-$scen-$round-${t//:/-}.txt"
     wrk_cmd "$WARMUP" "$conns" "$script" "$url" "$@" > /dev/null 2>&1 || true
     [[ -n ${ACCESS_LOG:-} ]] && : > "$ACCESS_LOG"
-    local acc0 sink0 c0 b0
+    local acc0 sink0 c0 b0 rss0
     acc0=$(accepts); sink0=$(sink_bytes)
-    read -r c0 _ < <(python3 "$HERE/lib/procmon.py" snap ${PID[$t]})
+    read -r c0 rss0 _ < <(python3 "$HERE/lib/procmon.py" snap ${PID[$t]})
     read -r b0 _ < <(python3 "$HERE/lib/procmon.py" snap $BACKEND_PIDS)
     INTERVAL=0.5 taskset -c "$LOADGEN_CPUS" python3 "$HERE/lib/procmon.py" peak "$RUN_DIR/peak" ${PID[$t]} &
     local sampler=$!
@@ -293,14 +293,14 @@ measure() {
     esac
     read -r rss pss < "$RUN_DIR/peak"
     python3 - "$scen" "$round" "$t" "${r[rps]}" "${r[p50_ms]}" "${r[p99_ms]}" "${r[requests]}" \
-        "${r[sock_errors]}" "${r[non2xx]}" $((c1 - c0)) $((b1 - b0)) "$rss" "$pss" $((acc1 - acc0)) "$check" "$CLK_TCK" \
+        "${r[sock_errors]}" "${r[non2xx]}" $((c1 - c0)) $((b1 - b0)) "$rss0" "$rss" "$pss" $((acc1 - acc0)) "$check" "$CLK_TCK" \
         >> "$RESULTS_DIR/wrk.tsv" <<'EOF'
 import sys
-(scen, rnd, t, rps, p50, p99, reqs, errs, non2xx, cpu, bcpu, rss, pss, acc, check, tck) = sys.argv[1:]
+(scen, rnd, t, rps, p50, p99, reqs, errs, non2xx, cpu, bcpu, rss0, rss, pss, acc, check, tck) = sys.argv[1:]
 reqs = int(reqs)
 cpu_s = int(cpu) / int(tck)
 per = lambda ticks: f"{int(ticks) / int(tck) * 100000 / reqs:.3f}" if reqs else "nan"
-print("\t".join([scen, rnd, t, rps, p50, p99, str(reqs), errs, non2xx, f"{cpu_s:.2f}", per(cpu), rss, pss, per(bcpu), acc, check]))
+print("\t".join([scen, rnd, t, rps, p50, p99, str(reqs), errs, non2xx, f"{cpu_s:.2f}", per(cpu), rss0, rss, pss, per(bcpu), acc, check]))
 EOF
     log "$scen round $round $t: $(tail -1 "$RESULTS_DIR/wrk.tsv" | cut -f4-9 | tr '\t' ' ')"
 }
