@@ -84,9 +84,11 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # ---- process bookkeeping and cleanup ------------------------------------------
 declare -a STARTED=()
+TRANSIENT=""  # the sampler or idle client running right now, if any
 OLD_AUTOGROUP=""
 cleanup() {
     local pid
+    [[ -n $TRANSIENT ]] && kill -TERM "$TRANSIENT" 2>/dev/null
     for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for _ in $(seq 50); do
         local alive=0
@@ -275,8 +277,10 @@ measure() {
     read -r b0 _ < <(python3 "$HERE/lib/procmon.py" snap $BACKEND_PIDS)
     INTERVAL=0.5 taskset -c "$LOADGEN_CPUS" python3 "$HERE/lib/procmon.py" peak "$RUN_DIR/peak" ${PID[$t]} &
     local sampler=$!
+    TRANSIENT=$sampler
     wrk_cmd "$DURATION" "$conns" "$script" "$url" "$@" > "$raw" 2>&1 || log "$t: wrk exited with an error (see $raw)"
     kill -TERM "$sampler"; wait "$sampler" || true
+    TRANSIENT=""
     local c1 b1 acc1 sink1
     read -r c1 _ < <(python3 "$HERE/lib/procmon.py" snap ${PID[$t]})
     read -r b1 _ < <(python3 "$HERE/lib/procmon.py" snap $BACKEND_PIDS)
@@ -340,6 +344,7 @@ for scen in $SCENARIOS; do
             taskset -c "$LOADGEN_CPUS" timeout -k 5 300 python3 "$HERE/idle_conns.py" 127.0.0.1 "$port" "$IDLE_CONNS" 240 \
                 < "$RUN_DIR/idle.fifo" > "$RUN_DIR/idle-$t.out" 2> "$RUN_DIR/idle-$t.err" &
             client=$!
+            TRANSIENT=$client
             exec 7> "$RUN_DIR/idle.fifo"
             ready=""
             for _ in $(seq 1200); do
@@ -353,6 +358,7 @@ for scen in $SCENARIOS; do
             read -r _ rss1 pss1 _ < <(python3 "$HERE/lib/procmon.py" snap ${PID[$t]})
             exec 7>&-
             wait "$client" || log "$t: idle client exited with an error"
+            TRANSIENT=""
             ok=$(sed -n 's/READY ok=\([0-9]*\).*/\1/p' <<< "$ready"); failed=${ready##*failed=}
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$ok" "$failed" "$rss0" "$rss1" "$pss0" "$pss1" >> "$f"
             log "idle10k $t: $ok connections, RSS +$(( (rss1 - rss0) / 1024 )) MiB, PSS +$(( (pss1 - pss0) / 1024 )) MiB"
