@@ -23,3 +23,22 @@ fn every_shipped_example_is_valid() {
         "expected minimal.yaml and full.yaml, found {checked} files"
     );
 }
+
+/// The benchmark configs (`benches/compare.sh`, `benches/k6/`) are run by
+/// users too; they get their ports from the environment, with defaults.
+#[test]
+fn the_benchmark_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // compare.sh generates the JWKS at run time; any valid JWKS file will do here.
+    let jwks = root.join("config/examples/jwks.json");
+    let env = |name: &str| (name == "TOLLGATE_BENCH_JWKS").then(|| jwks.display().to_string());
+    for file in [
+        "benches/bench.yaml",
+        "benches/bench-policy.yaml",
+        "benches/k6/reload.yaml",
+    ] {
+        if let Err(errors) = load_file_with_env(&root.join(file), &env) {
+            panic!("{file} is invalid:\n{errors}");
+        }
+    }
+}
