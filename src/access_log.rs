@@ -127,13 +127,9 @@ impl AccessLog {
         let Some(sink) = &self.sink else {
             return;
         };
-        let mut buf = Vec::with_capacity(320);
+        let mut buf = Vec::with_capacity(512);
         match self.format {
-            LogFormat::Json => {
-                if serde_json::to_writer(&mut buf, line).is_err() {
-                    return;
-                }
-            }
+            LogFormat::Json => write_json(&mut buf, line),
             LogFormat::Text => write_text(&mut buf, line),
         }
         buf.push(b'\n');
@@ -188,6 +184,74 @@ fn write_batch(out: &mut Box<dyn Write + Send>, batch: &mut Vec<u8>) {
         tracing::warn!(error = %e, "could not write the access log");
     }
     batch.clear();
+}
+
+/// The line as JSON, the same as serde's rendering of [`AccessLine`] but
+/// without running every string through the escaper: request ids, names and
+/// most paths need no escaping, and escaping byte by byte was a third of the
+/// log's cost per request.
+fn write_json(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
+    let _ = write!(
+        buf,
+        "{{\"ts\":\"{}\"",
+        humantime::format_rfc3339_millis(l.ts)
+    );
+    json_field(buf, "request_id", Some(l.request_id));
+    json_field(buf, "listener", Some(l.listener));
+    let _ = write!(buf, ",\"client_ip\":\"{}\"", l.client_ip);
+    json_field(buf, "method", Some(l.method));
+    json_field(buf, "host", l.host);
+    json_field(buf, "path", Some(l.path));
+    json_field(buf, "route", l.route);
+    json_field(buf, "upstream", l.upstream);
+    json_field(buf, "target", l.target);
+    json_key(buf, "status");
+    json_int(buf, l.status);
+    json_key(buf, "duration_ms");
+    json_number(buf, Some(l.duration_ms));
+    json_key(buf, "upstream_ms");
+    json_number(buf, l.upstream_ms);
+    json_key(buf, "bytes_in");
+    json_int(buf, l.bytes_in);
+    json_key(buf, "bytes_out");
+    json_int(buf, l.bytes_out);
+    json_key(buf, "retries");
+    json_int(buf, l.retries);
+    json_field(buf, "error", l.error);
+    if l.client_cert.is_some() {
+        json_field(buf, "client_cert", l.client_cert);
+    }
+    json_field(buf, "consumer", l.consumer);
+    buf.push(b'}');
+}
+
+fn json_key(buf: &mut Vec<u8>, key: &str) {
+    buf.extend_from_slice(b",\"");
+    buf.extend_from_slice(key.as_bytes());
+    buf.extend_from_slice(b"\":");
+}
+
+fn json_field(buf: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    json_key(buf, key);
+    match value {
+        None => buf.extend_from_slice(b"null"),
+        Some(v) if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+            buf.push(b'"');
+            buf.extend_from_slice(v.as_bytes());
+            buf.push(b'"');
+        }
+        Some(v) => {
+            let _ = serde_json::to_writer(&mut *buf, v);
+        }
+    }
+}
+
+fn json_int(buf: &mut Vec<u8>, value: impl itoa::Integer) {
+    buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+fn json_number(buf: &mut Vec<u8>, value: Option<f64>) {
+    let _ = serde_json::to_writer(&mut *buf, &value);
 }
 
 fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
@@ -293,6 +357,30 @@ mod tests {
                 v["request_id"].as_str().unwrap().to_string()
             })
             .collect()
+    }
+
+    #[test]
+    fn json_lines_are_what_serde_makes_of_them() {
+        let mut cases = vec![line("plain")];
+        let mut odd = line("quote\"back\\slash\ttab\u{1}ctl é ✓");
+        odd.host = None;
+        odd.route = None;
+        odd.upstream_ms = None;
+        odd.error = Some("upstream_timeout");
+        odd.client_cert = Some("CN=client,O=\"x\"");
+        odd.consumer = Some("acme");
+        odd.duration_ms = 12.0;
+        odd.ts = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
+        cases.push(odd);
+        for l in &cases {
+            let mut ours = Vec::new();
+            write_json(&mut ours, l);
+            let serde = serde_json::to_vec(l).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
     }
 
     #[test]
