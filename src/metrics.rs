@@ -481,10 +481,23 @@ impl Metrics {
     /// showing it. Requests still running on the old version count into
     /// detached handles, which is lost to nobody.
     pub fn forget_route(&self, route: &str) {
-        remove_matching(&self.requests_total, "route", route, &[]);
-        remove_matching(&self.compressed_total, "route", route, &[]);
-        let _ = self.request_duration.remove_label_values(&[route]);
-        self.websocket.forget(route);
+        self.forget_routes(&[route]);
+    }
+
+    /// `forget_route` for many routes, reading each metric family once (a
+    /// reload of a large config may remove hundreds of routes).
+    pub fn forget_routes(&self, routes: &[&str]) {
+        if routes.is_empty() {
+            return;
+        }
+        let set: std::collections::HashSet<&str> = routes.iter().copied().collect();
+        let gone = |v: &str| set.contains(v);
+        remove_where(&self.requests_total, "route", &gone, &[]);
+        remove_where(&self.compressed_total, "route", &gone, &[]);
+        for route in routes {
+            let _ = self.request_duration.remove_label_values(&[route]);
+        }
+        self.websocket.forget(&gone, routes);
     }
 
     /// Drops the series of a target (`host:port`) of `upstream`.
@@ -529,12 +542,23 @@ fn remove_matching<T: prometheus::core::MetricVecBuilder>(
     value: &str,
     also: &[(&str, &str)],
 ) {
+    remove_where(vec, name, &|v| v == value, also);
+}
+
+/// `remove_matching` for every child whose label `name` satisfies `value`.
+fn remove_where<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    name: &str,
+    value: &dyn Fn(&str) -> bool,
+    also: &[(&str, &str)],
+) {
     use prometheus::core::Collector;
     for family in vec.collect() {
         for m in family.get_metric() {
             let labels = m.get_label();
             let has = |n: &str, v: &str| labels.iter().any(|l| l.name() == n && l.value() == v);
-            if has(name, value) && also.iter().all(|(n, v)| has(n, v)) {
+            let selected = labels.iter().any(|l| l.name() == name && value(l.value()));
+            if selected && also.iter().all(|(n, v)| has(n, v)) {
                 let map: std::collections::HashMap<&str, &str> =
                     labels.iter().map(|l| (l.name(), l.value())).collect();
                 let _ = vec.remove(&map);
@@ -692,10 +716,12 @@ impl WebSocketFamilies {
         }
     }
 
-    fn forget(&self, route: &str) {
-        remove_matching(&self.upgrades_total, "route", route, &[]);
-        remove_matching(&self.tunnel_bytes, "route", route, &[]);
-        let _ = self.tunnels_active.remove_label_values(&[route]);
-        let _ = self.tunnel_duration.remove_label_values(&[route]);
+    fn forget(&self, gone: &dyn Fn(&str) -> bool, routes: &[&str]) {
+        remove_where(&self.upgrades_total, "route", gone, &[]);
+        remove_where(&self.tunnel_bytes, "route", gone, &[]);
+        for route in routes {
+            let _ = self.tunnels_active.remove_label_values(&[route]);
+            let _ = self.tunnel_duration.remove_label_values(&[route]);
+        }
     }
 }

@@ -457,15 +457,20 @@ fn dir_of(path: &Path) -> PathBuf {
 }
 
 /// Drops the metric series of routes, upstreams and targets `old` had and `new`
-/// does not.
+/// does not. (By hashed name: with 10,000 routes a pairwise scan took seconds.)
 fn forget_stale(metrics: &crate::metrics::Metrics, old: &Snapshot, new: &Snapshot) {
-    for r in &old.routes {
-        if !new.routes.iter().any(|n| n.name == r.name) {
-            metrics.forget_route(&r.name);
-        }
-    }
+    let routes: HashSet<&str> = new.routes.iter().map(|r| &*r.name).collect();
+    let removed: Vec<&str> = old
+        .routes
+        .iter()
+        .map(|r| &*r.name)
+        .filter(|name| !routes.contains(name))
+        .collect();
+    metrics.forget_routes(&removed);
+    let upstreams: std::collections::HashMap<&str, &crate::upstream::Upstream> =
+        new.upstreams.iter().map(|u| (&*u.name, u)).collect();
     for u in &old.upstreams {
-        match new.upstreams.iter().find(|n| n.name == u.name) {
+        match upstreams.get(&*u.name) {
             None => metrics.forget_upstream(&u.name),
             Some(n) => {
                 for t in &u.targets {
@@ -481,17 +486,17 @@ fn forget_stale(metrics: &crate::metrics::Metrics, old: &Snapshot, new: &Snapsho
 /// What differs between two configs, by name.
 pub fn diff(old: &Config, new: &Config) -> Changes {
     let mut changes = Changes::default();
-    let routes = |c: &Config| -> BTreeMap<String, Value> {
+    let routes = |c: &Config| -> BTreeMap<String, u64> {
         c.routes
             .iter()
-            .map(|r| (r.name.clone(), to_value(r)))
+            .map(|r| (r.name.clone(), fingerprint(r)))
             .collect()
     };
-    let listeners = |c: &Config| -> BTreeMap<String, Value> {
+    let listeners = |c: &Config| -> BTreeMap<String, u64> {
         c.server
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), to_value(l)))
+            .map(|l| (l.name.clone(), fingerprint(l)))
             .collect()
     };
     compare(&mut changes, "route", &routes(old), &routes(new));
@@ -557,15 +562,21 @@ fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn values<T: Serialize>(m: &BTreeMap<String, T>) -> BTreeMap<String, Value> {
-    m.iter().map(|(k, v)| (k.clone(), to_value(v))).collect()
+/// A 64-bit hash of an entry's JSON form: comparing entries by it needs no
+/// JSON tree per entry (10,000 routes made 20,000 trees per reload).
+fn fingerprint<T: Serialize>(v: &T) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn values<T: Serialize>(m: &BTreeMap<String, T>) -> BTreeMap<String, u64> {
+    m.iter().map(|(k, v)| (k.clone(), fingerprint(v))).collect()
 }
 
 fn compare(
     changes: &mut Changes,
     kind: &str,
-    old: &BTreeMap<String, Value>,
-    new: &BTreeMap<String, Value>,
+    old: &BTreeMap<String, u64>,
+    new: &BTreeMap<String, u64>,
 ) {
     for (name, v) in new {
         match old.get(name) {

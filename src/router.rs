@@ -155,7 +155,37 @@ fn normalize_host(raw: &str) -> &str {
 /// Route paths keyed for lookup. Hashed with one-shot xxh3 instead of SipHash:
 /// the keys come from the configuration, not from clients, so flooding is not
 /// a concern, and a streaming hasher's setup would dominate these short keys.
-type PathMap = HashMap<Box<str>, Vec<usize>, BuildHasherDefault<PathHasher>>;
+/// (Host keys are looked up with client input, but only ever for keys the
+/// config holds; a crafted host costs one hash like any other.)
+type PathMap = HashMap<Box<str>, Candidates, BuildHasherDefault<PathHasher>>;
+type HostMap = HashMap<Box<str>, Vec<usize>, BuildHasherDefault<PathHasher>>;
+
+/// Longer candidate lists than this get a host index: virtual-host style
+/// configs put hundreds of routes on the same path (`/`, `/api`), told apart
+/// only by their hosts, and scanning them would grow with the tenant count.
+const HOST_INDEX_MIN: usize = 8;
+
+/// The routes sharing one path key, in precedence order.
+#[derive(Debug)]
+enum Candidates {
+    Few(Vec<usize>),
+    Indexed(Box<HostIndex>),
+}
+
+/// The candidates of one path key, split by host pattern; each list keeps
+/// precedence order, and a route with several hosts sits in several lists.
+#[derive(Debug, Default)]
+struct HostIndex {
+    /// Lowercase exact host -> routes naming it.
+    exact: HostMap,
+    /// `.example.com` (from `*.example.com`) -> routes naming it.
+    suffix: HostMap,
+    /// Routes without `hosts`.
+    any_host: Vec<usize>,
+}
+
+/// Longest host looked up through a `HostIndex` (longer: scan its lists).
+const MAX_INDEXED_HOST: usize = 255;
 
 #[derive(Default)]
 struct PathHasher(u64);
@@ -194,6 +224,9 @@ pub struct Router {
     regex_set: RegexSet,
     /// Regex routes sorted by precedence, with their own (anchored) regex.
     regexes: Vec<(usize, Regex)>,
+    /// Per route: where it ranks among candidates of the same path key
+    /// (more constraint kinds first, then file order); smaller wins.
+    rank: Vec<u64>,
 }
 
 impl Router {
@@ -206,13 +239,13 @@ impl Router {
             })
             .collect();
 
-        let mut exact = PathMap::default();
-        let mut prefixes = PathMap::default();
+        let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut prefixes: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut regexes = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             match &spec.path {
-                PathSpec::Exact(p) => exact.entry(p.as_str().into()).or_default().push(i),
-                PathSpec::Prefix(p) => prefixes.entry(p.as_str().into()).or_default().push(i),
+                PathSpec::Exact(p) => exact.entry(p.as_str()).or_default().push(i),
+                PathSpec::Prefix(p) => prefixes.entry(p.as_str()).or_default().push(i),
                 PathSpec::Regex(r) => {
                     let re = Regex::new(&anchored(r)).map_err(|source| RouterError::BadRegex {
                         route: spec.name.clone(),
@@ -230,12 +263,24 @@ impl Router {
 
         // Within one path key the winner is the first candidate whose
         // constraints hold, so sort once here instead of comparing per request.
-        let by_precedence =
-            |&a: &usize, &b: &usize| compiled[b].kinds.cmp(&compiled[a].kinds).then(a.cmp(&b));
-        for list in exact.values_mut().chain(prefixes.values_mut()) {
-            list.sort_by(by_precedence);
-        }
-        regexes.sort_by(|(a, _), (b, _)| by_precedence(a, b));
+        let rank: Vec<u64> = compiled
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((4 - c.kinds.min(4) as u64) << 32) | i as u64)
+            .collect();
+        let index = |mut list: Vec<usize>| {
+            list.sort_by_key(|&i| rank[i]);
+            Candidates::new(list, &compiled)
+        };
+        let exact: PathMap = exact
+            .into_iter()
+            .map(|(k, list)| (k.into(), index(list)))
+            .collect();
+        let prefixes: PathMap = prefixes
+            .into_iter()
+            .map(|(k, list)| (k.into(), index(list)))
+            .collect();
+        regexes.sort_by_key(|(i, _)| rank[*i]);
 
         let regex_set = RegexSet::new(regexes.iter().map(|(_, re)| re.as_str())).map_err(
             // Each regex compiled alone, so only a size limit can fail here;
@@ -257,6 +302,7 @@ impl Router {
             prefix_lens,
             regex_set,
             regexes,
+            rank,
         })
     }
 
@@ -289,13 +335,18 @@ impl Router {
             return exact_hit;
         }
 
+        // One pass of the combined automaton says which regexes match; the
+        // set is in precedence order, so the first whose constraints hold wins.
+        // (Trying each regex in turn grew with the number of regex routes.)
         if !self.regexes.is_empty() && self.regex_set.is_match(req.path) {
             let hit = self
-                .regexes
+                .regex_set
+                .matches(req.path)
                 .iter()
-                .find(|(i, re)| re.is_match(req.path) && self.constraints_hold(*i, req, host));
-            if let Some((i, _)) = hit {
-                return Some(*i);
+                .map(|k| self.regexes[k].0)
+                .find(|&i| self.constraints_hold(i, req, host));
+            if hit.is_some() {
+                return hit;
             }
         }
 
@@ -358,14 +409,49 @@ impl Router {
 
     fn first_satisfied(
         &self,
-        cands: &[usize],
+        cands: &Candidates,
         req: &RequestView<'_>,
         host: Option<&str>,
     ) -> Option<usize> {
-        cands
-            .iter()
-            .copied()
-            .find(|&i| self.constraints_hold(i, req, host))
+        let first = |list: &[usize]| {
+            list.iter()
+                .copied()
+                .find(|&i| self.constraints_hold(i, req, host))
+        };
+        let index = match cands {
+            Candidates::Few(list) => return first(list),
+            Candidates::Indexed(index) => index,
+        };
+        let mut best = first(&index.any_host);
+        let mut consider = |list: Option<&Vec<usize>>| {
+            if let Some(i) = list.and_then(|l| first(l))
+                && best.is_none_or(|b| self.rank[i] < self.rank[b])
+            {
+                best = Some(i);
+            }
+        };
+        let Some(host) = host else {
+            return best;
+        };
+        if host.len() > MAX_INDEXED_HOST {
+            // Rare enough to scan: every list, each in precedence order.
+            index.exact.values().for_each(|l| consider(Some(l)));
+            index.suffix.values().for_each(|l| consider(Some(l)));
+            return best;
+        }
+        let mut buf = [0u8; MAX_INDEXED_HOST];
+        let lower = &mut buf[..host.len()];
+        lower.copy_from_slice(host.as_bytes());
+        lower.make_ascii_lowercase();
+        // ASCII lowercasing keeps UTF-8 valid; the fallback is never taken.
+        let lower = std::str::from_utf8(lower).unwrap_or(host);
+        consider(index.exact.get(lower));
+        // `*.example.com` matches `a.example.com` and `a.b.example.com`: try
+        // the host's every suffix that starts at a dot after its first label.
+        for (dot, _) in lower.match_indices('.').filter(|(d, _)| *d > 0) {
+            consider(index.suffix.get(&lower[dot..]));
+        }
+        best
     }
 
     fn constraints_hold(&self, i: usize, req: &RequestView<'_>, host: Option<&str>) -> bool {
@@ -451,6 +537,45 @@ impl Router {
             PathSpec::Prefix(p) => (2, path.len().saturating_sub(p.len())),
         };
         (tier, specificity, usize::MAX - self.compiled[i].kinds, i)
+    }
+}
+
+impl Candidates {
+    /// `list` is in precedence order.
+    fn new(list: Vec<usize>, compiled: &[Compiled]) -> Candidates {
+        // A suffix pattern is looked up by the host's suffixes that start at
+        // a dot; any other shape (validation rejects them) keeps the scan.
+        let indexable = |p: &HostPattern| match p {
+            HostPattern::Exact(_) => true,
+            HostPattern::Suffix(s) => s.len() > 1 && s.starts_with('.'),
+        };
+        if list.len() < HOST_INDEX_MIN
+            || list.iter().all(|&i| compiled[i].hosts.is_empty())
+            || !list
+                .iter()
+                .all(|&i| compiled[i].hosts.iter().all(indexable))
+        {
+            return Candidates::Few(list);
+        }
+        let mut index = HostIndex::default();
+        for &i in &list {
+            let hosts = &compiled[i].hosts;
+            if hosts.is_empty() {
+                index.any_host.push(i);
+            }
+            for pattern in hosts {
+                let (map, key) = match pattern {
+                    HostPattern::Exact(h) => (&mut index.exact, h),
+                    HostPattern::Suffix(s) => (&mut index.suffix, s),
+                };
+                let entry = map.entry(key.as_str().into()).or_default();
+                // Two patterns of one route may share a key (`A.com`, `a.com`).
+                if entry.last() != Some(&i) {
+                    entry.push(i);
+                }
+            }
+        }
+        Candidates::Indexed(Box::new(index))
     }
 }
 
@@ -883,6 +1008,64 @@ mod tests {
                 (req("GET", Some("127.0.0.1:9000"), "/"), Some("v4")),
                 (req("GET", Some("127.0.0.2"), "/"), None),
                 (req("GET", None, "/"), None),
+            ],
+        );
+    }
+
+    #[test]
+    fn many_hosts_on_one_path_are_indexed_with_the_same_precedence() {
+        // Enough routes on `/` to build the host index, in every list: exact
+        // hosts, wildcards, host-less, and a route in two lists.
+        let mut routes = Vec::new();
+        for t in 0..20 {
+            let mut r = prefix(&format!("t{t}"), "/");
+            r.hosts = vec![format!("T{t}.Example.com")];
+            routes.push(r);
+        }
+        let mut wild = prefix("wild", "/");
+        wild.hosts = vec!["*.t3.example.com".into(), "t3.example.com".into()];
+        let mut wild_get = prefix("wild-get", "/");
+        wild_get.hosts = vec!["*.example.com".into()];
+        wild_get.methods = vec![Method::GET];
+        let mut t5_get = prefix("t5-get", "/");
+        t5_get.hosts = vec!["t5.example.com".into()];
+        t5_get.methods = vec![Method::GET];
+        routes.extend([wild, t5_get, wild_get, prefix("any", "/")]);
+        check(
+            routes,
+            &[
+                (req("POST", Some("t7.example.com:80"), "/x"), Some("t7")),
+                (req("POST", Some("T19.EXAMPLE.COM."), "/"), Some("t19")),
+                // File order among equals: t3 comes before wild.
+                (req("POST", Some("t3.example.com"), "/"), Some("t3")),
+                (req("POST", Some("a.b.t3.example.com"), "/"), Some("wild")),
+                // More constraint kinds beat file order, across lists.
+                (req("GET", Some("t5.example.com"), "/"), Some("t5-get")),
+                (req("GET", Some("t3.example.com"), "/"), Some("wild-get")),
+                (req("POST", Some("t5.example.com"), "/"), Some("t5")),
+                (req("POST", Some("example.com"), "/"), Some("any")),
+                (req("POST", Some("t99.example.com"), "/"), Some("any")),
+                (req("GET", Some("t99.example.com"), "/"), Some("wild-get")),
+                (req("GET", None, "/"), Some("any")),
+            ],
+        );
+    }
+
+    #[test]
+    fn regex_routes_keep_precedence_among_many() {
+        let mut routes: Vec<RouteSpec> = (0..50)
+            .map(|i| regex(&format!("re{i}"), &format!("/r{i}/[0-9]+")))
+            .collect();
+        let mut post = regex("any-post", "/r[0-9]+/[0-9]+");
+        post.methods = vec![Method::POST];
+        routes.push(post);
+        check(
+            routes,
+            &[
+                (req("GET", None, "/r49/7"), Some("re49")),
+                (req("POST", None, "/r49/7"), Some("any-post")),
+                (req("GET", None, "/r50/7"), None),
+                (req("GET", None, "/r49/x"), None),
             ],
         );
     }

@@ -94,7 +94,12 @@ pub fn compile(
             .map_err(|m| err(path, m))?;
         rate_limits.push(policy);
     }
-    let upstream_index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
+    let by_name: std::collections::HashMap<&str, usize> = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (&*u.name, i))
+        .collect();
+    let upstream_index = |name: &str| by_name.get(name).copied();
     // Relative file names (jwks_file) are relative to the config file, as in
     // `LoadedConfig::files`.
     let base_dir = std::path::Path::new(&loaded.source)

@@ -170,10 +170,15 @@ fn load_text(
     if let Err(e) = value.apply_merge() {
         problems.push(Problem::value("", clean(&e.to_string())));
     }
-    let index = PositionIndex::build(text);
+    // A second parse of the text, for line:column: needed only to report an
+    // error or to retype a substituted value, so most loads never build it
+    // (it was a seventh of a 10,000-route reload).
+    let index = std::cell::OnceCell::new();
+    let index = || index.get_or_init(|| PositionIndex::build(text));
 
     let before_env = problems.len();
-    substitute_env(&mut value, "", &index, env, &mut problems);
+    let plain = |path: &str| index().node(path).is_some_and(|n| n.plain_scalar);
+    substitute_env(&mut value, "", &plain, env, &mut problems);
     // A value whose variable is unset would also fail to deserialize; say it once.
     let env_failures: Vec<String> = problems[before_env..]
         .iter()
@@ -214,7 +219,7 @@ fn load_text(
                 base_dir: base_dir.map(Path::to_path_buf),
             })
         }
-        _ => Err(locate(problems, &index, source)),
+        _ => Err(locate(problems, index(), source)),
     }
 }
 
@@ -283,7 +288,7 @@ fn clean(message: &str) -> String {
 fn substitute_env(
     value: &mut Value,
     path: &str,
-    index: &PositionIndex,
+    plain: &dyn Fn(&str) -> bool,
     env: Env<'_>,
     problems: &mut Vec<Problem>,
 ) {
@@ -291,37 +296,49 @@ fn substitute_env(
         Value::String(s) if s.contains('$') => match env::substitute(s, env) {
             Ok(new) if new == *s => {}
             Ok(new) => {
-                let plain = index.node(path).is_some_and(|n| n.plain_scalar);
-                *value = if plain {
-                    retype(new)
-                } else {
-                    Value::String(new)
+                *value = match retyped(&new) {
+                    Some(typed) if plain(path) => typed,
+                    _ => Value::String(new),
                 };
             }
             Err(message) => problems.push(Problem::value(path, message)),
         },
         Value::Sequence(items) => {
-            for (i, v) in items.iter_mut().enumerate() {
-                substitute_env(v, &positions::item(path, i), index, env, problems);
+            for (i, v) in items
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, v)| may_substitute(v))
+            {
+                substitute_env(v, &positions::item(path, i), plain, env, problems);
             }
         }
         Value::Mapping(map) => {
-            for (k, v) in map.iter_mut() {
+            for (k, v) in map.iter_mut().filter(|(_, v)| may_substitute(v)) {
                 let key = k.as_str().unwrap_or("?");
-                substitute_env(v, &positions::child(path, key), index, env, problems);
+                substitute_env(v, &positions::child(path, key), plain, env, problems);
             }
         }
-        Value::Tagged(tagged) => substitute_env(&mut tagged.value, path, index, env, problems),
+        Value::Tagged(tagged) => substitute_env(&mut tagged.value, path, plain, env, problems),
         _ => {}
+    }
+}
+
+/// Whether `substitute_env` has anything to do in `v` (saves building the
+/// key path of every plain value).
+fn may_substitute(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('$'),
+        Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => true,
+        _ => false,
     }
 }
 
 /// Numbers and booleans regain their type; anything else stays the text it is
 /// (re-reading `a: b` or `#x` as YAML would change its meaning).
-fn retype(text: String) -> Value {
-    match serde_yaml::from_str::<Value>(&text) {
-        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
-        _ => Value::String(text),
+fn retyped(text: &str) -> Option<Value> {
+    match serde_yaml::from_str::<Value>(text) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_))) => Some(v),
+        _ => None,
     }
 }
 

@@ -922,8 +922,14 @@ impl Conn {
     }
 
     pub async fn get(&mut self, path: &str) -> Result<Resp, String> {
+        let authority = self.authority.clone();
+        self.get_host(path, &authority).await
+    }
+
+    /// `GET path` with this `Host` header, on the kept-alive connection.
+    pub async fn get_host(&mut self, path: &str, host: &str) -> Result<Resp, String> {
         let req = Request::get(path)
-            .header(http::header::HOST, self.authority.as_str())
+            .header(http::header::HOST, host)
             .body(empty())
             .expect("request");
         tokio::time::timeout(WAIT, async {
