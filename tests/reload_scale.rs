@@ -201,7 +201,7 @@ async fn ten_thousand_routes_reload_under_load_without_a_failed_request() {
 }
 
 /// Writes the 10,000-route config for a manual run (the memory figure in
-/// `docs/readme/config-scale.md`):
+/// the README, "Large configs"):
 /// `SCALE_CONFIG_OUT=/tmp/scale.yaml cargo test --test reload_scale -- --ignored`.
 /// Its upstream targets are `${UP1}` and `${UP2}`.
 #[test]
