@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -41,24 +40,6 @@ routes:
     s
 }
 
-fn replace(path: &Path, text: &str) {
-    let tmp = path.with_file_name(".tollgate.yaml.swp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn reloads(gw: &Gateway) -> (f64, f64) {
-    let m = gw.metrics().await;
-    let get = |r: &str| {
-        metric(
-            &m,
-            &format!(r#"tollgate_config_reloads_total{{result="{r}"}}"#),
-        )
-        .unwrap_or(0.0)
-    };
-    (get("success"), get("failure"))
-}
-
 /// Polls until `path` answers `body`; returns how long that took.
 async fn wait_served(gw: &Gateway, path: &str, body: &str) -> Duration {
     let start = Instant::now();
@@ -82,13 +63,13 @@ async fn rename_and_replace_is_seen() {
     std::fs::write(&path, version(0)).unwrap();
     let gw = Gateway::start_file(&path, &[("UP", up.host_port())], Some(DEBOUNCE)).await;
     assert_eq!(get(&gw.url("/v/0")).await.unwrap().text(), "v0");
-    replace(&path, &version(2));
+    replace_file(&path, &version(2));
     wait_served(&gw, "/v/2", "v2").await;
     assert_eq!(get(&gw.url("/v/0")).await.unwrap().status, 404);
     // An unrelated file in the same directory triggers nothing.
     std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
     tokio::time::sleep(DEBOUNCE * 5).await;
-    assert_eq!(reloads(&gw).await, (1.0, 0.0));
+    assert_eq!(gw.reload_counts().await, (1.0, 0.0));
     gw.shutdown().await;
 }
 
@@ -162,11 +143,11 @@ async fn a_hundred_rewrites_under_load_fail_nothing() {
 
     let mut slowest = Duration::ZERO;
     for i in 1..=100 {
-        let (s0, f0) = reloads(&gw).await;
-        replace(&path, &version(i));
+        let (s0, f0) = gw.reload_counts().await;
+        replace_file(&path, &version(i));
         let deadline = Instant::now() + WAIT;
         loop {
-            let (s, f) = reloads(&gw).await;
+            let (s, f) = gw.reload_counts().await;
             if s + f > s0 + f0 {
                 break;
             }
@@ -202,7 +183,7 @@ async fn a_hundred_rewrites_under_load_fail_nothing() {
     assert!(ok.load(Ordering::Relaxed) > 100, "the load was too light");
     // Once counted, a valid reload serves its route at once.
     assert!(slowest < Duration::from_millis(500), "{slowest:?}");
-    assert_eq!(reloads(&gw).await, (50.0, 50.0));
+    assert_eq!(gw.reload_counts().await, (50.0, 50.0));
     eprintln!(
         "{} requests, 0 failed, across 100 rewrites",
         ok.load(Ordering::Relaxed)

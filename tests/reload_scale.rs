@@ -59,24 +59,6 @@ fn picks() -> Vec<usize> {
     out
 }
 
-async fn reload_counts(gw: &Gateway) -> (f64, f64) {
-    let m = gw.metrics().await;
-    let get = |r: &str| {
-        metric(
-            &m,
-            &format!(r#"tollgate_config_reloads_total{{result="{r}"}}"#),
-        )
-        .unwrap_or(0.0)
-    };
-    (get("success"), get("failure"))
-}
-
-fn replace(path: &std::path::Path, text: &str) {
-    let tmp = path.with_file_name(".tollgate.yaml.swp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// Waits until the clients have completed `n` more requests than `from`.
 async fn wait_requests(ok: &AtomicUsize, from: usize, n: usize) {
     let deadline = Instant::now() + WAIT;
@@ -153,7 +135,7 @@ async fn ten_thousand_routes_reload_under_load_without_a_failed_request() {
     let mut versions = Vec::new();
     let mut slowest = Duration::ZERO;
     for r in 1..=RELOADS {
-        replace(&path, &texts[r % 2]);
+        replace_file(&path, &texts[r % 2]);
         let before = ok.load(Ordering::Relaxed);
         let t = Instant::now();
         let req = http::Request::post(gw.admin_url("/reload"))
@@ -189,7 +171,7 @@ async fn ten_thousand_routes_reload_under_load_without_a_failed_request() {
     }
     let failures = failures.lock().unwrap().clone();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert_eq!(reload_counts(&gw).await, (RELOADS as f64, 0.0));
+    assert_eq!(gw.reload_counts().await, (RELOADS as f64, 0.0));
     eprintln!(
         "{} requests over {RELOADS} reloads of {ROUTES} routes, 0 failed; slowest POST /reload {slowest:?}",
         ok.load(Ordering::Relaxed)

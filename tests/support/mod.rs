@@ -724,6 +724,19 @@ impl Gateway {
         r.text()
     }
 
+    /// `tollgate_config_reloads_total` as (successes, failures).
+    pub async fn reload_counts(&self) -> (f64, f64) {
+        let m = self.metrics().await;
+        let get = |r: &str| {
+            metric(
+                &m,
+                &format!(r#"tollgate_config_reloads_total{{result="{r}"}}"#),
+            )
+            .unwrap_or(0.0)
+        };
+        (get("success"), get("failure"))
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(app) = self.app.take() {
             tokio::time::timeout(Duration::from_secs(30), app.shutdown())
@@ -731,6 +744,14 @@ impl Gateway {
                 .expect("shutdown took too long");
         }
     }
+}
+
+/// Replaces a config file the way editors and deploy tools do: write a
+/// temporary file beside it, then rename it over the original.
+pub fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_file_name(".tollgate.yaml.swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The value of one sample line of the exposition, e.g.
