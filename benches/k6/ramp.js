@@ -8,7 +8,7 @@
 //   BASE_URL=http://127.0.0.1:8080 START_RATE=1000 PEAK_RATE=20000 STEPS=10 STEP=20s k6 run benches/k6/ramp.js
 //
 // Environment (not K6_* names):
-//   BASE_URL, URL_PATH, TOKEN, HOST   as in smoke.js
+//   BASE_URL, URL_PATH, TOKEN, HOST   see lib/target.js
 //   START_RATE / PEAK_RATE   first and last step, req/s; default 500 / 10000
 //   STEPS                    number of steps, default 8
 //   STEP                     how long each step holds its rate, default 15s
@@ -18,12 +18,8 @@
 import http from 'k6/http';
 import exec from 'k6/execution';
 import { check } from 'k6';
+import { env, url, headers } from './lib/target.js';
 
-const env = (name, dflt) => (__ENV[name] !== undefined && __ENV[name] !== '' ? __ENV[name] : dflt);
-const url = env('BASE_URL', 'http://127.0.0.1:8080').replace(/\/$/, '') + env('URL_PATH', '/');
-const headers = {};
-if (env('TOKEN', '')) headers.Authorization = `Bearer ${env('TOKEN', '')}`;
-if (env('HOST', '')) headers.Host = env('HOST', '');
 
 const start = Number(env('START_RATE', 500));
 const peak = Number(env('PEAK_RATE', 10000));

@@ -16,7 +16,7 @@
 //   benches/k6/reload-under-load.sh path/to/tollgate.yaml
 //
 // Environment (not K6_* names):
-//   BASE_URL, URL_PATH, TOKEN, HOST   as in smoke.js
+//   BASE_URL, URL_PATH, TOKEN, HOST   see lib/target.js
 //   RATE           load, req/s, default 500
 //   DURATION       default 30s
 //   ADMIN_URL      e.g. http://127.0.0.1:9901; unset: no reload scenario, no metrics check
@@ -26,32 +26,19 @@
 //   VUS / MAX_VUS  for the load scenario, default 50 / 1000
 import http from 'k6/http';
 import { check } from 'k6';
+import { env, base, url, headers, constantRate } from './lib/target.js';
 import { Counter } from 'k6/metrics';
 
-const env = (name, dflt) => (__ENV[name] !== undefined && __ENV[name] !== '' ? __ENV[name] : dflt);
-const base = env('BASE_URL', 'http://127.0.0.1:8080').replace(/\/$/, '');
-const url = base + env('URL_PATH', '/');
 const admin = env('ADMIN_URL', '').replace(/\/$/, '');
 const marker = env('MARKER_PATH', '');
 const duration = env('DURATION', '30s');
-const headers = {};
-if (env('TOKEN', '')) headers.Authorization = `Bearer ${env('TOKEN', '')}`;
-if (env('HOST', '')) headers.Host = env('HOST', '');
 
 const routeSetChanges = new Counter('route_set_changes');
 const reloadsSucceeded = new Counter('config_reloads_succeeded');
 const reloadsFailed = new Counter('config_reloads_failed');
 
 const scenarios = {
-  load: {
-    executor: 'constant-arrival-rate',
-    exec: 'load',
-    rate: Number(env('RATE', 500)),
-    timeUnit: '1s',
-    duration,
-    preAllocatedVUs: Number(env('VUS', 50)),
-    maxVUs: Number(env('MAX_VUS', 1000)),
-  },
+  load: constantRate(500, '30s', 50, 1000, { exec: 'load' }),
 };
 const thresholds = {
   'http_req_failed{scenario:load}': ['rate==0'],

@@ -16,24 +16,13 @@
 //   HOST            Host header when set
 import http from 'k6/http';
 import { check } from 'k6';
+import { env, url, headers, constantRate } from './lib/target.js';
 
-const env = (name, dflt) => (__ENV[name] !== undefined && __ENV[name] !== '' ? __ENV[name] : dflt);
-const url = env('BASE_URL', 'http://127.0.0.1:8080').replace(/\/$/, '') + env('URL_PATH', '/');
-const headers = {};
-if (env('TOKEN', '')) headers.Authorization = `Bearer ${env('TOKEN', '')}`;
-if (env('HOST', '')) headers.Host = env('HOST', '');
 
 export const options = {
   discardResponseBodies: true,
   scenarios: {
-    smoke: {
-      executor: 'constant-arrival-rate',
-      rate: Number(env('RATE', 200)),
-      timeUnit: '1s',
-      duration: env('DURATION', '30s'),
-      preAllocatedVUs: Number(env('VUS', 50)),
-      maxVUs: Number(env('MAX_VUS', 1000)),
-    },
+    smoke: constantRate(200, '30s', 50, 1000),
   },
   thresholds: {
     http_req_duration: [`p(99)<${env('P99_MS', 50)}`],

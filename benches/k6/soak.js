@@ -13,24 +13,13 @@
 //   MAX_ERROR_RATE    default 0.0001
 import http from 'k6/http';
 import { check } from 'k6';
+import { env, url, headers, constantRate } from './lib/target.js';
 
-const env = (name, dflt) => (__ENV[name] !== undefined && __ENV[name] !== '' ? __ENV[name] : dflt);
-const url = env('BASE_URL', 'http://127.0.0.1:8080').replace(/\/$/, '') + env('URL_PATH', '/');
-const headers = {};
-if (env('TOKEN', '')) headers.Authorization = `Bearer ${env('TOKEN', '')}`;
-if (env('HOST', '')) headers.Host = env('HOST', '');
 
 export const options = {
   discardResponseBodies: true,
   scenarios: {
-    soak: {
-      executor: 'constant-arrival-rate',
-      rate: Number(env('RATE', 300)),
-      timeUnit: '1s',
-      duration: env('DURATION', '30m'),
-      preAllocatedVUs: Number(env('VUS', 50)),
-      maxVUs: Number(env('MAX_VUS', 2000)),
-    },
+    soak: constantRate(300, '30m', 50, 2000),
   },
   thresholds: {
     http_req_duration: [`p(95)<${env('P95_MS', 25)}`, `p(99)<${env('P99_MS', 100)}`],
