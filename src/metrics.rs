@@ -31,6 +31,7 @@ pub struct Metrics {
     retries_total: IntCounterVec,
     pub in_flight: IntGauge,
     active_connections: IntGaugeVec,
+    parked_connections: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
     config_info: IntGaugeVec,
     pub config_reloads_success: IntCounter,
@@ -239,6 +240,15 @@ impl Metrics {
             ),
             &["listener"],
         )?;
+        // An addition to SPEC §7: the idle keep-alive connections that gave
+        // their buffers back (NGINX's stub_status calls them "Waiting").
+        let parked_connections = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_parked_connections",
+                "Idle HTTP/1.1 client connections parked with their buffers released, by listener.",
+            ),
+            &["listener"],
+        )?;
         let tls_handshake_failures = IntCounterVec::new(
             Opts::new(
                 "tollgate_tls_handshake_failures_total",
@@ -278,6 +288,7 @@ impl Metrics {
         registry.register(Box::new(retries_total.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(active_connections.clone()))?;
+        registry.register(Box::new(parked_connections.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(config_info.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -355,6 +366,7 @@ impl Metrics {
             retries_total,
             in_flight,
             active_connections,
+            parked_connections,
             tls_handshake_failures,
             config_info,
             config_reloads_success: reloads.with_label_values(&["success"]),
@@ -456,6 +468,10 @@ impl Metrics {
 
     pub fn listener_connections(&self, listener: &str) -> IntGauge {
         self.active_connections.with_label_values(&[listener])
+    }
+
+    pub fn parked_connections(&self, listener: &str) -> IntGauge {
+        self.parked_connections.with_label_values(&[listener])
     }
 
     pub fn tls_handshake_failures(&self, listener: &str) -> IntCounter {

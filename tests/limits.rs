@@ -305,6 +305,140 @@ async fn idle_keep_alive_closes_after_idle_timeout_not_header_timeout() {
     gw.shutdown().await;
 }
 
+// ---- parked keep-alive connections ----
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
+    let (up, gw) = setup("idle_timeout: 30s").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for round in 0..3 {
+        let path = format!("/round-{round}");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let reply = read_one_response(&mut s).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.contains(&path), "{reply}");
+        // Parked after a second of idling; the next request wakes it.
+        gw.wait_parked(1).await;
+    }
+    // A request body sent to a parked connection arrives whole.
+    let body = "x".repeat(100_000);
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let reply = read_one_response(&mut s).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    gw.wait_parked(1).await;
+    assert_eq!(up.hits(), 4);
+    assert_eq!(up.body_bytes(), 100_000);
+
+    // Closed by the client while parked: the gateway lets it go.
+    drop(s);
+    gw.wait_parked(0).await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, r#"tollgate_active_connections{listener="http"}"#),
+        Some(0.0),
+        "{m}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_still_closes_at_idle_timeout() {
+    let (_up, gw) = setup("header_read_timeout: 300ms, idle_timeout: 2s").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_one_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let answered = Instant::now();
+    gw.wait_parked(1).await;
+    let reply = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(reply.closed, "the parked connection was never closed");
+    let idled = answered.elapsed();
+    assert!(
+        idled >= Duration::from_millis(1900) && idled < Duration::from_millis(3500),
+        "closed {idled:?} after the last response, idle_timeout is 2s"
+    );
+    assert!(reply.bytes.is_empty(), "{}", reply.text());
+    gw.wait_parked(0).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_head_on_a_parked_connection_is_cut_after_header_read_timeout() {
+    let (_up, gw) = setup("header_read_timeout: 500ms, idle_timeout: 30s").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_one_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    gw.wait_parked(1).await;
+    let started = Instant::now();
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let reply = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(reply.closed, "the slow head was never cut");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "cut after {took:?}, header_read_timeout is 500ms"
+    );
+    assert!(!reply.text().contains("200 OK"), "{}", reply.text());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pipelined_partial_head_survives_the_idle_time() {
+    // The start of a second request arrives with the first; the rest comes
+    // after more than the park time. Nothing of it may be lost.
+    let (_up, gw) = setup("header_read_timeout: 10s, idle_timeout: 30s").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nho")
+        .await
+        .unwrap();
+    let first = read_one_response(&mut s).await;
+    assert!(first.contains("/first"), "{first}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    s.write_all(b"st: x\r\n\r\n").await.unwrap();
+    let second = read_one_response(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.contains("/second"), "{second}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_connections_at_once() {
+    let (_up, gw) = setup("idle_timeout: 60s").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_one_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    gw.wait_parked(1).await;
+    let started = Instant::now();
+    gw.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown waited {:?} for a parked connection",
+        started.elapsed()
+    );
+    let reply = read_until_close(&mut s, Duration::from_secs(2)).await;
+    assert!(reply.closed, "the parked connection was left open");
+}
+
 #[tokio::test]
 async fn max_connections_holds_extra_connections_back() {
     let (_up, gw) = setup("max_connections: 2, header_read_timeout: 5s, idle_timeout: 5s").await;

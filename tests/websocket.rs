@@ -293,6 +293,36 @@ async fn text_binary_ping_and_close_codes_pass_both_ways() {
 }
 
 #[tokio::test]
+async fn a_parked_keep_alive_connection_can_still_upgrade() {
+    let up = WsUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    // A first request on the connection (answered by the gateway: no route),
+    // then a second of idling parks it; the upgrade comes after.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = support::read_one_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+    gw.wait_parked(1).await;
+
+    let req = format!("ws://{}/chat/after-park", gw.addr)
+        .into_client_request()
+        .unwrap();
+    let (mut ws, resp) = tokio::time::timeout(WAIT, client_async(req, stream))
+        .await
+        .expect("handshake timed out")
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    gw.wait_parked(0).await;
+    round_trip(&mut ws, Message::text("still here")).await;
+    round_trip(&mut ws, Message::binary(vec![7u8; 70_000])).await;
+    ws.close(None).await.unwrap();
+    closed_within(&mut ws, WAIT).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_upstream_closing_with_a_code_reaches_the_client() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "").await;

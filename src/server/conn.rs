@@ -1,7 +1,8 @@
 //! Per-connection state shared between the connection task, its I/O and the
 //! requests it carries: how many requests are in flight, since when it idles,
 //! and when the first byte of a pending request head arrived. The connection
-//! task reads it to enforce `idle_timeout` and `header_read_timeout`.
+//! task reads it to enforce `idle_timeout` and `header_read_timeout`, and to
+//! decide when an idle HTTP/1.1 connection parks (see `server::serve_h1`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use http::{HeaderValue, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -47,10 +49,18 @@ pub struct ConnInfo {
     tunnels: TaskTracker,
     /// Cancelled when the connection must end now (shutdown grace over).
     cut: CancellationToken,
+    /// The last write (or flush) of the connection's stream did not complete:
+    /// the client is not reading, and bytes may wait in hyper's buffer.
+    write_blocked: AtomicBool,
+    /// The connection task is taking the stream back from hyper to park it:
+    /// shutting the stream down is skipped (see `WatchedIo::poll_shutdown`).
+    parking: AtomicBool,
 }
 
 pub enum Verdict {
     Keep,
+    /// Idle for `park_after`, nothing pending: give the buffers back.
+    Park,
     Idle,
     SlowHead,
 }
@@ -71,7 +81,28 @@ impl ConnInfo {
             ambiguous_length: AtomicBool::new(false),
             tunnels: TaskTracker::new(),
             cut: CancellationToken::new(),
+            write_blocked: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         }
+    }
+
+    /// While set, closing the stream is left to the connection task.
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    /// A parked connection woke up: the client sent bytes, which are the start
+    /// of a request head (timed like a new connection's).
+    pub fn resumed(&self) {
+        self.head_started
+            .store(self.now_ms() + 1, Ordering::Relaxed);
+    }
+
+    /// When the connection, idle since its last request, must close.
+    pub fn idle_deadline(&self, idle: Duration) -> Instant {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        self.epoch
+            + Duration::from_millis(self.idle_since.load(Ordering::Relaxed).saturating_add(ms))
     }
 
     /// Marks the connection as TLS, with the verified client subject if any.
@@ -144,33 +175,51 @@ impl ConnInfo {
         }
     }
 
-    /// When the connection task should look again.
-    pub fn next_check(&self, idle: Duration, header: Duration) -> Instant {
+    /// When the connection task should look again. With `park` (an HTTP/1.1
+    /// connection that may park), also when it will have idled that long, and
+    /// otherwise at least that often: the end of a request does not wake the
+    /// connection task.
+    pub fn next_check(&self, idle: Duration, header: Duration, park: Option<Duration>) -> Instant {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let at = if self.active.load(Ordering::Relaxed) > 0 {
-            self.now_ms().saturating_add(ms(idle))
-        } else {
-            match self.head_started.load(Ordering::Relaxed) {
-                0 => self
-                    .idle_since
-                    .load(Ordering::Relaxed)
-                    .saturating_add(ms(idle)),
-                started => (started - 1).saturating_add(ms(header)),
-            }
+        let now = self.now_ms();
+        let since = self.idle_since.load(Ordering::Relaxed);
+        let idling = self.active.load(Ordering::Relaxed) == 0;
+        let head = self.head_started.load(Ordering::Relaxed);
+        let mut at = match (idling, head) {
+            (false, _) => now.saturating_add(ms(idle)),
+            (true, 0) => since.saturating_add(ms(idle)),
+            (true, started) => (started - 1).saturating_add(ms(header)),
         };
+        if let Some(park) = park.map(ms) {
+            let park_at = since.saturating_add(park);
+            let soon = if idling && head == 0 && park_at > now {
+                park_at
+            } else {
+                now.saturating_add(park)
+            };
+            at = at.min(soon);
+        }
         self.epoch + Duration::from_millis(at)
     }
 
-    pub fn verdict(&self, idle: Duration, header: Duration) -> Verdict {
+    pub fn verdict(&self, idle: Duration, header: Duration, park: Option<Duration>) -> Verdict {
         if self.active.load(Ordering::Relaxed) > 0 {
             return Verdict::Keep;
         }
         let now = Duration::from_millis(self.now_ms());
         match self.head_started.load(Ordering::Relaxed) {
-            0 if now >= Duration::from_millis(self.idle_since.load(Ordering::Relaxed)) + idle => {
-                Verdict::Idle
+            0 => {
+                let since = Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
+                if now >= since + idle {
+                    Verdict::Idle
+                } else if park.is_some_and(|p| now >= since + p)
+                    && !self.write_blocked.load(Ordering::Relaxed)
+                {
+                    Verdict::Park
+                } else {
+                    Verdict::Keep
+                }
             }
-            0 => Verdict::Keep,
             started if now >= Duration::from_millis(started - 1) + header => Verdict::SlowHead,
             _ => Verdict::Keep,
         }
@@ -196,15 +245,38 @@ fn has_both_lengths(bytes: &[u8]) -> bool {
 }
 
 /// The client stream (TCP, or TLS over it: the decrypted bytes), reporting
-/// reads to the connection's `ConnInfo`.
+/// reads and blocked writes to the connection's `ConnInfo`. `rewound` holds
+/// bytes hyper had read but not parsed when it gave the stream back; they are
+/// read again first.
 pub struct WatchedIo<S> {
     inner: S,
     info: Arc<ConnInfo>,
+    rewound: Bytes,
 }
 
 impl<S> WatchedIo<S> {
     pub fn new(inner: S, info: Arc<ConnInfo>) -> Self {
-        WatchedIo { inner, info }
+        WatchedIo {
+            inner,
+            info,
+            rewound: Bytes::new(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Puts bytes back in front of the stream.
+    pub fn rewind(&mut self, bytes: Bytes) {
+        debug_assert!(self.rewound.is_empty());
+        self.rewound = bytes;
+    }
+
+    fn note_write<T>(&self, polled: &Poll<io::Result<T>>) {
+        self.info
+            .write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
     }
 }
 
@@ -215,6 +287,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.rewound.is_empty() {
+            let n = this.rewound.len().min(buf.remaining());
+            buf.put_slice(&this.rewound[..n]);
+            this.rewound.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -230,7 +308,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.note_write(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -238,7 +319,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.note_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -246,11 +330,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.note_write(&polled);
+        polled
     }
 
+    /// hyper shuts the stream down when it ends the connection; when the
+    /// connection task ended it to park, the stream stays open.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.info.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,8 +1,9 @@
 //! Client-facing listeners: accepting connections within `max_connections`,
 //! the TLS handshake on TLS listeners (inside each connection's task, under
-//! `header_read_timeout`), serving HTTP/1.1 and HTTP/2 on each (hyper-util's auto
-//! builder), and closing connections that idle too long or send their request
-//! head too slowly.
+//! `header_read_timeout`), serving HTTP/1.1 and HTTP/2 on each (ALPN on TLS,
+//! the first bytes on plain TCP), parking idle HTTP/1.1 connections without
+//! their buffers, and closing connections that idle too long or send their
+//! request head too slowly.
 
 mod conn;
 pub mod tls;
@@ -10,14 +11,18 @@ pub mod tls;
 pub use conn::ConnInfo;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use std::pin::Pin;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -25,38 +30,45 @@ use tokio_util::task::TaskTracker;
 
 use crate::Shared;
 use crate::config::schema::Limits;
+use crate::proxy::body::ResponseBody;
 use conn::{Verdict, WatchedIo};
 use tls::TlsListener;
 
+/// How long an HTTP/1.1 keep-alive connection idles before it parks: hyper's
+/// connection state and buffers (about 20 KiB) are dropped and only the
+/// socket is watched, until the client sends its next request (or the idle
+/// timeout closes it). A second is far beyond the gap between the requests of
+/// a busy client, so parking costs nothing under load.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// Per-listener connection settings, fixed when the listener starts.
 pub struct ConnSettings {
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     header_timeout: Duration,
 }
 
 impl ConnSettings {
     pub fn new(limits: &Limits) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
         let max_head = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
+        let mut h1 = http1::Builder::new();
         // hyper's own header-size limit is a backstop at twice ours, so that the
         // usual oversized head reaches the proxy and gets the JSON 431; its header
         // timer is off because it also runs while a keep-alive connection idles
         // (the watchdog in `conn` times heads from their first byte instead).
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        h1.timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(max_head.saturating_mul(2).max(16 * 1024));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             // RFC 8441: WebSocket over HTTP/2 (extended CONNECT, `:protocol`).
             .enable_connect_protocol();
         ConnSettings {
-            builder,
+            h1,
+            h2,
             idle_timeout: limits.idle_timeout.get(),
             header_timeout: limits.header_read_timeout.get(),
         }
@@ -84,6 +96,7 @@ pub async fn accept_loop(
     tls: Option<Arc<TlsListener>>,
 ) {
     let gauge = shared.metrics.listener_connections(&name);
+    let parked = shared.metrics.parked_connections(&name);
     let handshake_failures = shared.metrics.tls_handshake_failures(&name);
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
@@ -108,14 +121,14 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gauge = gauge.clone();
+        let (gauge, parked) = (gauge.clone(), parked.clone());
         let info = ConnInfo::new(peer, name.clone());
         let (shared, settings, life2) = (shared.clone(), settings.clone(), life.clone());
         match &tls {
             None => {
                 life.tracker.spawn(async move {
                     gauge.inc();
-                    serve_connection(stream, info, shared, settings, life2).await;
+                    serve_connection(stream, info, shared, settings, life2, parked).await;
                     gauge.dec();
                     drop(permit);
                 });
@@ -128,7 +141,7 @@ pub async fn accept_loop(
                     if let Some((stream, info)) =
                         handshake(acceptor, stream, info, &settings, &life2).await
                     {
-                        serve_connection(stream, info, shared, settings, life2).await;
+                        serve_connection(stream, info, shared, settings, life2, parked).await;
                     } else {
                         failures.inc();
                     }
@@ -176,55 +189,265 @@ async fn handshake(
     }
 }
 
-async fn serve_connection<S>(
+/// A client stream the connection task can serve: plain TCP or TLS over it.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket underneath (peeked at, and watched while parked).
+    fn tcp(&self) -> &TcpStream;
+    /// For TLS, whether ALPN chose h2; `None` for plain TCP, where the first
+    /// bytes tell (h2c with prior knowledge starts with the HTTP/2 preface).
+    /// A TLS client that offered no ALPN gets HTTP/1.1, as from NGINX.
+    fn alpn_h2(&self) -> Option<bool>;
+}
+
+impl ClientStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+    fn alpn_h2(&self) -> Option<bool> {
+        None
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+    fn alpn_h2(&self) -> Option<bool> {
+        Some(self.get_ref().1.alpn_protocol() == Some(b"h2"))
+    }
+}
+
+/// The connection preface an HTTP/2 client with prior knowledge starts with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain TCP client speaks HTTP/2 (prior knowledge). The first bytes
+/// are peeked at, not read, so hyper still gets the whole first read. `None`
+/// when the client closed, or sent nothing within the header timeout.
+async fn sniff_h2(tcp: &TcpStream, header_timeout: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // The start of the preface so far: a peek would see the same bytes at
+        // once, so give the rest a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn serve_connection<S: ClientStream>(
     stream: S,
     info: ConnInfo,
     shared: Arc<Shared>,
     settings: Arc<ConnSettings>,
     life: Lifecycle,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer: SocketAddr = info.peer;
+    parked: IntGauge,
+) {
+    let h2 = match stream.alpn_h2() {
+        Some(h2) => h2,
+        None => {
+            let sniffed = tokio::select! {
+                s = sniff_h2(stream.tcp(), settings.header_timeout) => s,
+                _ = life.stop.cancelled() => None,
+            };
+            match sniffed {
+                Some(h2) => h2,
+                None => {
+                    tracing::debug!(peer = %info.peer, "client sent no request");
+                    return;
+                }
+            }
+        }
+    };
     let info = Arc::new(info);
-    let io = TokioIo::new(WatchedIo::new(stream, info.clone()));
+    let io = WatchedIo::new(stream, info.clone());
     let svc_info = info.clone();
     let svc = service_fn(move |req| {
         let conn = svc_info.clone();
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(crate::proxy::handle(req, conn, shared).await) }
     });
-    let conn = settings.builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    let mut closing = false;
+    if h2 {
+        let conn = settings.h2.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        watch(
+            conn,
+            |c| c.graceful_shutdown(),
+            &info,
+            &settings,
+            &life,
+            false,
+        )
+        .await;
+    } else {
+        serve_h1(io, svc, &info, &settings, &life, &parked).await;
+    }
+    info.finish_tunnels(&life.abort).await;
+}
+
+/// Serves HTTP/1.1 on one connection. Between requests hyper keeps the
+/// connection's read and write buffers; once the connection has idled for
+/// `PARK_AFTER`, hyper's connection is ended without closing the stream, and
+/// the stream waits alone (a few hundred bytes) until the client sends again,
+/// when a fresh hyper connection takes over. NGINX frees a keep-alive
+/// connection's buffers the same way: it is what keeps thousands of idle
+/// clients cheap.
+async fn serve_h1<S, Svc>(
+    mut io: WatchedIo<S>,
+    mut svc: Svc,
+    info: &ConnInfo,
+    settings: &ConnSettings,
+    life: &Lifecycle,
+    parked: &IntGauge,
+) where
+    S: ClientStream,
+    Svc: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
+        + Send
+        + Unpin
+        + 'static,
+    Svc::Future: Send + 'static,
+{
     loop {
-        let deadline = info.next_check(settings.idle_timeout, settings.header_timeout);
+        // Boxed: the connection exists only while it has work, so a parked
+        // connection's task keeps no room for it.
+        let mut conn = Box::new(
+            settings
+                .h1
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        );
+        let ended = watch(
+            Pin::new(&mut *conn),
+            |c| c.graceful_shutdown(),
+            info,
+            settings,
+            life,
+            true,
+        )
+        .await;
+        if ended != Ended::Park {
+            return;
+        }
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
+        info.set_parking(false);
+        io = parts.io.into_inner();
+        svc = parts.service;
+        if !parts.read_buf.is_empty() {
+            // The start of a pipelined request was waiting: serve on.
+            io.rewind(parts.read_buf);
+            continue;
+        }
+        drop(parts.read_buf);
+        parked.inc();
+        let woke = park(&io, info, settings, life).await;
+        parked.dec();
+        if woke {
+            info.resumed();
+        } else {
+            // Idle timeout or shutdown: a FIN (and a TLS close_notify), not
+            // waited on for long if the client stopped reading.
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+            return;
+        }
+    }
+}
+
+/// Waits while a connection is parked: `true` when the client sent something
+/// (or closed its end), `false` when the connection must close instead.
+async fn park<S: ClientStream>(
+    io: &WatchedIo<S>,
+    info: &ConnInfo,
+    settings: &ConnSettings,
+    life: &Lifecycle,
+) -> bool {
+    let idle_deadline = info.idle_deadline(settings.idle_timeout);
+    tokio::select! {
+        r = io.get_ref().tcp().readable() => r.is_ok(),
+        _ = tokio::time::sleep_until(idle_deadline.into()) => false,
+        _ = life.stop.cancelled() => false,
+        _ = life.abort.cancelled() => false,
+    }
+}
+
+/// How `watch` let a connection go.
+#[derive(PartialEq, Eq)]
+enum Ended {
+    /// The protocol finished: the client closed, the connection idled out or
+    /// drained for shutdown, or it failed.
+    Done,
+    /// Cut short (slow head, shutdown grace over): dropped as it is.
+    Cut,
+    /// Finished for parking, with the stream left open.
+    Park,
+}
+
+/// Drives a client connection and enforces the idle and header timeouts and
+/// shutdown on it; with `can_park`, finishes it for parking once it idles.
+async fn watch<C>(
+    mut conn: Pin<&mut C>,
+    graceful: fn(Pin<&mut C>),
+    info: &ConnInfo,
+    settings: &ConnSettings,
+    life: &Lifecycle,
+    can_park: bool,
+) -> Ended
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let park_after = can_park.then_some(PARK_AFTER);
+    // Set once a graceful end was asked for: parking or closing.
+    let mut ending = None;
+    loop {
+        let park = park_after.filter(|_| ending.is_none());
+        let deadline = info.next_check(settings.idle_timeout, settings.header_timeout, park);
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+                    tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+                    return Ended::Done;
                 }
-                break;
+                return ending.unwrap_or(Ended::Done);
             }
-            _ = tokio::time::sleep_until(deadline.into()), if !closing => {
-                match info.verdict(settings.idle_timeout, settings.header_timeout) {
+            _ = tokio::time::sleep_until(deadline.into()), if ending.is_none() => {
+                match info.verdict(settings.idle_timeout, settings.header_timeout, park) {
                     Verdict::Keep => {}
+                    Verdict::Park => {
+                        // hyper ends an idle connection at once; the stream
+                        // itself stays open (`WatchedIo::poll_shutdown`).
+                        info.set_parking(true);
+                        graceful(conn.as_mut());
+                        ending = Some(Ended::Park);
+                    }
                     Verdict::Idle => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+                        graceful(conn.as_mut());
+                        ending = Some(Ended::Done);
                     }
                     Verdict::SlowHead => {
-                        tracing::info!(peer = %peer, "closing a connection whose request head was too slow");
-                        break;
+                        tracing::info!(peer = %info.peer, "closing a connection whose request head was too slow");
+                        return Ended::Cut;
                     }
                 }
             }
-            _ = life.stop.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            _ = life.stop.cancelled(), if ending != Some(Ended::Done) => {
+                // A connection on its way to parking closes instead.
+                info.set_parking(false);
+                graceful(conn.as_mut());
+                ending = Some(Ended::Done);
             }
-            _ = life.abort.cancelled() => break,
+            _ = life.abort.cancelled() => return Ended::Cut,
         }
     }
-    info.finish_tunnels(&life.abort).await;
 }

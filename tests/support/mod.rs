@@ -724,6 +724,24 @@ impl Gateway {
         r.text()
     }
 
+    /// Waits until `n` client connections of the `http` listener are parked
+    /// (`tollgate_parked_connections`); they park after a second of idling.
+    pub async fn wait_parked(&self, n: u32) {
+        let series = r#"tollgate_parked_connections{listener="http"}"#;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = metric(&self.metrics().await, series).unwrap_or(0.0);
+            if now == f64::from(n) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} parked connections expected, {now} after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `tollgate_config_reloads_total` as (successes, failures).
     pub async fn reload_counts(&self) -> (f64, f64) {
         let m = self.metrics().await;
