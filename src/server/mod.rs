@@ -279,10 +279,11 @@ async fn serve_connection<S: ClientStream>(
         async move { Ok::<_, Infallible>(crate::proxy::handle(req, conn, shared).await) }
     });
     if h2 {
-        let conn = settings.h2.serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(conn);
+        // Boxed, as the HTTP/1.1 connection is: every connection's task keeps
+        // room for the largest state it can be in.
+        let mut conn = Box::pin(settings.h2.serve_connection(TokioIo::new(io), svc));
         watch(
-            conn,
+            conn.as_mut(),
             |c| c.graceful_shutdown(),
             &info,
             &settings,
