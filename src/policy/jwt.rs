@@ -11,6 +11,7 @@
 //! tokens so the RSA/ECDSA math is not redone on every request.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +22,7 @@ use http::{HeaderName, HeaderValue, header};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::jwks::JwksSource;
 use crate::config::schema;
@@ -450,13 +452,13 @@ impl JwtPolicy {
         if token.len() > MAX_TOKEN_BYTES || token.bytes().filter(|b| *b == b'.').count() != 2 {
             return invalid;
         }
-        let digest = self.cache.as_ref().map(|_| sha256(token.as_bytes()));
+        let cache_key = self.cache.as_ref().map(|_| TokenCache::key(token));
         let set = match &self.keys {
             Keys::Static(set) => set.clone(),
             Keys::Remote(source) => source.current().ok_or(JwtError::Unavailable)?,
         };
-        if let (Some(cache), Some(d)) = (&self.cache, &digest)
-            && let Some(hit) = cache.get(d, set.generation)
+        if let (Some(cache), Some(k)) = (&self.cache, cache_key)
+            && let Some(hit) = cache.get(k, token, set.generation)
         {
             return Ok(hit);
         }
@@ -491,10 +493,10 @@ impl JwtPolicy {
                         subject: claims.get("sub").and_then(Value::as_str).map(Arc::from),
                         claims,
                     };
-                    if let (Some(cache), Some(d)) = (&self.cache, digest)
+                    if let (Some(cache), Some(k)) = (&self.cache, cache_key)
                         && let Some(exp) = verified.claims.get("exp").and_then(Value::as_u64)
                     {
-                        cache.put(d, set.generation, exp, &verified);
+                        cache.put(k, token, set.generation, exp, &verified);
                     }
                     return Ok(verified);
                 }
@@ -593,53 +595,85 @@ fn unix_now() -> u64 {
 }
 
 struct CacheEntry {
+    /// The token itself: a hit must be this very token, not just its hash.
+    token: Box<str>,
     verified: Verified,
     exp: u64,
     generation: u64,
 }
 
-/// Verified tokens by SHA-256 of the token text, sharded so concurrent requests
-/// rarely share a lock. An entry is used only while `now < exp` and while the
-/// key set that verified it is still the current one.
+/// Verified tokens by a 64-bit hash of the token text, sharded so concurrent
+/// requests rarely share a lock. An entry is used only for the same token
+/// (compared in full, so a hash collision is just a miss), while `now < exp`,
+/// and while the key set that verified it is still the current one. Keeping
+/// the token costs its length per entry, but saves a SHA-256 of it on every
+/// request (Envoy's JWT cache also keys on the token).
 struct TokenCache {
-    shards: Vec<Mutex<HashMap<[u8; 32], CacheEntry>>>,
+    shards: Vec<Mutex<CacheShard>>,
     per_shard: usize,
+}
+
+type CacheShard = HashMap<u64, CacheEntry, BuildHasherDefault<KeyHasher>>;
+
+/// The map key is already a hash: the table uses it as it is.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in anyway.
+        self.0 = xxh3_64(bytes) ^ self.0;
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl TokenCache {
     fn new(capacity: usize) -> TokenCache {
         TokenCache {
             shards: (0..CACHE_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             per_shard: capacity.div_ceil(CACHE_SHARDS).max(1),
         }
     }
 
-    fn shard(&self, digest: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], CacheEntry>> {
-        &self.shards[usize::from(digest[0]) % self.shards.len()]
+    fn key(token: &str) -> u64 {
+        xxh3_64(token.as_bytes())
     }
 
-    fn get(&self, digest: &[u8; 32], generation: u64) -> Option<Verified> {
+    fn shard(&self, key: u64) -> &Mutex<CacheShard> {
+        // The top bits pick the shard; the table inside uses the low ones.
+        &self.shards[usize::try_from(key >> 56).unwrap_or(0) % self.shards.len()]
+    }
+
+    fn get(&self, key: u64, token: &str, generation: u64) -> Option<Verified> {
         let mut shard = self
-            .shard(digest)
+            .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let entry = shard.get(digest)?;
+        let entry = shard.get(&key)?;
+        if *entry.token != *token {
+            return None;
+        }
         if entry.generation == generation && unix_now() < entry.exp {
             return Some(entry.verified.clone());
         }
-        shard.remove(digest);
+        shard.remove(&key);
         None
     }
 
-    fn put(&self, digest: [u8; 32], generation: u64, exp: u64, verified: &Verified) {
+    fn put(&self, key: u64, token: &str, generation: u64, exp: u64, verified: &Verified) {
         let now = unix_now();
         if exp <= now {
             return;
         }
         let mut shard = self
-            .shard(&digest)
+            .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard {
@@ -651,8 +685,9 @@ impl TokenCache {
             }
         }
         shard.insert(
-            digest,
+            key,
             CacheEntry {
+                token: token.into(),
                 verified: verified.clone(),
                 exp,
                 generation,
@@ -703,13 +738,20 @@ mod tests {
             subject: None,
         };
         let now = unix_now();
-        c.put([1; 32], 7, now + 100, &v);
-        assert!(c.get(&[1; 32], 7).is_some());
-        assert!(c.get(&[1; 32], 8).is_none(), "other key set");
-        c.put([2; 32], 7, now.saturating_sub(1), &v);
-        assert!(c.get(&[2; 32], 7).is_none(), "already expired");
-        for i in 0..200u8 {
-            c.put([i; 32], 7, now + 100, &v);
+        let key = TokenCache::key("a.b.c");
+        c.put(key, "a.b.c", 7, now + 100, &v);
+        assert!(c.get(key, "a.b.c", 7).is_some());
+        assert!(c.get(key, "a.b.c", 8).is_none(), "other key set");
+        c.put(key, "a.b.c", 7, now + 100, &v);
+        // Another token that hashed the same (forced here) is a miss, never a hit.
+        assert!(c.get(key, "a.b.d", 7).is_none(), "same hash, other token");
+        assert!(c.get(key, "a.b.c", 7).is_some(), "the entry is kept");
+        let old = TokenCache::key("old.b.c");
+        c.put(old, "old.b.c", 7, now.saturating_sub(1), &v);
+        assert!(c.get(old, "old.b.c", 7).is_none(), "already expired");
+        for i in 0..200u32 {
+            let t = format!("t{i}.b.c");
+            c.put(TokenCache::key(&t), &t, 7, now + 100, &v);
         }
         let total: usize = c.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 32, "bounded: {total}");

@@ -232,14 +232,27 @@ impl ConnInfo {
 /// request as chunked and closes the connection after it, so nothing is smuggled.
 fn has_both_lengths(bytes: &[u8]) -> bool {
     let (mut cl, mut te) = (false, false);
-    for line in bytes.split(|&b| b == b'\n').skip(1) {
+    // Lines are found with memchr (SIMD): every request head passes here, and
+    // a byte-by-byte split showed up in the profile of the policy route, whose
+    // heads carry a long Authorization header.
+    let mut start = match memchr::memchr(b'\n', bytes) {
+        Some(i) => i + 1,
+        None => return false,
+    };
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let line = &bytes[start..end];
         if line.is_empty() || line == b"\r" {
             break;
         }
         let starts =
             |name: &[u8]| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name);
-        cl |= starts(b"content-length:");
-        te |= starts(b"transfer-encoding:");
+        match line[0] | 0x20 {
+            b'c' => cl |= starts(b"content-length:"),
+            b't' => te |= starts(b"transfer-encoding:"),
+            _ => {}
+        }
+        start = end + 1;
     }
     cl && te
 }
@@ -361,5 +374,14 @@ mod tests {
         let one = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTransfer-Encoding: in the body";
         assert!(!has_both_lengths(one));
         assert!(!has_both_lengths(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        // The request line is not a field; a head cut short is read as far as it goes.
+        assert!(!has_both_lengths(b"content-length: 1 transfer-encoding: x"));
+        assert!(has_both_lengths(
+            b"POST / HTTP/1.1\nTransfer-Encoding: chunked\nContent-Length: 5"
+        ));
+        assert!(!has_both_lengths(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+        ));
+        assert!(!has_both_lengths(b""));
     }
 }
