@@ -625,7 +625,7 @@ impl Hasher for KeyHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         // Only u64 keys are hashed here; fold anything else in anyway.
-        self.0 = xxh3_64(bytes) ^ self.0;
+        self.0 ^= xxh3_64(bytes);
     }
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
