@@ -391,8 +391,10 @@ async fn a_slow_head_on_a_parked_connection_is_cut_after_header_read_timeout() {
     let reply = read_until_close(&mut s, Duration::from_secs(5)).await;
     assert!(reply.closed, "the slow head was never cut");
     let took = started.elapsed();
+    // The watchdog of a woken connection looks again within the park time
+    // (a second), so the cut may come that much later than on a new one.
     assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
         "cut after {took:?}, header_read_timeout is 500ms"
     );
     assert!(!reply.text().contains("200 OK"), "{}", reply.text());

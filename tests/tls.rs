@@ -514,6 +514,32 @@ async fn alpn_h2_works_end_to_end() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_idle_tls_connection_parks_and_serves_on() {
+    let pki = Pki::new("ca");
+    let leaf = pki.leaf("park", &["park.test"]);
+    let up = Upstream::echo("echo").await;
+    let (gw, addr) = gateway(&certs_yaml(&[&leaf]), &up).await;
+
+    // ALPN http/1.1, and no ALPN at all (HTTP/1.1 too, as from NGINX).
+    for alpn in [vec!["http/1.1"], vec![]] {
+        let mut client = Client::trusting(&pki);
+        client.alpn = alpn;
+        let tls = client.connect(addr, Some("park.test")).await.unwrap();
+        let mut h1 = H1::over(tls).await.unwrap();
+        for i in 0..2 {
+            let r = h1.get("park.test", &format!("/tls-{i}")).await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json()["path"], format!("/tls-{i}"));
+            assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
+            gw.wait_parked_on("https", 1).await;
+        }
+        drop(h1);
+        gw.wait_parked_on("https", 0).await;
+    }
+    gw.shutdown().await;
+}
+
 /// A TLS 1.1 ClientHello, written by hand (rustls cannot speak 1.1).
 fn tls11_client_hello() -> Vec<u8> {
     let mut body = vec![0x03, 0x02]; // client_version TLS 1.1

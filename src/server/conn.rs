@@ -91,13 +91,6 @@ impl ConnInfo {
         self.parking.store(parking, Ordering::Relaxed);
     }
 
-    /// A parked connection woke up: the client sent bytes, which are the start
-    /// of a request head (timed like a new connection's).
-    pub fn resumed(&self) {
-        self.head_started
-            .store(self.now_ms() + 1, Ordering::Relaxed);
-    }
-
     /// When the connection, idle since its last request, must close.
     pub fn idle_deadline(&self, idle: Duration) -> Instant {
         let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);

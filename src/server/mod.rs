@@ -355,9 +355,10 @@ async fn serve_h1<S, Svc>(
         parked.inc();
         let woke = park(&io, info, settings, life).await;
         parked.dec();
-        if woke {
-            info.resumed();
-        } else {
+        // Woken: hyper reads what came (its first byte starts the header
+        // timer, as on a new connection). Not marked here: on TLS a wake-up
+        // may carry no request bytes at all (a key update).
+        if !woke {
             // Idle timeout or shutdown: a FIN (and a TLS close_notify), not
             // waited on for long if the client stopped reading.
             let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;

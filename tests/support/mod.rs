@@ -727,10 +727,15 @@ impl Gateway {
     /// Waits until `n` client connections of the `http` listener are parked
     /// (`tollgate_parked_connections`); they park after a second of idling.
     pub async fn wait_parked(&self, n: u32) {
-        let series = r#"tollgate_parked_connections{listener="http"}"#;
+        self.wait_parked_on("http", n).await;
+    }
+
+    /// `wait_parked` for the listener named `listener`.
+    pub async fn wait_parked_on(&self, listener: &str, n: u32) {
+        let series = format!(r#"tollgate_parked_connections{{listener="{listener}"}}"#);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let now = metric(&self.metrics().await, series).unwrap_or(0.0);
+            let now = metric(&self.metrics().await, &series).unwrap_or(0.0);
             if now == f64::from(n) {
                 return;
             }
