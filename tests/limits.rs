@@ -307,9 +307,18 @@ async fn idle_keep_alive_closes_after_idle_timeout_not_header_timeout() {
 
 // ---- parked keep-alive connections ----
 
-#[tokio::test]
-async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
-    let (up, gw) = setup("idle_timeout: 30s").await;
+/// Opens connections that send nothing, so that the gateway counts more than
+/// a tenth of `max_connections: 20` open and parks connections at once.
+async fn crowd(gw: &Gateway) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    held
+}
+
+/// Requests on one kept-alive connection, each after it parked.
+async fn park_and_serve(gw: &Gateway, up: &Upstream) {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     for round in 0..3 {
         let path = format!("/round-{round}");
@@ -319,7 +328,7 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
         let reply = read_one_response(&mut s).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         assert!(reply.contains(&path), "{reply}");
-        // Parked after a second of idling; the next request wakes it.
+        // Parked (at once, or after a second of idling); the next request wakes it.
         gw.wait_parked(1).await;
     }
     // A request body sent to a parked connection arrives whole.
@@ -342,12 +351,65 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
     // Closed by the client while parked: the gateway lets it go.
     drop(s);
     gw.wait_parked(0).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
+    let (up, gw) = setup("idle_timeout: 30s").await;
+    park_and_serve(&gw, &up).await;
     let m = gw.metrics().await;
     assert_eq!(
         metric(&m, r#"tollgate_active_connections{listener="http"}"#),
         Some(0.0),
         "{m}"
     );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_many_connections_open_a_connection_parks_as_soon_as_it_is_answered() {
+    let (up, gw) = setup("max_connections: 20, idle_timeout: 30s, header_read_timeout: 30s").await;
+    let _crowd = crowd(&gw).await;
+    park_and_serve(&gw, &up).await;
+
+    // At once: well before the second an idle connection otherwise waits.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_one_response(&mut s).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let answered = Instant::now();
+    gw.wait_parked(1).await;
+    assert!(
+        answered.elapsed() < Duration::from_millis(800),
+        "parked {:?} after the answer",
+        answered.elapsed()
+    );
+
+    // A request that asks to close, and an answer that closes (413 with the
+    // body unread), still close: neither is parked.
+    s.write_all(b"GET /bye HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    assert!(reply.closed, "connection: close was not honoured");
+    gw.shutdown().await;
+
+    let (up, gw) =
+        setup("max_connections: 20, max_body_bytes: 1KiB, header_read_timeout: 30s").await;
+    let _crowd = crowd(&gw).await;
+    let reply = raw(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\nabc",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(reply.status(), Some(413), "{}", reply.text());
+    assert_eq!(reply.responses(), 1, "{}", reply.text());
+    assert!(reply.closed, "the connection is closed after a 413");
+    assert_eq!(up.hits(), 0);
     gw.shutdown().await;
 }
 
@@ -404,20 +466,27 @@ async fn a_slow_head_on_a_parked_connection_is_cut_after_header_read_timeout() {
 #[tokio::test]
 async fn a_pipelined_partial_head_survives_the_idle_time() {
     // The start of a second request arrives with the first; the rest comes
-    // after more than the park time. Nothing of it may be lost.
-    let (_up, gw) = setup("header_read_timeout: 10s, idle_timeout: 30s").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nho")
-        .await
-        .unwrap();
-    let first = read_one_response(&mut s).await;
-    assert!(first.contains("/first"), "{first}");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    s.write_all(b"st: x\r\n\r\n").await.unwrap();
-    let second = read_one_response(&mut s).await;
-    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
-    assert!(second.contains("/second"), "{second}");
-    gw.shutdown().await;
+    // after more than the park time. Nothing of it may be lost, whether the
+    // connection parks after a second or at once.
+    for limits in [
+        "header_read_timeout: 10s, idle_timeout: 30s",
+        "max_connections: 20, header_read_timeout: 10s, idle_timeout: 30s",
+    ] {
+        let (_up, gw) = setup(limits).await;
+        let _crowd = crowd(&gw).await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nho")
+            .await
+            .unwrap();
+        let first = read_one_response(&mut s).await;
+        assert!(first.contains("/first"), "{first}");
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        s.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let second = read_one_response(&mut s).await;
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        assert!(second.contains("/second"), "{second}");
+        gw.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -74,6 +74,18 @@ pub struct Exchange {
     pub trace: Option<headers::TraceContext>,
 }
 
+/// Whether hyper waits for the next request head as soon as this one is
+/// answered: HTTP/1.1, no body left to read, and no `Connection: close`.
+fn reusable(req: &Request<Incoming>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && http_body::Body::is_end_stream(req.body())
+        && !req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
+}
+
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
 pub async fn handle(
     req: Request<Incoming>,
@@ -81,7 +93,7 @@ pub async fn handle(
     shared: Arc<Shared>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    conn.request_started(req.version());
+    conn.request_started(req.version(), reusable(&req));
     shared.metrics.in_flight.inc();
     let snapshot = shared.snapshot.load_full();
 
@@ -158,6 +170,9 @@ pub async fn handle(
         }
     }
     headers.insert(X_REQUEST_ID.clone(), rec.ex.request_id.clone());
+    if headers.contains_key(header::CONNECTION) && rec.ex.upgrade.is_none() {
+        rec.conn.not_reusable();
+    }
     // A gRPC error answer is HTTP 200: logs and metrics keep the status the
     // gateway meant (e.g. 429), so dashboards read the same for every client.
     let status = error.as_ref().map_or(resp.status(), GatewayError::status);

@@ -35,6 +35,10 @@ pub struct ConnInfo {
     head_started: AtomicU64,
     /// Milliseconds since `epoch` when the last request finished.
     idle_since: AtomicU64,
+    /// Requests finished on this connection.
+    completed: AtomicU32,
+    /// See `request_started`.
+    reusable: AtomicBool,
     /// HTTP/2 sends frames while idle, so bytes there say nothing about heads.
     h2: AtomicBool,
     /// The pending request head carried both Content-Length and
@@ -77,6 +81,8 @@ impl ConnInfo {
             active: AtomicU32::new(0),
             head_started: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
+            completed: AtomicU32::new(0),
+            reusable: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             ambiguous_length: AtomicBool::new(false),
             tunnels: TaskTracker::new(),
@@ -109,18 +115,45 @@ impl ConnInfo {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub fn request_started(&self, version: Version) {
+    /// A request began. `reusable`: once it is answered, hyper will be back
+    /// to waiting for the next head (HTTP/1.1, no body to drain, no `close`),
+    /// so the connection may park at once.
+    pub fn request_started(&self, version: Version, reusable: bool) {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(0, Ordering::Relaxed);
+        self.reusable.store(reusable, Ordering::Relaxed);
         if version == Version::HTTP_2 {
             self.h2.store(true, Ordering::Relaxed);
         }
     }
 
+    /// The answer closes the connection (`Connection: close`): no parking at
+    /// once, hyper is about to end it.
+    pub fn not_reusable(&self) {
+        self.reusable.store(false, Ordering::Relaxed);
+    }
+
     pub fn request_done(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.idle_since.store(self.now_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// Requests finished so far.
+    pub fn completed(&self) -> u32 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection can park right now: a request that left it
+    /// reusable finished since `completed` was `floor`, none is active, no
+    /// next head has begun, and hyper flushed everything it wrote.
+    pub fn idle_after(&self, floor: u32) -> bool {
+        self.completed.load(Ordering::Relaxed) != floor
+            && self.reusable.load(Ordering::Relaxed)
+            && self.active.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+            && !self.write_blocked.load(Ordering::Relaxed)
     }
 
     /// Runs a tunnel opened by a request on this connection; `cut` fires when

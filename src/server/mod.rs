@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::pin::Pin;
+use std::task::Poll;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -41,12 +42,31 @@ use tls::TlsListener;
 /// a busy client, so parking costs nothing under load.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// With more client connections open on a listener than this share of
+/// `max_connections` (1,000 of the default 10,000), a connection parks as
+/// soon as its request is answered (as NGINX frees a keep-alive connection's
+/// buffers), not after `PARK_AFTER`: when that many connections may idle,
+/// their memory outweighs rebuilding hyper's state per request, which costs
+/// a few percent of CPU on a busy keep-alive connection.
+const PARK_AT_ONCE_SHARE: usize = 10;
+
+/// The gauges of one listener that every connection task moves.
+#[derive(Clone)]
+struct ListenerGauges {
+    /// `tollgate_active_connections`.
+    open: IntGauge,
+    /// `tollgate_parked_connections`.
+    parked: IntGauge,
+}
+
 /// Per-listener connection settings, fixed when the listener starts.
 pub struct ConnSettings {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     header_timeout: Duration,
+    /// Open connections on a listener above which they park at once.
+    park_at_once_above: i64,
 }
 
 impl ConnSettings {
@@ -71,6 +91,8 @@ impl ConnSettings {
             h2,
             idle_timeout: limits.idle_timeout.get(),
             header_timeout: limits.header_read_timeout.get(),
+            park_at_once_above: i64::try_from(limits.max_connections / PARK_AT_ONCE_SHARE)
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -95,8 +117,10 @@ pub async fn accept_loop(
     life: Lifecycle,
     tls: Option<Arc<TlsListener>>,
 ) {
-    let gauge = shared.metrics.listener_connections(&name);
-    let parked = shared.metrics.parked_connections(&name);
+    let gauges = ListenerGauges {
+        open: shared.metrics.listener_connections(&name),
+        parked: shared.metrics.parked_connections(&name),
+    };
     let handshake_failures = shared.metrics.tls_handshake_failures(&name);
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
@@ -121,15 +145,15 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (gauge, parked) = (gauge.clone(), parked.clone());
+        let gauges = gauges.clone();
         let info = ConnInfo::new(peer, name.clone());
         let (shared, settings, life2) = (shared.clone(), settings.clone(), life.clone());
         match &tls {
             None => {
                 life.tracker.spawn(async move {
-                    gauge.inc();
-                    serve_connection(stream, info, shared, settings, life2, parked).await;
-                    gauge.dec();
+                    gauges.open.inc();
+                    serve_connection(stream, info, shared, settings, life2, &gauges).await;
+                    gauges.open.dec();
                     drop(permit);
                 });
             }
@@ -137,15 +161,15 @@ pub async fn accept_loop(
                 let acceptor = tls.acceptor();
                 let failures = handshake_failures.clone();
                 life.tracker.spawn(async move {
-                    gauge.inc();
+                    gauges.open.inc();
                     if let Some((stream, info)) =
                         handshake(acceptor, stream, info, &settings, &life2).await
                     {
-                        serve_connection(stream, info, shared, settings, life2, parked).await;
+                        serve_connection(stream, info, shared, settings, life2, &gauges).await;
                     } else {
                         failures.inc();
                     }
-                    gauge.dec();
+                    gauges.open.dec();
                     drop(permit);
                 });
             }
@@ -252,7 +276,7 @@ async fn serve_connection<S: ClientStream>(
     shared: Arc<Shared>,
     settings: Arc<ConnSettings>,
     life: Lifecycle,
-    parked: IntGauge,
+    gauges: &ListenerGauges,
 ) {
     let h2 = match stream.alpn_h2() {
         Some(h2) => h2,
@@ -288,29 +312,29 @@ async fn serve_connection<S: ClientStream>(
             &info,
             &settings,
             &life,
-            false,
+            Park::Never,
         )
         .await;
     } else {
-        serve_h1(io, svc, &info, &settings, &life, &parked).await;
+        serve_h1(io, svc, &info, &settings, &life, gauges).await;
     }
     info.finish_tunnels(&life.abort).await;
 }
 
 /// Serves HTTP/1.1 on one connection. Between requests hyper keeps the
 /// connection's read and write buffers; once the connection has idled for
-/// `PARK_AFTER`, hyper's connection is ended without closing the stream, and
-/// the stream waits alone (a few hundred bytes) until the client sends again,
-/// when a fresh hyper connection takes over. NGINX frees a keep-alive
-/// connection's buffers the same way: it is what keeps thousands of idle
-/// clients cheap.
+/// `PARK_AFTER` (or at once, see `PARK_AT_ONCE_SHARE`), hyper's connection is
+/// ended without closing the stream, and the stream waits alone until the
+/// client sends again, when a fresh hyper connection takes over. NGINX frees
+/// a keep-alive connection's buffers the same way: it is what keeps
+/// thousands of idle clients cheap.
 async fn serve_h1<S, Svc>(
     mut io: WatchedIo<S>,
     mut svc: Svc,
     info: &ConnInfo,
     settings: &ConnSettings,
     life: &Lifecycle,
-    parked: &IntGauge,
+    gauges: &ListenerGauges,
 ) where
     S: ClientStream,
     Svc: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
@@ -328,13 +352,18 @@ async fn serve_h1<S, Svc>(
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades(),
         );
+        let when = if gauges.open.get() > settings.park_at_once_above {
+            Park::AtOnce
+        } else {
+            Park::AfterIdle
+        };
         let ended = watch(
             Pin::new(&mut *conn),
             |c| c.graceful_shutdown(),
             info,
             settings,
             life,
-            true,
+            when,
         )
         .await;
         if ended != Ended::Park {
@@ -352,9 +381,9 @@ async fn serve_h1<S, Svc>(
             continue;
         }
         drop(parts.read_buf);
-        parked.inc();
+        gauges.parked.inc();
         let woke = park(&io, info, settings, life).await;
-        parked.dec();
+        gauges.parked.dec();
         // Woken: hyper reads what came (its first byte starts the header
         // timer, as on a new connection). Not marked here: on TLS a wake-up
         // may carry no request bytes at all (a key update).
@@ -396,26 +425,51 @@ enum Ended {
     Park,
 }
 
+/// When `watch` ends a connection for parking.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Park {
+    /// HTTP/2: never.
+    Never,
+    /// Once it has idled for `PARK_AFTER`.
+    AfterIdle,
+    /// As soon as a request it served is answered and nothing else is
+    /// pending; after `PARK_AFTER` when that check misses (a wake-up that
+    /// brought no request, a pipelined head that stays incomplete).
+    AtOnce,
+}
+
 /// Drives a client connection and enforces the idle and header timeouts and
-/// shutdown on it; with `can_park`, finishes it for parking once it idles.
+/// shutdown on it; finishes it for parking as `park` says.
 async fn watch<C>(
     mut conn: Pin<&mut C>,
     graceful: fn(Pin<&mut C>),
     info: &ConnInfo,
     settings: &ConnSettings,
     life: &Lifecycle,
-    can_park: bool,
+    park: Park,
 ) -> Ended
 where
     C: Future<Output = hyper::Result<()>>,
 {
-    let park_after = can_park.then_some(PARK_AFTER);
+    let park_after = (park != Park::Never).then_some(PARK_AFTER);
+    let at_once = park == Park::AtOnce;
+    let floor = info.completed();
     // Set once a graceful end was asked for: parking or closing.
     let mut ending = None;
     loop {
         let park = park_after.filter(|_| ending.is_none());
         let deadline = info.next_check(settings.idle_timeout, settings.header_timeout, park);
-        tokio::select! {
+        // Polled right after the connection (`biased`), so it sees the state
+        // that hyper's last step left; it needs no waker of its own.
+        let idle_now = std::future::poll_fn(|_| {
+            if info.idle_after(floor) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let verdict = tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
@@ -423,33 +477,36 @@ where
                 }
                 return ending.unwrap_or(Ended::Done);
             }
-            _ = tokio::time::sleep_until(deadline.into()), if ending.is_none() => {
-                match info.verdict(settings.idle_timeout, settings.header_timeout, park) {
-                    Verdict::Keep => {}
-                    Verdict::Park => {
-                        // hyper ends an idle connection at once; the stream
-                        // itself stays open (`WatchedIo::poll_shutdown`).
-                        info.set_parking(true);
-                        graceful(conn.as_mut());
-                        ending = Some(Ended::Park);
-                    }
-                    Verdict::Idle => {
-                        graceful(conn.as_mut());
-                        ending = Some(Ended::Done);
-                    }
-                    Verdict::SlowHead => {
-                        tracing::info!(peer = %info.peer, "closing a connection whose request head was too slow");
-                        return Ended::Cut;
-                    }
-                }
-            }
+            _ = life.abort.cancelled() => return Ended::Cut,
             _ = life.stop.cancelled(), if ending != Some(Ended::Done) => {
                 // A connection on its way to parking closes instead.
                 info.set_parking(false);
                 graceful(conn.as_mut());
                 ending = Some(Ended::Done);
+                continue;
             }
-            _ = life.abort.cancelled() => return Ended::Cut,
+            _ = idle_now, if at_once && park.is_some() => Verdict::Park,
+            _ = tokio::time::sleep_until(deadline.into()), if ending.is_none() => {
+                info.verdict(settings.idle_timeout, settings.header_timeout, park)
+            }
+        };
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Park => {
+                // hyper ends an idle connection at once; the stream
+                // itself stays open (`WatchedIo::poll_shutdown`).
+                info.set_parking(true);
+                graceful(conn.as_mut());
+                ending = Some(Ended::Park);
+            }
+            Verdict::Idle => {
+                graceful(conn.as_mut());
+                ending = Some(Ended::Done);
+            }
+            Verdict::SlowHead => {
+                tracing::info!(peer = %info.peer, "closing a connection whose request head was too slow");
+                return Ended::Cut;
+            }
         }
     }
 }
