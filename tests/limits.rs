@@ -317,6 +317,18 @@ async fn crowd(gw: &Gateway) -> Vec<TcpStream> {
     held
 }
 
+/// A connection that made one request and then parked.
+async fn parked_connection(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_one_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    gw.wait_parked(1).await;
+    s
+}
+
 /// Requests on one kept-alive connection, each after it parked.
 async fn park_and_serve(gw: &Gateway, up: &Upstream) {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -416,14 +428,8 @@ async fn with_many_connections_open_a_connection_parks_as_soon_as_it_is_answered
 #[tokio::test]
 async fn a_parked_connection_still_closes_at_idle_timeout() {
     let (_up, gw) = setup("header_read_timeout: 300ms, idle_timeout: 2s").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let first = read_one_response(&mut s).await;
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     let answered = Instant::now();
-    gw.wait_parked(1).await;
+    let mut s = parked_connection(&gw).await;
     let reply = read_until_close(&mut s, Duration::from_secs(5)).await;
     assert!(reply.closed, "the parked connection was never closed");
     let idled = answered.elapsed();
@@ -439,13 +445,7 @@ async fn a_parked_connection_still_closes_at_idle_timeout() {
 #[tokio::test]
 async fn a_slow_head_on_a_parked_connection_is_cut_after_header_read_timeout() {
     let (_up, gw) = setup("header_read_timeout: 500ms, idle_timeout: 30s").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let first = read_one_response(&mut s).await;
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    gw.wait_parked(1).await;
+    let mut s = parked_connection(&gw).await;
     let started = Instant::now();
     s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n")
         .await
@@ -492,13 +492,7 @@ async fn a_pipelined_partial_head_survives_the_idle_time() {
 #[tokio::test]
 async fn shutdown_closes_parked_connections_at_once() {
     let (_up, gw) = setup("idle_timeout: 60s").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ka HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let first = read_one_response(&mut s).await;
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    gw.wait_parked(1).await;
+    let mut s = parked_connection(&gw).await;
     let started = Instant::now();
     gw.shutdown().await;
     assert!(

@@ -7,8 +7,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -46,13 +46,14 @@ pub struct ConnInfo {
     /// connection closes after), but drops the evidence; the proxy refuses such
     /// requests outright, so the head is looked at here on its way in.
     ambiguous_length: AtomicBool,
-    /// WebSocket tunnels opened by requests on this connection. A tunnel
-    /// outlives its request (HTTP/1.1 hands the whole connection over), so the
-    /// connection task waits for them before it ends: the connection keeps its
-    /// `max_connections` permit and shutdown waits for the tunnels.
-    tunnels: TaskTracker,
-    /// Cancelled when the connection must end now (shutdown grace over).
-    cut: CancellationToken,
+    /// WebSocket tunnels opened by requests on this connection, and the token
+    /// that cuts them when the connection must end now (shutdown grace over).
+    /// A tunnel outlives its request (HTTP/1.1 hands the whole connection
+    /// over), so the connection task waits for them before it ends: the
+    /// connection keeps its `max_connections` permit and shutdown waits for
+    /// the tunnels. Made with the first tunnel: most connections never open
+    /// one, and an idle connection should hold as little as possible.
+    tunnels: OnceLock<(TaskTracker, CancellationToken)>,
     /// The last write (or flush) of the connection's stream did not complete:
     /// the client is not reading, and bytes may wait in hyper's buffer.
     write_blocked: AtomicBool,
@@ -85,8 +86,7 @@ impl ConnInfo {
             reusable: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             ambiguous_length: AtomicBool::new(false),
-            tunnels: TaskTracker::new(),
-            cut: CancellationToken::new(),
+            tunnels: OnceLock::new(),
             write_blocked: AtomicBool::new(false),
             parking: AtomicBool::new(false),
         }
@@ -162,22 +162,28 @@ impl ConnInfo {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tunnels.spawn(tunnel(self.cut.clone()));
+        let (tracker, cut) = self
+            .tunnels
+            .get_or_init(|| (TaskTracker::new(), CancellationToken::new()));
+        tracker.spawn(tunnel(cut.clone()));
     }
 
     /// Waits for the connection's tunnels to end, cutting them when `abort`
     /// fires first.
     pub async fn finish_tunnels(&self, abort: &CancellationToken) {
-        self.tunnels.close();
-        if self.tunnels.is_empty() {
+        let Some((tracker, cut)) = self.tunnels.get() else {
+            return;
+        };
+        tracker.close();
+        if tracker.is_empty() {
             return;
         }
         tokio::select! {
-            _ = self.tunnels.wait() => return,
+            _ = tracker.wait() => return,
             _ = abort.cancelled() => {}
         }
-        self.cut.cancel();
-        self.tunnels.wait().await;
+        cut.cancel();
+        tracker.wait().await;
     }
 
     /// Whether the request that just started had an ambiguous length (and
