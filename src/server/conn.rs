@@ -99,9 +99,12 @@ impl ConnInfo {
 
     /// When the connection, idle since its last request, must close.
     pub fn idle_deadline(&self, idle: Duration) -> Instant {
-        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         self.epoch
-            + Duration::from_millis(self.idle_since.load(Ordering::Relaxed).saturating_add(ms))
+            + Duration::from_millis(
+                self.idle_since
+                    .load(Ordering::Relaxed)
+                    .saturating_add(millis(idle)),
+            )
     }
 
     /// Marks the connection as TLS, with the verified client subject if any.
@@ -151,7 +154,13 @@ impl ConnInfo {
     pub fn idle_after(&self, floor: u32) -> bool {
         self.completed.load(Ordering::Relaxed) != floor
             && self.reusable.load(Ordering::Relaxed)
-            && self.active.load(Ordering::Relaxed) == 0
+            && self.quiet()
+    }
+
+    /// Nothing in flight either way: no request active, no next head begun,
+    /// nothing left unflushed in hyper's write buffer.
+    fn quiet(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
             && !self.write_blocked.load(Ordering::Relaxed)
     }
@@ -212,17 +221,16 @@ impl ConnInfo {
     /// otherwise at least that often: the end of a request does not wake the
     /// connection task.
     pub fn next_check(&self, idle: Duration, header: Duration, park: Option<Duration>) -> Instant {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let now = self.now_ms();
         let since = self.idle_since.load(Ordering::Relaxed);
         let idling = self.active.load(Ordering::Relaxed) == 0;
         let head = self.head_started.load(Ordering::Relaxed);
         let mut at = match (idling, head) {
-            (false, _) => now.saturating_add(ms(idle)),
-            (true, 0) => since.saturating_add(ms(idle)),
-            (true, started) => (started - 1).saturating_add(ms(header)),
+            (false, _) => now.saturating_add(millis(idle)),
+            (true, 0) => since.saturating_add(millis(idle)),
+            (true, started) => (started - 1).saturating_add(millis(header)),
         };
-        if let Some(park) = park.map(ms) {
+        if let Some(park) = park.map(millis) {
             let park_at = since.saturating_add(park);
             let soon = if idling && head == 0 && park_at > now {
                 park_at
@@ -244,9 +252,7 @@ impl ConnInfo {
                 let since = Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
                 if now >= since + idle {
                     Verdict::Idle
-                } else if park.is_some_and(|p| now >= since + p)
-                    && !self.write_blocked.load(Ordering::Relaxed)
-                {
+                } else if park.is_some_and(|p| now >= since + p) && self.quiet() {
                     Verdict::Park
                 } else {
                     Verdict::Keep
@@ -256,6 +262,10 @@ impl ConnInfo {
             _ => Verdict::Keep,
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether the head at the start of `bytes` has both a Content-Length and a
@@ -336,6 +346,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
             let n = this.rewound.len().min(buf.remaining());
             buf.put_slice(&this.rewound[..n]);
             this.rewound.advance(n);
+            if this.rewound.is_empty() {
+                // An empty slice would still hold hyper's old read buffer.
+                this.rewound = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

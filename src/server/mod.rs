@@ -11,11 +11,10 @@ pub mod tls;
 pub use conn::ConnInfo;
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -40,7 +39,7 @@ use tls::TlsListener;
 /// socket is watched, until the client sends its next request (or the idle
 /// timeout closes it). A second is far beyond the gap between the requests of
 /// a busy client, so parking costs nothing under load.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// With more client connections open on a listener than this share of
 /// `max_connections` (1,000 of the default 10,000), a connection parks as
@@ -214,7 +213,7 @@ async fn handshake(
 }
 
 /// A client stream the connection task can serve: plain TCP or TLS over it.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The TCP socket underneath (peeked at, and watched while parked).
     fn tcp(&self) -> &TcpStream;
     /// For TLS, whether ALPN chose h2; `None` for plain TCP, where the first
@@ -380,6 +379,7 @@ async fn serve_h1<S, Svc>(
             io.rewind(parts.read_buf);
             continue;
         }
+        // hyper's read buffer goes now, not when the task wakes again.
         drop(parts.read_buf);
         gauges.parked.inc();
         let woke = park(&io, info, settings, life).await;
@@ -416,11 +416,10 @@ async fn park<S: ClientStream>(
 /// How `watch` let a connection go.
 #[derive(PartialEq, Eq)]
 enum Ended {
-    /// The protocol finished: the client closed, the connection idled out or
-    /// drained for shutdown, or it failed.
+    /// For good: the client closed, the connection idled out, drained for
+    /// shutdown or failed, or it is cut short (slow head, shutdown grace over)
+    /// by dropping it as it is.
     Done,
-    /// Cut short (slow head, shutdown grace over): dropped as it is.
-    Cut,
     /// Finished for parking, with the stream left open.
     Park,
 }
@@ -477,7 +476,7 @@ where
                 }
                 return ending.unwrap_or(Ended::Done);
             }
-            _ = life.abort.cancelled() => return Ended::Cut,
+            _ = life.abort.cancelled() => return Ended::Done,
             _ = life.stop.cancelled(), if ending != Some(Ended::Done) => {
                 // A connection on its way to parking closes instead.
                 info.set_parking(false);
@@ -505,7 +504,7 @@ where
             }
             Verdict::SlowHead => {
                 tracing::info!(peer = %info.peer, "closing a connection whose request head was too slow");
-                return Ended::Cut;
+                return Ended::Done;
             }
         }
     }
