@@ -177,6 +177,11 @@ impl ConnInfo {
         tracker.spawn(tunnel(cut.clone()));
     }
 
+    /// Whether a request on this connection opened a tunnel.
+    pub fn opened_tunnels(&self) -> bool {
+        self.tunnels.get().is_some()
+    }
+
     /// Waits for the connection's tunnels to end, cutting them when `abort`
     /// fires first.
     pub async fn finish_tunnels(&self, abort: &CancellationToken) {

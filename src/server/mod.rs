@@ -11,6 +11,7 @@ pub mod tls;
 pub use conn::ConnInfo;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -145,13 +146,14 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let gauges = gauges.clone();
-        let info = ConnInfo::new(peer, name.clone());
-        let (shared, settings, life2) = (shared.clone(), settings.clone(), life.clone());
+        let (name, shared, settings, life2) =
+            (name.clone(), shared.clone(), settings.clone(), life.clone());
         match &tls {
             None => {
                 life.tracker.spawn(async move {
                     gauges.open.inc();
-                    serve_connection(stream, info, shared, settings, life2, &gauges).await;
+                    let info = Arc::new(ConnInfo::new(peer, name));
+                    serve_connection(stream, info, shared, &settings, &life2, &gauges).await;
                     gauges.open.dec();
                     drop(permit);
                 });
@@ -161,10 +163,17 @@ pub async fn accept_loop(
                 let failures = handshake_failures.clone();
                 life.tracker.spawn(async move {
                     gauges.open.inc();
-                    if let Some((stream, info)) =
-                        handshake(acceptor, stream, info, &settings, &life2).await
-                    {
-                        serve_connection(stream, info, shared, settings, life2, &gauges).await;
+                    // Boxed: rustls' handshake state is large, and the task
+                    // keeps room for its largest state as long as it lives.
+                    let shaken =
+                        Box::pin(handshake(acceptor, stream, peer, &name, &settings, &life2)).await;
+                    if let Some((stream, subject)) = shaken {
+                        // Made now, so the request head gets its own
+                        // header_read_timeout after the handshake's, as
+                        // NGINX times ssl_handshake_timeout and
+                        // client_header_timeout apart.
+                        let info = Arc::new(ConnInfo::new(peer, name).with_tls(subject));
+                        serve_connection(stream, info, shared, &settings, &life2, &gauges).await;
                     } else {
                         failures.inc();
                     }
@@ -177,16 +186,17 @@ pub async fn accept_loop(
 }
 
 /// The TLS handshake of one connection, bounded by `header_read_timeout` and
-/// cut short by shutdown. `None` when it failed (logged at debug: a failed
-/// handshake is the client's business, and never touches other connections).
+/// cut short by shutdown: the stream and the verified client certificate's
+/// subject (mTLS). `None` when it failed (logged at debug: a failed handshake
+/// is the client's business, and never touches other connections).
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
-    info: ConnInfo,
+    peer: SocketAddr,
+    listener: &str,
     settings: &ConnSettings,
     life: &Lifecycle,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
-    let peer = info.peer;
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>)> {
     let result = tokio::select! {
         r = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)) => r,
         _ = life.stop.cancelled() => return None,
@@ -199,14 +209,14 @@ async fn handshake(
                 .and_then(|chain| chain.first())
                 .and_then(tls::subject_of)
                 .map(Arc::from);
-            Some((stream, info.with_tls(subject)))
+            Some((stream, subject))
         }
         Ok(Err(e)) => {
-            tracing::debug!(peer = %peer, listener = %info.listener, error = %e, "TLS handshake failed");
+            tracing::debug!(peer = %peer, listener, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            tracing::debug!(peer = %peer, listener = %info.listener, "TLS handshake timed out");
+            tracing::debug!(peer = %peer, listener, "TLS handshake timed out");
             None
         }
     }
@@ -269,55 +279,78 @@ async fn sniff_h2(tcp: &TcpStream, header_timeout: Duration) -> Option<bool> {
     }
 }
 
-async fn serve_connection<S: ClientStream>(
+/// Serves one client connection until it ends.
+///
+/// A task keeps room for the largest state it can be in for as long as it
+/// lives, so everything but parking is boxed: the protocol sniff, the served
+/// HTTP/1.1 or HTTP/2 connection with its watchdog, and the wait for tunnels.
+/// A parked connection's task is then a few hundred bytes. (Plain functions
+/// returning `async move` blocks, not `async fn`s: those copy their arguments
+/// into locals and keep room for both; and each boxed future is made in a
+/// statement of its own, as a temporary in an awaited expression keeps its
+/// room too.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps room for its arguments twice"
+)]
+fn serve_connection<'a, S: ClientStream>(
     stream: S,
-    info: ConnInfo,
+    info: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    settings: Arc<ConnSettings>,
-    life: Lifecycle,
-    gauges: &ListenerGauges,
-) {
-    let h2 = match stream.alpn_h2() {
-        Some(h2) => h2,
-        None => {
-            let sniffed = tokio::select! {
-                s = sniff_h2(stream.tcp(), settings.header_timeout) => s,
-                _ = life.stop.cancelled() => None,
-            };
-            match sniffed {
-                Some(h2) => h2,
-                None => {
-                    tracing::debug!(peer = %info.peer, "client sent no request");
-                    return;
+    settings: &'a ConnSettings,
+    life: &'a Lifecycle,
+    gauges: &'a ListenerGauges,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let h2 = match stream.alpn_h2() {
+            Some(h2) => h2,
+            None => {
+                let tcp = stream.tcp();
+                let sniff = Box::pin(async move {
+                    tokio::select! {
+                        s = sniff_h2(tcp, settings.header_timeout) => s,
+                        _ = life.stop.cancelled() => None,
+                    }
+                });
+                match sniff.await {
+                    Some(h2) => h2,
+                    None => {
+                        tracing::debug!(peer = %info.peer, "client sent no request");
+                        return;
+                    }
                 }
             }
+        };
+        let io = WatchedIo::new(stream, info.clone());
+        let svc_info = info.clone();
+        let svc = service_fn(move |req| {
+            let conn = svc_info.clone();
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(crate::proxy::handle(req, conn, shared).await) }
+        });
+        if h2 {
+            let served = Box::pin(async {
+                let mut conn = settings.h2.serve_connection(TokioIo::new(io), svc);
+                let conn = Pin::new(&mut conn);
+                watch(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    &info,
+                    settings,
+                    life,
+                    Park::Never,
+                )
+                .await
+            });
+            served.await;
+        } else {
+            serve_h1(io, svc, &info, settings, life, gauges).await;
         }
-    };
-    let info = Arc::new(info);
-    let io = WatchedIo::new(stream, info.clone());
-    let svc_info = info.clone();
-    let svc = service_fn(move |req| {
-        let conn = svc_info.clone();
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(crate::proxy::handle(req, conn, shared).await) }
-    });
-    if h2 {
-        // Boxed, as the HTTP/1.1 connection is: every connection's task keeps
-        // room for the largest state it can be in.
-        let mut conn = Box::pin(settings.h2.serve_connection(TokioIo::new(io), svc));
-        watch(
-            conn.as_mut(),
-            |c| c.graceful_shutdown(),
-            &info,
-            &settings,
-            &life,
-            Park::Never,
-        )
-        .await;
-    } else {
-        serve_h1(io, svc, &info, &settings, &life, gauges).await;
+        if info.opened_tunnels() {
+            let tunnels = Box::pin(info.finish_tunnels(&life.abort));
+            tunnels.await;
+        }
     }
-    info.finish_tunnels(&life.abort).await;
 }
 
 /// Serves HTTP/1.1 on one connection. Between requests hyper keeps the
@@ -327,14 +360,19 @@ async fn serve_connection<S: ClientStream>(
 /// client sends again, when a fresh hyper connection takes over. NGINX frees
 /// a keep-alive connection's buffers the same way: it is what keeps
 /// thousands of idle clients cheap.
-async fn serve_h1<S, Svc>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps room for its arguments twice"
+)]
+fn serve_h1<'a, S, Svc>(
     mut io: WatchedIo<S>,
     mut svc: Svc,
-    info: &ConnInfo,
-    settings: &ConnSettings,
-    life: &Lifecycle,
-    gauges: &ListenerGauges,
-) where
+    info: &'a ConnInfo,
+    settings: &'a ConnSettings,
+    life: &'a Lifecycle,
+    gauges: &'a ListenerGauges,
+) -> impl Future<Output = ()> + Send + 'a
+where
     S: ClientStream,
     Svc: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
         + Send
@@ -342,75 +380,92 @@ async fn serve_h1<S, Svc>(
         + 'static,
     Svc::Future: Send + 'static,
 {
-    loop {
-        // Boxed: the connection exists only while it has work, so a parked
-        // connection's task keeps no room for it.
-        let mut conn = Box::new(
-            settings
-                .h1
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades(),
-        );
-        let when = if gauges.open.get() > settings.park_at_once_above {
-            Park::AtOnce
-        } else {
-            Park::AfterIdle
-        };
-        let ended = watch(
-            Pin::new(&mut *conn),
-            |c| c.graceful_shutdown(),
-            info,
-            settings,
-            life,
-            when,
-        )
-        .await;
-        if ended != Ended::Park {
-            return;
-        }
-        let Some(parts) = conn.into_parts() else {
-            return;
-        };
-        info.set_parking(false);
-        io = parts.io.into_inner();
-        svc = parts.service;
-        if !parts.read_buf.is_empty() {
-            // The start of a pipelined request was waiting: serve on.
-            io.rewind(parts.read_buf);
-            continue;
-        }
-        // hyper's read buffer goes now, not when the task wakes again.
-        drop(parts.read_buf);
-        gauges.parked.inc();
-        let woke = park(&io, info, settings, life).await;
-        gauges.parked.dec();
-        // Woken: hyper reads what came (its first byte starts the header
-        // timer, as on a new connection). Not marked here: on TLS a wake-up
-        // may carry no request bytes at all (a key update).
-        if !woke {
-            // Idle timeout or shutdown: a FIN (and a TLS close_notify), not
-            // waited on for long if the client stopped reading.
-            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-            return;
+    async move {
+        loop {
+            let when = if gauges.open.get() > settings.park_at_once_above {
+                Park::AtOnce
+            } else {
+                Park::AfterIdle
+            };
+            // hyper's connection and its watchdog, in one allocation that
+            // exists only while the connection has work; only what parking
+            // needs comes back out.
+            let served = Box::pin(async move {
+                let mut conn = settings
+                    .h1
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades();
+                let watched = Pin::new(&mut conn);
+                let ended = watch(
+                    watched,
+                    |c| c.graceful_shutdown(),
+                    info,
+                    settings,
+                    life,
+                    when,
+                )
+                .await;
+                if ended != Ended::Park {
+                    return None;
+                }
+                let parts = conn.into_parts()?;
+                info.set_parking(false);
+                Some((parts.io.into_inner(), parts.service, parts.read_buf))
+            });
+            // A block, so that nothing it binds keeps room in the task.
+            let pipelined = {
+                let Some((next_io, next_svc, read_buf)) = served.await else {
+                    return;
+                };
+                (io, svc) = (next_io, next_svc);
+                if read_buf.is_empty() {
+                    false
+                } else {
+                    io.rewind(read_buf);
+                    true
+                }
+            };
+            if pipelined {
+                // The start of a pipelined request was waiting: serve on.
+                continue;
+            }
+            gauges.parked.inc();
+            let woke = park(io.get_ref().tcp(), info, settings, life).await;
+            gauges.parked.dec();
+            // Woken: hyper reads what came (its first byte starts the header
+            // timer, as on a new connection). Not marked here: on TLS a
+            // wake-up may carry no request bytes at all (a key update).
+            if !woke {
+                // Idle timeout or shutdown: a FIN (and a TLS close_notify),
+                // not waited on for long if the client stopped reading.
+                let closing = Box::pin(tokio::time::timeout(Duration::from_secs(1), io.shutdown()));
+                let _ = closing.await;
+                return;
+            }
         }
     }
 }
 
 /// Waits while a connection is parked: `true` when the client sent something
-/// (or closed its end), `false` when the connection must close instead.
-async fn park<S: ClientStream>(
-    io: &WatchedIo<S>,
-    info: &ConnInfo,
-    settings: &ConnSettings,
-    life: &Lifecycle,
-) -> bool {
-    let idle_deadline = info.idle_deadline(settings.idle_timeout);
-    tokio::select! {
-        r = io.get_ref().tcp().readable() => r.is_ok(),
-        _ = tokio::time::sleep_until(idle_deadline.into()) => false,
-        _ = life.stop.cancelled() => false,
-        _ = life.abort.cancelled() => false,
-    }
+/// (or closed its end), `false` when the connection must close instead
+/// (`idle_timeout`, shutdown; `abort` is not watched, it never fires before
+/// `stop`). Polled by hand rather than through `select!` and `readable()`:
+/// this is what every parked connection holds, and the socket's own read
+/// waker slot costs nothing.
+async fn park(tcp: &TcpStream, info: &ConnInfo, settings: &ConnSettings, life: &Lifecycle) -> bool {
+    let idle = tokio::time::sleep_until(info.idle_deadline(settings.idle_timeout).into());
+    let stop = life.stop.cancelled();
+    tokio::pin!(idle, stop);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(ready) = tcp.poll_read_ready(cx) {
+            return Poll::Ready(ready.is_ok());
+        }
+        if idle.as_mut().poll(cx).is_ready() || stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// How `watch` let a connection go.
