@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -145,24 +145,20 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gauges = gauges.clone();
-        let (name, shared, settings, life2) =
-            (name.clone(), shared.clone(), settings.clone(), life.clone());
+        let admitted = Admitted::new(&gauges, permit);
+        let (shared, settings, life2) = (shared.clone(), settings.clone(), life.clone());
         match &tls {
             None => {
-                life.tracker.spawn(async move {
-                    gauges.open.inc();
-                    let info = Arc::new(ConnInfo::new(peer, name));
-                    serve_connection(stream, info, shared, &settings, &life2, &gauges).await;
-                    gauges.open.dec();
-                    drop(permit);
-                });
+                let info = Arc::new(ConnInfo::new(peer, name.clone()));
+                life.tracker.spawn(serve_connection(
+                    stream, info, shared, settings, life2, admitted,
+                ));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
                 let failures = handshake_failures.clone();
+                let name = name.clone();
                 life.tracker.spawn(async move {
-                    gauges.open.inc();
                     // Boxed: rustls' handshake state is large, and the task
                     // keeps room for its largest state as long as it lives.
                     let shaken =
@@ -173,15 +169,37 @@ pub async fn accept_loop(
                         // NGINX times ssl_handshake_timeout and
                         // client_header_timeout apart.
                         let info = Arc::new(ConnInfo::new(peer, name).with_tls(subject));
-                        serve_connection(stream, info, shared, &settings, &life2, &gauges).await;
+                        serve_connection(stream, info, shared, settings, life2, admitted).await;
                     } else {
                         failures.inc();
                     }
-                    gauges.open.dec();
-                    drop(permit);
                 });
             }
         }
+    }
+}
+
+/// What an accepted connection holds until it ends, however it ends: its
+/// `max_connections` permit and its place in the listener's open-connection
+/// gauge.
+struct Admitted {
+    gauges: ListenerGauges,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Admitted {
+    fn new(gauges: &ListenerGauges, permit: OwnedSemaphorePermit) -> Self {
+        gauges.open.inc();
+        Admitted {
+            gauges: gauges.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.gauges.open.dec();
     }
 }
 
@@ -293,23 +311,25 @@ async fn sniff_h2(tcp: &TcpStream, header_timeout: Duration) -> Option<bool> {
     clippy::manual_async_fn,
     reason = "an async fn keeps room for its arguments twice"
 )]
-fn serve_connection<'a, S: ClientStream>(
+fn serve_connection<S: ClientStream>(
     stream: S,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    settings: &'a ConnSettings,
-    life: &'a Lifecycle,
-    gauges: &'a ListenerGauges,
-) -> impl Future<Output = ()> + Send + 'a {
+    settings: Arc<ConnSettings>,
+    life: Lifecycle,
+    admitted: Admitted,
+) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        // (No local references to the arguments: each would keep 8 bytes
+        // of room in every connection's task.)
         let h2 = match stream.alpn_h2() {
             Some(h2) => h2,
             None => {
-                let tcp = stream.tcp();
+                let (tcp, timeout, stop) = (stream.tcp(), settings.header_timeout, &life.stop);
                 let sniff = Box::pin(async move {
                     tokio::select! {
-                        s = sniff_h2(tcp, settings.header_timeout) => s,
-                        _ = life.stop.cancelled() => None,
+                        s = sniff_h2(tcp, timeout) => s,
+                        _ = stop.cancelled() => None,
                     }
                 });
                 match sniff.await {
@@ -336,15 +356,15 @@ fn serve_connection<'a, S: ClientStream>(
                     conn,
                     |c| c.graceful_shutdown(),
                     &info,
-                    settings,
-                    life,
+                    &settings,
+                    &life,
                     Park::Never,
                 )
                 .await
             });
             served.await;
         } else {
-            serve_h1(io, svc, &info, settings, life, gauges).await;
+            serve_h1(io, svc, &info, &settings, &life, &admitted.gauges).await;
         }
         if info.opened_tunnels() {
             let tunnels = Box::pin(info.finish_tunnels(&life.abort));
