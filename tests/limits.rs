@@ -44,16 +44,21 @@ async fn oversized_header_block_is_a_431() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn declared_body_over_the_limit_is_refused_before_the_upstream() {
-    let (up, gw) = setup("max_body_bytes: 1KiB").await;
-    // Only the head and a few bytes: the answer must not wait for the body.
-    let reply = raw(
-        gw.addr,
+/// A POST that declares 5,000 bytes of body (over a 1 KiB limit) and sends
+/// only the head and three bytes: the answer must not wait for the rest.
+async fn post_over_the_limit(addr: std::net::SocketAddr) -> RawReply {
+    raw(
+        addr,
         b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\nabc",
         Duration::from_secs(3),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn declared_body_over_the_limit_is_refused_before_the_upstream() {
+    let (up, gw) = setup("max_body_bytes: 1KiB").await;
+    let reply = post_over_the_limit(gw.addr).await;
     assert_eq!(reply.status(), Some(413), "{}", reply.text());
     assert!(
         reply.text().contains("\"payload_too_large\""),
@@ -412,12 +417,7 @@ async fn with_many_connections_open_a_connection_parks_as_soon_as_it_is_answered
     let (up, gw) =
         setup("max_connections: 20, max_body_bytes: 1KiB, header_read_timeout: 30s").await;
     let _crowd = crowd(&gw).await;
-    let reply = raw(
-        gw.addr,
-        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\nabc",
-        Duration::from_secs(3),
-    )
-    .await;
+    let reply = post_over_the_limit(gw.addr).await;
     assert_eq!(reply.status(), Some(413), "{}", reply.text());
     assert_eq!(reply.responses(), 1, "{}", reply.text());
     assert!(reply.closed, "the connection is closed after a 413");
