@@ -50,6 +50,10 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// a few percent of CPU on a busy keep-alive connection.
 const PARK_AT_ONCE_SHARE: usize = 10;
 
+/// The most an HTTP/1 connection's read buffer grows to while a request body
+/// streams in (unless twice `max_header_bytes` is more).
+const MAX_READ_BUF: usize = 256 * 1024;
+
 /// The gauges of one listener that every connection task moves.
 #[derive(Clone)]
 struct ListenerGauges {
@@ -73,13 +77,17 @@ impl ConnSettings {
     pub fn new(limits: &Limits) -> Self {
         let max_head = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
         let mut h1 = http1::Builder::new();
-        // hyper's own header-size limit is a backstop at twice ours, so that the
-        // usual oversized head reaches the proxy and gets the JSON 431; its header
-        // timer is off because it also runs while a keep-alive connection idles
-        // (the watchdog in `conn` times heads from their first byte instead).
+        // hyper's read buffer limit is also its own header-size limit: a
+        // backstop at least twice ours, so that the usual oversized head reaches
+        // the proxy and gets the JSON 431. It also caps how much of a request
+        // body one read takes: at 64 KiB an upload costs twice the reads and
+        // writes of a 256 KiB cap (the buffer grows to it only while reads fill
+        // it). hyper's header timer is off because it also runs while a
+        // keep-alive connection idles (the watchdog in `conn` times heads from
+        // their first byte instead).
         h1.timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(max_head.saturating_mul(2).max(16 * 1024));
+            .max_buf_size(max_head.saturating_mul(2).max(MAX_READ_BUF));
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
