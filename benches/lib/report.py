@@ -149,19 +149,16 @@ def main():
     # the least disturbed by the host's drift; their spread shows how far the
     # medians above can be trusted.
     by_round = []
-    for scen in dict.fromkeys(sc for sc, _ in order):
+    for (scen, t) in order:
         ref_t = "tollgate" if scen == "policy" else "nginx"
-        rounds = {}
-        for r in wrk:
-            if r["scenario"] == scen:
-                rounds.setdefault(r["round"], {})[r["target"]] = r
-        for t in dict.fromkeys(tt for sc, tt in order if sc == scen and tt != ref_t):
-            pairs = [(float(rr[t]["rps"]), float(rr[ref_t]["rps"]), float(rr[t]["cpu_s_per_100k"]),
-                      float(rr[ref_t]["cpu_s_per_100k"])) for rr in rounds.values() if t in rr and ref_t in rr]
-            if pairs:
-                thr = " ".join(f"{a / b:.2f}" for a, b, _, _ in pairs if b)
-                cpu = " ".join(f"{c / d:.2f}" for _, _, c, d in pairs if d)
-                by_round.append(f"  {scen:8} {t:18} throughput {thr:24} CPU per request {cpu}")
+        if t == ref_t:
+            continue
+        ref_by_round = {r["round"]: r for r in agg.get((scen, ref_t), [])}
+        pairs = [(r, ref_by_round[r["round"]]) for r in agg[(scen, t)] if r["round"] in ref_by_round]
+        if pairs:
+            thr = " ".join(ratio(float(a["rps"]), float(b["rps"])) for a, b in pairs)
+            cpu = " ".join(ratio(float(a["cpu_s_per_100k"]), float(b["cpu_s_per_100k"])) for a, b in pairs)
+            by_round.append(f"  {scen:8} {t:18} throughput {thr:24} CPU per request {cpu}")
     if by_round:
         print()
         print("ratios round by round (against the same reference as 'vs ref'):")
