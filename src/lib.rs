@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod metrics;
+pub mod normalize;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod policy;

@@ -60,6 +60,41 @@ pub struct Server {
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+}
+
+/// `server.path_normalization`: how a request path is put in its one canonical
+/// spelling before routing (docs/reference/path-normalization.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathNormalization {
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization {
+            escaped_slashes: EscapedSlashes::default(),
+            merge_slashes: true,
+        }
+    }
+}
+
+/// What an encoded slash or backslash (`%2F`, `%5C`, a raw `\`) in a path does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// 400 `bad_request`.
+    #[default]
+    Reject,
+    /// Kept as an escape (uppercased): part of a segment, never a separator.
+    Keep,
+    /// Decoded to `/`: a segment separator like any other.
+    Decode,
 }
 
 impl Default for Server {
@@ -70,6 +105,7 @@ impl Default for Server {
             limits: Limits::default(),
             shutdown_grace: default_shutdown_grace(),
             trusted_proxies: Vec::new(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }
