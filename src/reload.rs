@@ -62,7 +62,8 @@ pub enum Trigger {
 /// Names of what a reload added, removed or changed: `route:NAME`,
 /// `upstream:NAME`, `jwt:NAME`, `api_key:NAME`, `rate_limit:NAME`, `cors:NAME`,
 /// `listener:NAME`, and the sections `server.limits`, `server.admin`,
-/// `server.trusted_proxies`, `server.shutdown_grace`, `redis`, `tracing`.
+/// `server.trusted_proxies`, `server.path_normalization`, `server.shutdown_grace`,
+/// `redis`, `tracing`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Changes {
     pub added: Vec<String>,
@@ -549,7 +550,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     );
     compare(&mut changes, "cors", &values(&old.cors), &values(&new.cors));
     compare(&mut changes, "listener", &listeners(old), &listeners(new));
-    let sections: [(&str, Value, Value); 6] = [
+    let sections: [(&str, Value, Value); 7] = [
         (
             "server.limits",
             to_value(&old.server.limits),
@@ -564,6 +565,11 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             "server.trusted_proxies",
             to_value(&old.server.trusted_proxies),
             to_value(&new.server.trusted_proxies),
+        ),
+        (
+            "server.path_normalization",
+            to_value(&old.server.path_normalization),
+            to_value(&new.server.path_normalization),
         ),
         (
             "server.shutdown_grace",

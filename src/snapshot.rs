@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub unmatched: RouteMetrics,
     pub limits: RequestLimits,
     pub trusted_proxies: Vec<IpNet>,
+    /// `server.path_normalization`.
+    pub path_rules: crate::config::schema::PathNormalization,
     /// The config this version was compiled from: `GET /config` shows it and a
     /// reload diffs against it. Never read on the request path.
     pub source: Arc<crate::config::LoadedConfig>,
@@ -89,7 +91,7 @@ impl Rewrite {
     /// The upstream path for `path`, or `None` when it is unchanged.
     pub fn path(&self, path: &str) -> Option<String> {
         let (from, to) = self.prefix.as_ref()?;
-        let rest = path.strip_prefix(from.as_str())?;
+        let rest = strip_segments(path, from)?;
         let on_boundary = from.ends_with('/') || rest.is_empty() || rest.starts_with('/');
         if !on_boundary {
             return None;
@@ -109,6 +111,37 @@ impl Rewrite {
         }
         Some(out)
     }
+}
+
+/// `path` without its leading `prefix`. Path parameters (`;...` in a segment)
+/// are not part of a segment's name, as the router sees it: `/api;v=1/x` starts
+/// with `/api`, and the parameters of a stripped segment go with it.
+fn strip_segments<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    if !path.contains(';') {
+        return path.strip_prefix(prefix);
+    }
+    let (p, want) = (path.as_bytes(), prefix.as_bytes());
+    let skip_params = |mut i: usize| {
+        while i < p.len() && p[i] != b'/' {
+            i += 1;
+        }
+        i
+    };
+    let (mut i, mut j) = (0, 0);
+    while j < want.len() {
+        match p.get(i) {
+            Some(&b) if b == want[j] => {
+                i += 1;
+                j += 1;
+            }
+            Some(b';') => i = skip_params(i),
+            _ => return None,
+        }
+    }
+    if p.get(i) == Some(&b';') {
+        i = skip_params(i);
+    }
+    path.get(i..)
 }
 
 /// `set` replaces any existing value; `remove` deletes every value.
@@ -152,6 +185,14 @@ mod tests {
             (("/api/v1", "/v2"), "/api/v1", Some("/v2")),
             (("/api", "/"), "/api/x", Some("/x")),
             (("/", "/base"), "/x", Some("/base/x")),
+            (("/api", ""), "/api;v=1/users", Some("/users")),
+            (
+                ("/api/v1", "/v2"),
+                "/api;a/v1;b/users;c",
+                Some("/v2/users;c"),
+            ),
+            (("/api/", ""), "/api;a/x", Some("/x")),
+            (("/api", ""), "/apix;a/x", None),
         ];
         for ((from, to), path, want) in cases {
             assert_eq!(

@@ -213,6 +213,7 @@ pub fn compile(
             idle_timeout: limits.idle_timeout.get(),
         },
         trusted_proxies,
+        path_rules: cfg.server.path_normalization,
         source: Arc::new(loaded.clone()),
         jwks: named.jwks_sources(),
         #[cfg(feature = "otel")]

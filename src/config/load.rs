@@ -420,6 +420,7 @@ fn server(value: Value, problems: &mut Vec<Problem>) -> Option<Server> {
                 "limits" => server.limits = p.limits,
                 "shutdown_grace" => server.shutdown_grace = p.shutdown_grace,
                 "trusted_proxies" => server.trusted_proxies = p.trusted_proxies,
+                "path_normalization" => server.path_normalization = p.path_normalization,
                 _ => {}
             }),
             None => {

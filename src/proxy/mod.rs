@@ -10,6 +10,7 @@ pub mod headers;
 pub mod record;
 pub mod websocket;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +24,11 @@ use hyper::body::Incoming;
 use tokio::time::Instant as TokioInstant;
 
 use crate::Shared;
+use crate::config::schema::PathNormalization;
 use crate::error::GatewayError;
 use crate::metrics::Outcome;
+use crate::normalize::host::request_host;
+use crate::normalize::path::normalize;
 use crate::policy::Decision;
 use crate::router::RequestView;
 use crate::server::ConnInfo;
@@ -88,7 +92,7 @@ fn reusable(req: &Request<Incoming>) -> bool {
 
 /// Serves one client request. Never fails: errors become their SPEC §4 answer.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> Response<ResponseBody> {
@@ -96,15 +100,14 @@ pub async fn handle(
     conn.request_started(req.version(), reusable(&req));
     shared.metrics.in_flight.inc();
     let snapshot = shared.snapshot.load_full();
+    // Before anything reads the target: from here on the request has one host
+    // and one canonical path (the record logs that path).
+    let target = read_target(&mut req, &snapshot.path_rules);
 
     let ex = Exchange {
         request_id: request_id(req.headers()),
         client_ip: headers::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies),
-        host: req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        }),
+        host: target.as_ref().ok().and_then(|t| t.host.clone()),
         route: None,
         target: None,
         upstream_slot: None,
@@ -134,7 +137,20 @@ pub async fn handle(
         ex,
     ));
     let rec = &mut *record;
-    let result = serve(req, &rec.snapshot, &rec.shared, &rec.conn, &mut rec.ex).await;
+    let result = match target {
+        Ok(target) => {
+            serve(
+                req,
+                target,
+                &rec.snapshot,
+                &rec.shared,
+                &rec.conn,
+                &mut rec.ex,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let (mut resp, error) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
@@ -184,8 +200,41 @@ pub async fn handle(
     resp
 }
 
+/// The request target as the edge settled it (`read_target`).
+struct Target {
+    /// The one host the request is for (`normalize::host`).
+    host: Option<HeaderValue>,
+    /// The path routes match on, when it differs from the forwarded one (path
+    /// parameters cut off).
+    match_path: Option<String>,
+}
+
+/// Checks the host and puts the path in its canonical spelling, rewriting the
+/// request's URI when the spelling changed (the query is kept as it came).
+fn read_target<B>(req: &mut Request<B>, rules: &PathNormalization) -> Result<Target, GatewayError> {
+    let host = request_host(req).map_err(|e| GatewayError::BadRequest(e.message()))?;
+    let normal =
+        normalize(req.uri().path(), rules).map_err(|e| GatewayError::BadRequest(e.message()))?;
+    let match_path = normal.match_path;
+    if let Cow::Owned(path) = normal.path {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            PathAndQuery::try_from(pq)
+                .map_err(|_| GatewayError::BadRequest("the request path is not a valid URI"))?,
+        );
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|_| GatewayError::BadRequest("the request path is not a valid URI"))?;
+    }
+    Ok(Target { host, match_path })
+}
+
 async fn serve(
     mut req: Request<Incoming>,
+    target: Target,
     snap: &Snapshot,
     shared: &Shared,
     conn: &ConnInfo,
@@ -217,7 +266,7 @@ async fn serve(
     let view = RequestView {
         method: req.method(),
         host: ex.host.as_ref().and_then(|h| h.to_str().ok()),
-        path: req.uri().path(),
+        path: target.match_path.as_deref().unwrap_or(req.uri().path()),
         query: req.uri().query(),
         headers: req.headers(),
     };
