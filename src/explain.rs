@@ -6,6 +6,7 @@ use std::fmt::Write;
 use http::{HeaderMap, Method};
 
 use crate::config::schema::Config;
+use crate::normalize::path::{PathError, normalize};
 use crate::router::{Explanation, RequestView};
 use crate::snapshot::{Action, Snapshot};
 
@@ -17,27 +18,42 @@ pub struct Probe {
     pub headers: HeaderMap,
 }
 
+/// A probe's path as the gateway would see it, and the router's explanation.
+struct Routed {
+    /// The normalised path (what goes upstream before any rewrite).
+    path: String,
+    /// The path routes match on (path parameters cut off), when it differs.
+    match_path: Option<String>,
+    explanation: Explanation,
+}
+
 impl Probe {
-    /// The request path (without the query) and the router's explanation.
-    fn route(&self, snap: &Snapshot) -> (&str, Explanation) {
+    /// Normalises the probe's path as the request path would be, then asks the
+    /// router. `Err`: the gateway would answer 400 with this message.
+    fn route(&self, snap: &Snapshot) -> Result<Routed, &'static str> {
         let (path, query) = match self.target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (self.target.as_str(), None),
         };
+        let normal = normalize(path, &snap.path_rules).map_err(PathError::message)?;
         let view = RequestView {
             method: &self.method,
             host: self.host.as_deref(),
-            path,
+            path: normal.for_matching(),
             query,
             headers: &self.headers,
         };
-        (path, snap.router.explain(&view))
+        let explanation = snap.router.explain(&view);
+        Ok(Routed {
+            path: normal.path.into_owned(),
+            match_path: normal.match_path,
+            explanation,
+        })
     }
 }
 
 /// A human-readable answer: the chosen route first, then each near miss.
 pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
-    let (path, ex) = probe.route(snap);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -46,6 +62,21 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
         probe.target,
         probe.host.as_deref().unwrap_or("none")
     );
+    let routed = match probe.route(snap) {
+        Ok(r) => r,
+        Err(message) => {
+            let _ = writeln!(
+                out,
+                "rejected: the gateway answers 400 bad_request: {message}"
+            );
+            return out;
+        }
+    };
+    let _ = writeln!(out, "normalised path: {}", routed.path);
+    if let Some(m) = &routed.match_path {
+        let _ = writeln!(out, "matched as: {m}");
+    }
+    let (path, ex) = (routed.path.as_str(), routed.explanation);
     match ex.chosen {
         None => {
             let _ = writeln!(out, "no route matches: the gateway answers 404 no_route");
@@ -136,7 +167,23 @@ fn list_or(items: Option<&[String]>, none: &str) -> String {
 /// nothing matches (the gateway would answer 404 no_route).
 pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json::Value {
     use serde_json::{Value, json};
-    let (path, ex) = probe.route(snap);
+    let routed = match probe.route(snap) {
+        Ok(r) => r,
+        Err(message) => {
+            return json!({
+                "request": {
+                    "method": probe.method.as_str(),
+                    "host": probe.host,
+                    "path": probe.target,
+                },
+                "version": snap.version,
+                "rejected": { "status": 400, "error": "bad_request", "message": message },
+                "route": null,
+                "near_misses": [],
+            });
+        }
+    };
+    let (path, ex) = (routed.path.as_str(), &routed.explanation);
     let route = ex.chosen.map(|i| {
         let route = &snap.routes[i];
         let raw = &cfg.routes[i];
@@ -200,6 +247,8 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
             "method": probe.method.as_str(),
             "host": probe.host,
             "path": probe.target,
+            "normalized_path": routed.path,
+            "match_path": routed.match_path.as_deref().unwrap_or(&routed.path),
         },
         "version": snap.version,
         "route": route,

@@ -256,6 +256,28 @@ async fn explain_answers_like_tollgate_routes() {
         "{j}"
     );
 
+    // The path is read as the edge reads it: normalised first, then matched.
+    let j = get(&s.gw.admin_url("/explain?method=GET&path=/x/..//users/7"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(j["request"]["normalized_path"], "/users/7", "{j}");
+    assert_eq!(j["route"]["name"], "users", "{j}");
+    let j = get(&s.gw.admin_url("/explain?method=GET&path=/users;v=1/7"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(j["request"]["normalized_path"], "/users;v=1/7", "{j}");
+    assert_eq!(j["request"]["match_path"], "/users/7", "{j}");
+    assert_eq!(j["route"]["name"], "users", "{j}");
+    let j = get(&s.gw.admin_url("/explain?method=GET&path=/users/../../etc"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(j["rejected"]["status"], 400, "{j}");
+    assert_eq!(j["rejected"]["error"], "bad_request", "{j}");
+    assert!(j["route"].is_null(), "{j}");
+
     let r = get(&s.gw.admin_url("/explain?method=GET")).await.unwrap();
     assert_eq!(r.status, 400);
     s.gw.shutdown().await;

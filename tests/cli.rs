@@ -181,6 +181,27 @@ fn routes_explains_the_choice_then_near_misses() {
     let o = run(&["routes", "--config", f.to_str().unwrap(), "/nowhere"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("404"), "{}", stdout(&o));
+
+    // The path is normalised as the gateway would before it is matched.
+    let o = run(&[
+        "routes",
+        "--config",
+        f.to_str().unwrap(),
+        "/x/..//api/users/7",
+    ]);
+    let out = stdout(&o);
+    assert!(out.contains("normalised path: /api/users/7"), "{out}");
+    assert!(out.contains("route: users"), "{out}");
+    let o = run(&[
+        "routes",
+        "--config",
+        f.to_str().unwrap(),
+        "/api/%2e%2e/../x",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("rejected: the gateway answers 400"), "{out}");
+    assert!(!out.contains("route: "), "{out}");
 }
 
 #[test]
