@@ -1,7 +1,7 @@
 //! What a config of 1,000 and 10,000 routes costs to load, the way a reload
 //! does it (minus reading the file): YAML parse, `${ENV}` substitution,
 //! per-item deserialize and validation (`config::load_str_with_env`), compile
-//! into the runtime `Snapshot` (`config::compile::compile`), and the whole
+//! into the runtime `Snapshot` (`snapshot::build::compile`), and the whole
 //! swap on a running gateway (`App::reload`: compile against the live
 //! carry-over state, swap, retain, forget removed metric series, diff).
 //!
@@ -12,10 +12,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use tollgate::config::compile::compile;
 use tollgate::config::{LoadedConfig, load_str_with_env};
 use tollgate::metrics::Metrics;
-use tollgate::state::Carryover;
+use tollgate::snapshot::build::compile;
+use tollgate::snapshot::carryover::Carryover;
 use tollgate::{App, BuildOptions};
 
 #[path = "../tests/support/scale.rs"]

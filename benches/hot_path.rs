@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use tollgate::headers::{ip_value, propagate_trace, set_forwarded, strip_hop_by_hop};
 use tollgate::metrics::Metrics;
-use tollgate::proxy::headers::{ip_value, propagate_trace, set_forwarded, strip_hop_by_hop};
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut m = HeaderMap::new();

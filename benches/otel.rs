@@ -22,8 +22,8 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tollgate::headers::{TraceContext, propagate_trace, set_traceparent};
 use tollgate::otel::{ExportSettings, FinishedSpan, SpanExporter, SpanMetrics, encode};
-use tollgate::proxy::headers::{TraceContext, propagate_trace, set_traceparent};
 
 const CLIENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -10,12 +10,12 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
-use tollgate::config::compile::compile;
 use tollgate::config::load_str_with_env;
 use tollgate::metrics::Metrics;
 use tollgate::router::{PathSpec, RequestView, RouteSpec, Router};
 use tollgate::snapshot::Snapshot;
-use tollgate::state::Carryover;
+use tollgate::snapshot::build::compile;
+use tollgate::snapshot::carryover::Carryover;
 
 #[path = "../tests/support/scale.rs"]
 mod scale;

@@ -12,10 +12,13 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod body;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod headers;
 pub mod metrics;
 pub mod normalize;
 #[cfg(feature = "otel")]
@@ -26,7 +29,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
-pub mod state;
+pub mod tls;
 pub mod upstream;
 
 use std::io::Write;
@@ -43,12 +46,12 @@ use tokio_util::task::TaskTracker;
 
 use access_log::{AccessLog, LogFormat};
 use config::LoadedConfig;
-use config::compile::{CompileError, compile};
 use metrics::Metrics;
 use server::tls::TlsListeners;
 use server::{ConnSettings, Lifecycle};
 use snapshot::Snapshot;
-use state::Carryover;
+use snapshot::build::{CompileError, compile};
+use snapshot::carryover::Carryover;
 
 /// State shared by every request of the process.
 pub struct Shared {

@@ -157,8 +157,8 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
             let rt = runtime_for_cli().map_err(runtime)?;
             let text = rt.block_on(async {
                 let metrics = tollgate::metrics::Metrics::new()?;
-                let carry = tollgate::state::Carryover::default();
-                let snap = config::compile::compile(&loaded, &metrics, &carry)?;
+                let carry = tollgate::snapshot::carryover::Carryover::default();
+                let snap = tollgate::snapshot::build::compile(&loaded, &metrics, &carry)?;
                 anyhow::Ok(explain::explain(&snap, &loaded.config, &probe))
             });
             print!("{}", text.map_err(usage)?);

@@ -41,7 +41,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::proxy::headers::TraceContext;
+use crate::headers::TraceContext;
 
 /// Spans waiting for export; more are dropped (and counted).
 pub const QUEUE_CAPACITY: usize = 4096;

@@ -23,12 +23,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::config::compile::compile;
 use crate::config::schema::Config;
 use crate::config::{ConfigErrors, LoadedConfig};
 use crate::server::tls::TlsListeners;
 use crate::server::{self, ConnSettings, Lifecycle};
 use crate::snapshot::Snapshot;
+use crate::snapshot::build::compile;
 
 /// `${VAR}` lookups for a config file.
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;

@@ -200,12 +200,12 @@ fn errors_point_at_the_line() {
 fn the_shipped_auth_and_demo_examples_compile() {
     // Validation does not read files; compiling does (jwks_file must exist).
     let metrics = tollgate::metrics::Metrics::new().unwrap();
-    let carry = tollgate::state::Carryover::default();
+    let carry = tollgate::snapshot::carryover::Carryover::default();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     for name in ["auth.yaml", "demo.yaml"] {
         let loaded = tollgate::config::load_file_with_env(&dir.join(name), &|_| None)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        if let Err(e) = tollgate::config::compile::compile(&loaded, &metrics, &carry) {
+        if let Err(e) = tollgate::snapshot::build::compile(&loaded, &metrics, &carry) {
             panic!("{name} does not compile: {e}");
         }
     }

@@ -2,7 +2,6 @@
 //! `${ENV}` substitution and positions (`load`), checking it whole (`validate`), and
 //! turning it into the runtime snapshot (`compile`).
 
-pub mod compile;
 mod env;
 pub mod load;
 mod positions;
@@ -10,6 +9,7 @@ pub mod schema;
 pub(crate) mod suggest;
 pub mod units;
 pub mod validate;
+pub mod values;
 
 pub use load::{
     ConfigError, ConfigErrors, LoadedConfig, load_file, load_file_with_env, load_str,

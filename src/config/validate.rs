@@ -15,8 +15,8 @@ use super::schema::{
     Config, HeaderOps, JwtPolicy, ListenerTls, Match, Route, Upstream, UpstreamTls,
 };
 use super::suggest;
-use crate::policy::rate_limit::KeyKind;
-use crate::proxy::compress::Encoding;
+use crate::config::values::Encoding;
+use crate::config::values::KeyKind;
 
 /// A problem: the key path it is about and what is wrong.
 pub type Issue = (String, String);
@@ -41,7 +41,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
 /// `validate` passed, at every load, so a reload with a broken certificate fails
 /// and the old one keeps serving.
 pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
-    use crate::server::tls;
+    use crate::tls;
     let mut issues = Vec::new();
     let provider = tls::provider();
     for (i, l) in config.server.listeners.iter().enumerate() {
@@ -245,7 +245,7 @@ impl Checker {
     }
 
     fn listener_tls(&mut self, at: &str, tls: &ListenerTls) {
-        use crate::server::tls::{ALPN_PROTOCOLS, MIN_VERSIONS};
+        use crate::tls::{ALPN_PROTOCOLS, MIN_VERSIONS};
         if tls.certificates.is_empty() {
             self.err(
                 child(at, "certificates"),
@@ -616,7 +616,7 @@ impl Checker {
     }
 
     fn jwt_policy(&mut self, at: &str, p: &JwtPolicy) {
-        use crate::policy::jwt::ALGORITHMS;
+        use crate::config::values::ALGORITHMS;
         if p.algorithms.is_empty() {
             self.err(child(at, "algorithms"), "list at least one algorithm");
         }
@@ -725,7 +725,7 @@ impl Checker {
                 self.err(child(at, "token_from"), "list at least one token source");
             }
             for (i, s) in list.iter().enumerate() {
-                if let Err(e) = s.parse::<crate::policy::jwt::TokenSource>() {
+                if let Err(e) = s.parse::<crate::config::values::TokenSource>() {
                     self.err(item(&child(at, "token_from"), i), e);
                 }
             }
@@ -747,7 +747,7 @@ impl Checker {
     }
 
     fn cors(&mut self, config: &Config) {
-        use crate::policy::cors::{check_header_name, check_origin};
+        use crate::config::values::{check_header_name, check_origin};
         for (name, c) in &config.cors {
             let at = child("cors", name);
             if c.allow_origins.is_empty() {
@@ -876,7 +876,7 @@ impl Checker {
                 );
             }
             for (i, net) in list.iter().enumerate() {
-                if let Err(e) = super::compile::parse_net(net) {
+                if let Err(e) = super::values::parse_net(net) {
                     self.err(item(&child(at, key), i), e);
                 }
             }

@@ -26,6 +26,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::jwks::JwksSource;
 use crate::config::schema;
+use crate::config::values::{ALGORITHMS, TokenSource};
 use crate::error::AuthFailure;
 
 /// Tokens longer than this are refused before any parsing or crypto: no
@@ -40,11 +41,6 @@ const CACHE_SHARDS: usize = 16;
 /// At most this many keys are tried for one token (several keys can share a
 /// family when a token has no `kid`).
 const MAX_KEY_TRIES: usize = 4;
-
-pub const ALGORITHMS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
-];
 
 /// Claims of a verified token, shared by the `Exchange` and the cache.
 pub type Claims = Arc<Map<String, Value>>;
@@ -63,55 +59,6 @@ pub enum JwtError {
     Failure(AuthFailure),
     /// No key set has ever loaded (JWKS not fetched yet): 503, not 401.
     Unavailable,
-}
-
-/// Where a token is read from (`token_from`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `header:Authorization`: the `Bearer` scheme.
-    Bearer,
-    /// `header:<name>`: the whole value (a leading `Bearer ` is tolerated).
-    Header(HeaderName),
-    Query(String),
-    Cookie(String),
-}
-
-impl FromStr for TokenSource {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, name) = s.split_once(':').ok_or_else(|| {
-            format!("expected header:<name>, query:<name> or cookie:<name>, got `{s}`")
-        })?;
-        if name.is_empty() {
-            return Err(format!("`{s}` needs a name after `{kind}:`"));
-        }
-        match kind {
-            "header" => {
-                let h = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("`{name}` is not a valid header name"))?;
-                Ok(if h == header::AUTHORIZATION {
-                    TokenSource::Bearer
-                } else {
-                    TokenSource::Header(h)
-                })
-            }
-            "query" => Ok(TokenSource::Query(name.to_string())),
-            "cookie" => {
-                let ok = name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-                if ok {
-                    Ok(TokenSource::Cookie(name.to_string()))
-                } else {
-                    Err(format!("`{name}` is not a valid cookie name"))
-                }
-            }
-            other => Err(format!(
-                "unknown token source `{other}`; expected header:<name>, query:<name> or cookie:<name>{}",
-                crate::config::suggest::hint(other, ["header", "query", "cookie"])
-            )),
-        }
-    }
 }
 
 impl TokenSource {

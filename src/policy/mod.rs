@@ -29,7 +29,7 @@ use crate::error::{AuthFailure, GatewayError};
 use crate::metrics::{AuthFailureMetrics, Metrics};
 use crate::proxy::Exchange;
 use crate::proxy::body::ResponseBody;
-use crate::state::Carryover;
+use crate::snapshot::carryover::Carryover;
 use api_key::ApiKeySet;
 use cors::CorsPolicy;
 use ip::IpRules;
@@ -154,8 +154,7 @@ impl RoutePolicies {
                 .flatten()
                 .enumerate()
                 .map(|(i, s)| {
-                    crate::config::compile::parse_net(s)
-                        .map_err(|m| (format!("{at}.{key}[{i}]"), m))
+                    crate::config::values::parse_net(s).map_err(|m| (format!("{at}.{key}[{i}]"), m))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };

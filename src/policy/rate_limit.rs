@@ -19,45 +19,12 @@ use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
-use http::HeaderName;
 use http::request::Parts;
 use lru::LruCache;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::schema;
-
-/// What a limit is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyKind {
-    ClientIp,
-    Header(HeaderName),
-    JwtClaim(String),
-    ApiKey,
-    /// One bucket shared by every request of the route.
-    Route,
-}
-
-impl std::str::FromStr for KeyKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("expected client_ip, header:<name>, jwt:<claim>, api_key or route, got `{s}`")
-        };
-        Ok(match s.split_once(':') {
-            None if s == "client_ip" => KeyKind::ClientIp,
-            None if s == "api_key" => KeyKind::ApiKey,
-            None if s == "route" => KeyKind::Route,
-            Some(("header", name)) => KeyKind::Header(
-                HeaderName::from_bytes(name.trim().as_bytes())
-                    .map_err(|_| format!("`{name}` is not a valid header name"))?,
-            ),
-            Some(("jwt", claim)) if !claim.trim().is_empty() => {
-                KeyKind::JwtClaim(claim.trim().to_string())
-            }
-            _ => return Err(bad()),
-        })
-    }
-}
+use crate::config::values::KeyKind;
 
 /// The facts a key is taken from.
 pub struct KeySource<'a> {

@@ -10,6 +10,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use crate::config::values::Encoding;
 use crate::upstream::pool::UpstreamBody;
 use async_compression::Level;
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
@@ -41,40 +42,6 @@ const ZSTD_LEVEL: i32 = 3;
 const WINDOW_LOG: u32 = 18;
 /// The most compressed bytes handed to the client in one frame.
 const OUT_CHUNK: usize = 16 * 1024;
-
-/// A content coding the gateway can produce.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
-    Gzip,
-    Brotli,
-    Zstd,
-}
-
-impl Encoding {
-    /// The names accepted in `compress:` (the Content-Encoding tokens).
-    pub const NAMES: [&'static str; 3] = ["gzip", "br", "zstd"];
-
-    pub fn from_name(name: &str) -> Option<Encoding> {
-        match name {
-            "gzip" => Some(Encoding::Gzip),
-            "br" => Some(Encoding::Brotli),
-            "zstd" => Some(Encoding::Zstd),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Encoding::Gzip => "gzip",
-            Encoding::Brotli => "br",
-            Encoding::Zstd => "zstd",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// A route's compiled `compress:` setting.
 pub struct Compression {

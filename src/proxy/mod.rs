@@ -6,7 +6,7 @@
 pub mod body;
 pub mod compress;
 pub mod grpc;
-pub mod headers;
+
 pub mod record;
 pub mod websocket;
 
@@ -24,22 +24,23 @@ use hyper::body::Incoming;
 use tokio::time::Instant as TokioInstant;
 
 use crate::Shared;
+use crate::body::{BodyError, RequestBody};
 use crate::config::schema::PathNormalization;
+use crate::conn::ConnInfo;
 use crate::error::GatewayError;
+use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Outcome;
 use crate::normalize::host::request_host;
 use crate::normalize::path::normalize;
 use crate::policy::Decision;
 use crate::router::RequestView;
-use crate::server::ConnInfo;
 use crate::snapshot::{Action, Snapshot};
 use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
 use crate::upstream::pool::{BodyErrorKind, SendError, UpstreamBody};
 use crate::upstream::retry::{MAX_REPLAY_BODY, RetryReason};
-use body::{BodyError, RequestBody, ResponseBody};
-use headers::X_REQUEST_ID;
+use body::ResponseBody;
 use record::RequestRecord;
 
 /// What the gateway knows about one request as it moves through the phases.

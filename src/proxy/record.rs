@@ -11,7 +11,7 @@ use http::{Method, StatusCode, Uri};
 use super::Exchange;
 use crate::Shared;
 use crate::access_log::AccessLine;
-use crate::server::ConnInfo;
+use crate::conn::ConnInfo;
 use crate::snapshot::Snapshot;
 
 pub struct RequestRecord {

@@ -196,7 +196,7 @@ pub fn answered(
             let e = GatewayError::BadRequest("this route cannot open a WebSocket");
             let mut refusal = e.to_response(record.ex.request_id.to_str().unwrap_or_default());
             refusal.headers_mut().insert(
-                super::headers::X_REQUEST_ID.clone(),
+                crate::headers::X_REQUEST_ID.clone(),
                 record.ex.request_id.clone(),
             );
             *resp = refusal;

@@ -5,10 +5,9 @@
 //! their buffers, and closing connections that idle too long or send their
 //! request head too slowly.
 
-mod conn;
 pub mod tls;
 
-pub use conn::ConnInfo;
+pub use crate::conn::ConnInfo;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,8 +30,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::Shared;
 use crate::config::schema::Limits;
+use crate::conn::{Verdict, WatchedIo};
 use crate::proxy::body::ResponseBody;
-use conn::{Verdict, WatchedIo};
 use tls::TlsListener;
 
 /// How long an HTTP/1.1 keep-alive connection idles before it parks: hyper's

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::pool::{PoolSettings, SendError, chain, classify, client_config};
-use crate::proxy::body::RequestBody;
+use crate::body::RequestBody;
 
 /// A PING is sent after this long without frames from the upstream while a
 /// stream is open; no answer within `PING_TIMEOUT` closes the connection, so a

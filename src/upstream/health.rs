@@ -19,9 +19,9 @@ use http::{Request, Uri};
 use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::RequestBody;
 use crate::config::units::StatusRange;
-use crate::proxy::body::RequestBody;
-use crate::state::TargetState;
+use crate::upstream::TargetState;
 use crate::upstream::Upstream;
 use crate::upstream::pool::{Endpoint, UpstreamBody, UpstreamClient};
 

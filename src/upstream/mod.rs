@@ -14,7 +14,7 @@ pub mod report;
 pub mod retry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -23,12 +23,37 @@ use tokio::time::Instant;
 
 use crate::error::GatewayError;
 use crate::metrics::TargetMetrics;
-use crate::state::TargetState;
 use balancer::{Balancer, PickContext};
-use circuit::{CircuitSettings, CircuitState};
+use circuit::{Circuit, CircuitSettings, CircuitState};
 use health::HealthSettings;
 use pool::{PoolSettings, UpstreamClient};
 use retry::{RetryBudget, RetryPolicy};
+
+/// What a target carries across config versions.
+pub struct TargetState {
+    /// Requests in flight to this target (least_request reads it).
+    pub in_flight: AtomicU32,
+    /// The active health checks' verdict; true until they say otherwise, and
+    /// ignored when the upstream has no `health_check`.
+    pub healthy: AtomicBool,
+    pub circuit: Circuit,
+    /// Attempts sent to this target, and those that failed (connect error,
+    /// timeout, reset, 5xx), for `/upstreams`.
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl Default for TargetState {
+    fn default() -> Self {
+        TargetState {
+            in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            circuit: Circuit::default(),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -196,10 +221,11 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{compile::compile, load_str};
+    use crate::config::load_str;
     use crate::metrics::Metrics;
     use crate::snapshot::Snapshot;
-    use crate::state::Carryover;
+    use crate::snapshot::build::compile;
+    use crate::snapshot::carryover::Carryover;
 
     fn snapshot() -> Snapshot {
         let yaml = "

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::proxy::body::{BodyError, RequestBody};
+use crate::body::{BodyError, RequestBody};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
@@ -626,7 +626,7 @@ pub(super) fn chain(err: &dyn std::error::Error) -> String {
 
 /// The rustls client config for an upstream's `https://` targets.
 pub(super) fn client_config(tls: &TlsSettings) -> Result<ClientConfig, rustls::Error> {
-    let provider = crate::server::tls::provider();
+    let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let config = if tls.insecure_skip_verify {

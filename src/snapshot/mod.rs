@@ -2,6 +2,9 @@
 //! once (router tables, upstreams with their pools and balancers, header edits,
 //! metric handles) and reached through a single `ArcSwap` load per request.
 
+pub mod build;
+pub mod carryover;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

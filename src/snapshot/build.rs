@@ -10,19 +10,20 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use ipnet::IpNet;
 
-use super::LoadedConfig;
-use super::schema;
+use crate::config::LoadedConfig;
+use crate::config::schema;
+use crate::config::values::Encoding;
+use crate::config::values::{KeyKind, parse_net};
 use crate::metrics::Metrics;
 use crate::policy::rate_limit::{
-    KeyKind, LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
+    LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
 };
 use crate::policy::{NamedPolicies, RouteLimit, RoutePolicies};
-use crate::proxy::compress::{Compression, Encoding};
+use crate::proxy::compress::Compression;
 use crate::router::{PathSpec, RouteSpec, Router};
+use crate::snapshot::carryover::Carryover;
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
-use crate::state::Carryover;
 use crate::upstream::balancer::{Balancer, Strategy};
 use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
 use crate::upstream::health::{DEFAULT_EXPECT, HealthSettings};
@@ -240,13 +241,6 @@ fn span_exporter(
         .map_err(|m| err(at, m))
 }
 
-/// A CIDR, or a bare address meaning just that host.
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("expected an IP address or CIDR like 10.0.0.0/8, got `{s}`"))
-}
-
 /// The TLS client settings of an upstream, its CA file read now (so a changed
 /// CA makes a new pool on reload).
 fn upstream_tls(
@@ -267,8 +261,7 @@ fn upstream_tls(
     }
     let ca = match &tls.ca {
         Some(ca) => Some(
-            crate::server::tls::read_certs(&resolve(ca))
-                .map_err(|m| err(format!("{path}.tls.ca"), m))?,
+            crate::tls::read_certs(&resolve(ca)).map_err(|m| err(format!("{path}.tls.ca"), m))?,
         ),
         None => None,
     };

@@ -8,7 +8,7 @@
 //! path); requests reach the states through the `Arc`s in the snapshot.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
@@ -17,36 +17,11 @@ use crate::config::schema;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::snapshot::Snapshot;
-use crate::upstream::circuit::Circuit;
+
+use crate::upstream::TargetState;
 use crate::upstream::health::{self, HealthKey};
 use crate::upstream::pool::{PoolSettings, UpstreamClient};
 use crate::upstream::retry::RetryBudget;
-
-/// What a target carries across config versions.
-pub struct TargetState {
-    /// Requests in flight to this target (least_request reads it).
-    pub in_flight: AtomicU32,
-    /// The active health checks' verdict; true until they say otherwise, and
-    /// ignored when the upstream has no `health_check`.
-    pub healthy: AtomicBool,
-    pub circuit: Circuit,
-    /// Attempts sent to this target, and those that failed (connect error,
-    /// timeout, reset, 5xx), for `/upstreams`.
-    pub requests: AtomicU64,
-    pub failures: AtomicU64,
-}
-
-impl Default for TargetState {
-    fn default() -> Self {
-        TargetState {
-            in_flight: AtomicU32::new(0),
-            healthy: AtomicBool::new(true),
-            circuit: Circuit::default(),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-        }
-    }
-}
 
 /// (upstream name, target URL)
 type TargetKey = (String, String);
@@ -254,8 +229,9 @@ impl Carryover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{compile::compile, load_str};
+    use crate::config::load_str;
     use crate::metrics::Metrics;
+    use crate::snapshot::build::compile;
 
     fn snapshot(yaml: &str, metrics: &Metrics, carry: &Carryover) -> Snapshot {
         let loaded = load_str(yaml, "t.yaml").unwrap();

@@ -74,7 +74,7 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, listener: Arc<str>) -> Self {
         ConnInfo {
             peer,
-            peer_value: crate::proxy::headers::ip_value(peer.ip()),
+            peer_value: crate::headers::ip_value(peer.ip()),
             listener,
             tls: false,
             client_cert_subject: None,
