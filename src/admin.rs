@@ -18,11 +18,11 @@ use tokio::net::TcpListener;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::Shared;
 use crate::config::LoadedConfig;
 use crate::explain::{Probe, explain_json};
 use crate::reload::{Reloader, Trigger};
 use crate::server::Lifecycle;
+use crate::shared::Shared;
 
 pub async fn serve(
     listener: TcpListener,
@@ -152,7 +152,8 @@ async fn answer(
             ),
         },
         "/upstreams" => {
-            let body = crate::upstream::report::render(&shared.snapshot.load());
+            let snap = shared.snapshot.load();
+            let body = crate::upstream::report::render(&snap.version, &snap.upstreams);
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

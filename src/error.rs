@@ -8,8 +8,6 @@ use std::fmt;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::proxy::body::ResponseBody;
-
 /// Whose fault a failed request was: used by logs and metrics to tell a client's
 /// mistake from a sick upstream or a gateway limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,8 +196,8 @@ impl GatewayError {
     /// The answer to a gRPC client: a trailers-only response (HTTP 200, the
     /// status in `grpc-status`/`grpc-message` headers, no body), with the same
     /// extra headers as `to_response` (Retry-After, WWW-Authenticate).
-    pub fn to_grpc_response(&self) -> Response<ResponseBody> {
-        let mut resp = Response::new(ResponseBody::empty());
+    pub fn to_grpc_response(&self) -> Response<Bytes> {
+        let mut resp = Response::new(Bytes::new());
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -217,7 +215,7 @@ impl GatewayError {
     }
 
     /// The SPEC §4 response: `{"error","message","request_id"}` as JSON.
-    pub fn to_response(&self, request_id: &str) -> Response<ResponseBody> {
+    pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
         let body = ErrorBody {
             error: self.code(),
             message: &self.to_string(),
@@ -226,7 +224,7 @@ impl GatewayError {
         // Serializing three strings cannot fail; fall back to an empty body anyway
         // rather than panic on the request path.
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = Response::new(ResponseBody::full(Bytes::from(json)));
+        let mut resp = Response::new(Bytes::from(json));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(
@@ -319,7 +317,7 @@ mod tests {
         assert_eq!(h["grpc-status"], "8");
         assert_eq!(h["grpc-message"], "rate limit `p` exceeded; retry in 3 s");
         assert_eq!(h["retry-after"], "3");
-        assert!(http_body::Body::is_end_stream(resp.body()));
+        assert!(resp.body().is_empty());
     }
 
     #[test]

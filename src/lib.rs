@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod compression;
 pub mod config;
 pub mod conn;
 pub mod demo;
@@ -28,6 +29,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod shared;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
@@ -36,7 +38,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -49,23 +51,11 @@ use config::LoadedConfig;
 use metrics::Metrics;
 use server::tls::TlsListeners;
 use server::{ConnSettings, Lifecycle};
-use snapshot::Snapshot;
 use snapshot::build::{CompileError, compile};
 use snapshot::carryover::Carryover;
 
-/// State shared by every request of the process.
-pub struct Shared {
-    /// The running config version; one load per request.
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Metrics,
-    /// State that outlives config versions (pools, per-target state).
-    pub carryover: Carryover,
-    pub access_log: AccessLog,
-    /// Requests in flight, for `server.limits.max_concurrent_requests`.
-    pub in_flight: AtomicUsize,
-    /// Set once shutdown begins: `/readyz` answers 503.
-    pub draining: AtomicBool,
-}
+pub use shared::Shared;
+use shared::unix_now;
 
 pub struct BuildOptions {
     /// Where access-log lines go (stdout in `main`); `None`: no access log.
@@ -220,12 +210,6 @@ fn local_addr(name: &str, l: &TcpListener) -> Result<SocketAddr, StartError> {
         addr: "?".into(),
         source,
     })
-}
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl App {

@@ -22,11 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
 use crate::config::schema::Config;
 use crate::config::{ConfigErrors, LoadedConfig};
 use crate::server::tls::TlsListeners;
 use crate::server::{self, ConnSettings, Lifecycle};
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::snapshot::build::compile;
 
@@ -385,7 +385,9 @@ impl Reloader {
             tracing::warn!("server.admin changed: the admin listener moves only on restart");
         }
         metrics.config_reloads_success.inc();
-        metrics.config_last_reload_success.set(crate::unix_now());
+        metrics
+            .config_last_reload_success
+            .set(crate::shared::unix_now());
         tracing::info!(
             ?trigger,
             version = %loaded.version,

@@ -1,7 +1,7 @@
 //! API keys (SPEC §2 `auth.api_keys`): a header carries the key; it is compared
 //! in constant time against every configured key (as SHA-256 digests, so the
 //! comparison length never depends on the guess). Only the key's id goes on:
-//! into the `Exchange` (logs), and upstream as `X-Consumer-Id`.
+//! into the `PolicyContext` (logs), and upstream as `X-Consumer-Id`.
 
 use std::sync::Arc;
 

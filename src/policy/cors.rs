@@ -5,12 +5,12 @@
 //! `Access-Control-Allow-Origin` (and credentials / exposed headers) on every
 //! answer, errors included; a disallowed origin gets no CORS header at all.
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use crate::config::schema;
-use crate::proxy::body::ResponseBody;
 
 const DEFAULT_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
 
@@ -73,7 +73,7 @@ impl CorsPolicy {
     }
 
     /// Answers a preflight, or `None` when the request is not one.
-    pub fn preflight(&self, parts: &Parts, out: &mut HeaderMap) -> Option<Response<ResponseBody>> {
+    pub fn preflight(&self, parts: &Parts, out: &mut HeaderMap) -> Option<Response<Bytes>> {
         if parts.method != Method::OPTIONS
             || !parts.headers.contains_key(header::ORIGIN)
             || !parts
@@ -108,7 +108,7 @@ impl CorsPolicy {
                 );
             }
         }
-        let mut resp = Response::new(ResponseBody::empty());
+        let mut resp = Response::new(Bytes::new());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         Some(resp)
     }

@@ -1,5 +1,5 @@
 //! `ip_allow` / `ip_deny` (SPEC §2): CIDR lists checked against the client IP
-//! (`Exchange.client_ip`, already taken through `server.trusted_proxies`).
+//! (`PolicyContext::client_ip`, already taken through `server.trusted_proxies`).
 //! A deny match always wins; with an allow list, only its addresses pass.
 
 use std::net::IpAddr;

@@ -42,7 +42,7 @@ const CACHE_SHARDS: usize = 16;
 /// family when a token has no `kid`).
 const MAX_KEY_TRIES: usize = 4;
 
-/// Claims of a verified token, shared by the `Exchange` and the cache.
+/// Claims of a verified token, shared by the `PolicyContext` and the cache.
 pub type Claims = Arc<Map<String, Value>>;
 
 /// A token that passed every check.

@@ -4,7 +4,7 @@
 //! `require_claims`, `rate_limit`).
 //!
 //! Each policy is plain data compiled per route (`RoutePolicies`); a check reads
-//! the request head and the `Exchange`, may add to the `Exchange` (the consumer,
+//! the request head and the `PolicyContext`, may add to it (the consumer,
 //! the claims, response headers such as `RateLimit-*`), may edit the headers that
 //! go upstream, and either lets the request continue, answers it directly (a CORS
 //! preflight), or refuses it with a `GatewayError`.
@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Response};
 use serde_json::Value;
@@ -27,9 +28,6 @@ use serde_json::Value;
 use crate::config::schema;
 use crate::error::{AuthFailure, GatewayError};
 use crate::metrics::{AuthFailureMetrics, Metrics};
-use crate::proxy::Exchange;
-use crate::proxy::body::ResponseBody;
-use crate::snapshot::carryover::Carryover;
 use api_key::ApiKeySet;
 use cors::CorsPolicy;
 use ip::IpRules;
@@ -70,12 +68,51 @@ pub enum AuthMethod {
     ApiKey(Arc<ApiKeySet>),
 }
 
+/// The four fields of a request that policies read or fill in; the proxy's
+/// exchange holds one, so policies never see the rest of the request state.
+pub struct PolicyContext {
+    /// The client address, already taken through `server.trusted_proxies`.
+    pub client_ip: std::net::IpAddr,
+    /// Who the request was authenticated as: an API key id or a JWT subject.
+    /// Safe to log; never the credential itself.
+    pub consumer: Option<String>,
+    /// The verified JWT claims, for `require_claims` and `jwt:<claim>` keys.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// Headers every answer to this request carries, success or error (for
+    /// example rate-limit or CORS headers added by policies).
+    pub response_headers: http::HeaderMap,
+}
+
+impl PolicyContext {
+    pub fn new(client_ip: std::net::IpAddr) -> Self {
+        PolicyContext {
+            client_ip,
+            consumer: None,
+            claims: None,
+            response_headers: http::HeaderMap::new(),
+        }
+    }
+}
+
+/// Where JWKS sources outlive a config version: a reload whose JWT policy is
+/// unchanged keeps the running source (its keys and refresh task) instead of
+/// fetching again. The snapshot's carried-over state implements it.
+pub trait KeepJwks {
+    /// The JWKS source of JWT policy `name` with definition `def`.
+    fn jwks(
+        &self,
+        name: &str,
+        def: &schema::JwtPolicy,
+        make: impl FnOnce() -> Arc<jwks::JwksSource>,
+    ) -> Arc<jwks::JwksSource>;
+}
+
 /// What the policies decided about a request they did not refuse.
 pub enum Decision {
     /// Go on to the route's action.
     Continue,
     /// Answer with this response without contacting any upstream.
-    Respond(Response<ResponseBody>),
+    Respond(Response<Bytes>),
 }
 
 /// The named policies of a config version, shared by the routes that use them.
@@ -94,7 +131,7 @@ impl NamedPolicies {
         cfg: &schema::Config,
         base_dir: &Path,
         metrics: &Metrics,
-        carry: &Carryover,
+        carry: &impl KeepJwks,
     ) -> Result<NamedPolicies, (String, String)> {
         let mut out = NamedPolicies::default();
         for (name, p) in &cfg.auth.jwt {
@@ -223,7 +260,7 @@ impl RoutePolicies {
     pub async fn check(
         &self,
         parts: &mut Parts,
-        ex: &mut Exchange,
+        ex: &mut PolicyContext,
     ) -> Result<Decision, GatewayError> {
         // 1. IP rules: the cheapest refusal, before anything else is looked at.
         if let Some(ip) = &self.ip
@@ -278,7 +315,7 @@ impl RoutePolicies {
     async fn check_rate_limits(
         &self,
         parts: &Parts,
-        ex: &mut Exchange,
+        ex: &mut PolicyContext,
     ) -> Result<(), GatewayError> {
         let src = KeySource {
             client_ip: ex.client_ip,
@@ -317,7 +354,11 @@ impl RoutePolicies {
         }
     }
 
-    async fn authenticate(&self, parts: &mut Parts, ex: &mut Exchange) -> Result<(), GatewayError> {
+    async fn authenticate(
+        &self,
+        parts: &mut Parts,
+        ex: &mut PolicyContext,
+    ) -> Result<(), GatewayError> {
         // Identity headers are the gateway's to set: never the client's.
         parts.headers.remove(&X_CONSUMER_ID);
         for m in &self.auth {
@@ -417,7 +458,7 @@ fn claim_holds(value: &Value, wanted: &[String]) -> bool {
     })
 }
 
-fn set_rate_limit_headers(ex: &mut Exchange, v: &Verdict) {
+fn set_rate_limit_headers(ex: &mut PolicyContext, v: &Verdict) {
     let h = &mut ex.response_headers;
     h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(v.limit));
     h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(v.remaining));

@@ -11,7 +11,6 @@ pub mod record;
 pub mod websocket;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,11 +18,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant as TokioInstant;
 
-use crate::Shared;
 use crate::body::{BodyError, RequestBody};
 use crate::config::schema::PathNormalization;
 use crate::conn::ConnInfo;
@@ -32,8 +30,9 @@ use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Outcome;
 use crate::normalize::host::request_host;
 use crate::normalize::path::normalize;
-use crate::policy::Decision;
+use crate::policy::{Decision, PolicyContext};
 use crate::router::RequestView;
+use crate::shared::Shared;
 use crate::snapshot::{Action, Snapshot};
 use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
@@ -48,7 +47,8 @@ use record::RequestRecord;
 /// line and the metrics (`RequestRecord`).
 pub struct Exchange {
     pub request_id: HeaderValue,
-    pub client_ip: IpAddr,
+    /// What the route's policies read and fill in.
+    pub policy: PolicyContext,
     /// The Host the client asked for (HTTP/2: the authority).
     pub host: Option<HeaderValue>,
     pub route: Option<usize>,
@@ -57,16 +57,8 @@ pub struct Exchange {
     pub upstream_ms: Option<f64>,
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub retries: u32,
-    /// Who the request was authenticated as: an API key id or a JWT subject.
-    /// Safe to log; never the credential itself.
-    pub consumer: Option<String>,
-    /// The verified JWT claims, for `require_claims` and `jwt:<claim>` keys.
-    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The verified client certificate's subject on an mTLS connection.
     pub client_cert_subject: Option<Arc<str>>,
-    /// Headers every answer to this request carries, success or error (for
-    /// example rate-limit or CORS headers added by policies).
-    pub response_headers: HeaderMap,
     pub holds_global_slot: bool,
     /// The upstream whose bulkhead slot this request holds.
     pub upstream_slot: Option<usize>,
@@ -107,7 +99,11 @@ pub async fn handle(
 
     let ex = Exchange {
         request_id: request_id(req.headers()),
-        client_ip: headers::client_ip(conn.peer.ip(), req.headers(), &snapshot.trusted_proxies),
+        policy: PolicyContext::new(headers::client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &snapshot.trusted_proxies,
+        )),
         host: target.as_ref().ok().and_then(|t| t.host.clone()),
         route: None,
         target: None,
@@ -115,10 +111,7 @@ pub async fn handle(
         upstream_ms: None,
         bytes_in: None,
         retries: 0,
-        consumer: None,
-        claims: None,
         client_cert_subject: conn.client_cert_subject.clone(),
-        response_headers: HeaderMap::new(),
         holds_global_slot: false,
         grpc: grpc::is_grpc(req.headers()),
         upgrade: None,
@@ -161,6 +154,7 @@ pub async fn handle(
             } else {
                 e.to_response(id)
             };
+            let resp = resp.map(ResponseBody::full);
             (resp, Some(e))
         }
     };
@@ -168,7 +162,7 @@ pub async fn handle(
     // Policy headers replace what the upstream said; a repeated one keeps all
     // its values (drain yields the name once, then `None` for the extra values).
     let mut last = None;
-    for (name, value) in rec.ex.response_headers.drain() {
+    for (name, value) in rec.ex.policy.response_headers.drain() {
         match name {
             // Vary lists what the answer depends on: add to the upstream's.
             Some(name) if name == header::VARY => {
@@ -278,9 +272,9 @@ async fn serve(
 
     // Client policies: IP rules, CORS, auth, claims, rate limits.
     if !route.policies.is_empty() {
-        match route.policies.check(&mut parts, ex).await? {
+        match route.policies.check(&mut parts, &mut ex.policy).await? {
             Decision::Continue => {}
-            Decision::Respond(resp) => return Ok(resp),
+            Decision::Respond(resp) => return Ok(resp.map(ResponseBody::full)),
         }
     }
 
@@ -485,7 +479,7 @@ async fn forward(
     loop {
         let now = TokioInstant::now();
         let pick = PickContext {
-            client_ip: ex.client_ip,
+            client_ip: ex.policy.client_ip,
             headers: &parts.headers,
         };
         let idx = upstream.pick(&pick, &tried, now)?;

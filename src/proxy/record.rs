@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{Method, StatusCode, Uri};
 
 use super::Exchange;
-use crate::Shared;
 use crate::access_log::AccessLine;
 use crate::conn::ConnInfo;
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 
 pub struct RequestRecord {
@@ -89,7 +89,7 @@ impl RequestRecord {
             uri: self.uri.clone(),
             tls: self.conn.tls,
             host: ex.host.clone(),
-            client_ip: ex.client_ip,
+            client_ip: ex.policy.client_ip,
             listener: self.conn.listener.clone(),
             route: ex.route.map(|i| snap.routes[i].name.clone()),
             upstream: ex.target.map(|(u, _)| snap.upstreams[u].name.clone()),
@@ -166,7 +166,7 @@ impl Drop for RequestRecord {
             ts: self.ts,
             request_id: ex.request_id.to_str().unwrap_or("-"),
             listener: &self.conn.listener,
-            client_ip: ex.client_ip,
+            client_ip: ex.policy.client_ip,
             method: self.method.as_str(),
             host: ex.host.as_ref().and_then(|h| h.to_str().ok()),
             path,
@@ -184,7 +184,7 @@ impl Drop for RequestRecord {
             retries: ex.retries,
             error,
             client_cert: ex.client_cert_subject.as_deref(),
-            consumer: ex.consumer.as_deref(),
+            consumer: ex.policy.consumer.as_deref(),
         });
     }
 }

@@ -194,7 +194,9 @@ pub fn answered(
             // An HTTP/2 client reads any 2xx to its CONNECT as an open tunnel;
             // a route that answers directly cannot give it one.
             let e = GatewayError::BadRequest("this route cannot open a WebSocket");
-            let mut refusal = e.to_response(record.ex.request_id.to_str().unwrap_or_default());
+            let mut refusal = e
+                .to_response(record.ex.request_id.to_str().unwrap_or_default())
+                .map(ResponseBody::full);
             refusal.headers_mut().insert(
                 crate::headers::X_REQUEST_ID.clone(),
                 record.ex.request_id.clone(),

@@ -28,10 +28,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Shared;
 use crate::config::schema::Limits;
 use crate::conn::{Verdict, WatchedIo};
 use crate::proxy::body::ResponseBody;
+use crate::shared::Shared;
 use tls::TlsListener;
 
 /// How long an HTTP/1.1 keep-alive connection idles before it parks: hyper's

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::compression::Compression;
 use crate::config::LoadedConfig;
 use crate::config::schema;
 use crate::config::values::Encoding;
@@ -20,7 +21,6 @@ use crate::policy::rate_limit::{
     LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
 };
 use crate::policy::{NamedPolicies, RouteLimit, RoutePolicies};
-use crate::proxy::compress::Compression;
 use crate::router::{PathSpec, RouteSpec, Router};
 use crate::snapshot::carryover::Carryover;
 use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::schema;
+use crate::policy::KeepJwks;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::snapshot::Snapshot;
@@ -147,28 +148,6 @@ impl Carryover {
             .len()
     }
 
-    /// The JWKS source of JWT policy `name`: the running one while the policy's
-    /// definition is unchanged, else a new one (made by `make`, started now).
-    pub fn jwks(
-        &self,
-        name: &str,
-        def: &schema::JwtPolicy,
-        make: impl FnOnce() -> Arc<JwksSource>,
-    ) -> Arc<JwksSource> {
-        let key = (
-            name.to_string(),
-            serde_json::to_string(def).unwrap_or_default(),
-        );
-        let mut map = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(key)
-            .or_insert_with(|| {
-                let source = make();
-                source.start();
-                source
-            })
-            .clone()
-    }
-
     /// The span exporter for `settings`: the running one while a snapshot
     /// still holds it and its settings are the same, else a new one (started
     /// now). An exporter no snapshot holds any more ends by itself.
@@ -223,6 +202,30 @@ impl Carryover {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         limits.retain(|_, (_, policy)| snap.rate_limits.iter().any(|p| Arc::ptr_eq(p, policy)));
+    }
+}
+
+impl KeepJwks for Carryover {
+    /// The running source while the policy's definition is unchanged, else a
+    /// new one (made by `make`, started now).
+    fn jwks(
+        &self,
+        name: &str,
+        def: &schema::JwtPolicy,
+        make: impl FnOnce() -> Arc<JwksSource>,
+    ) -> Arc<JwksSource> {
+        let key = (
+            name.to_string(),
+            serde_json::to_string(def).unwrap_or_default(),
+        );
+        let mut map = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(key)
+            .or_insert_with(|| {
+                let source = make();
+                source.start();
+                source
+            })
+            .clone()
     }
 }
 

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 
+use crate::compression::Compression;
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
-use crate::proxy::compress::Compression;
 use crate::router::Router;
 use crate::upstream::Upstream;
 

@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
-use crate::snapshot::Snapshot;
+use super::Upstream;
 
-pub fn upstreams(snap: &Snapshot) -> Value {
-    let list: Vec<Value> = snap
-        .upstreams
+/// `version` is the config version the upstreams belong to.
+pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
+    let list: Vec<Value> = upstreams
         .iter()
         .map(|u| {
             let targets: Vec<Value> = u
@@ -44,10 +44,10 @@ pub fn upstreams(snap: &Snapshot) -> Value {
             })
         })
         .collect();
-    json!({ "version": snap.version, "upstreams": list })
+    json!({ "version": version, "upstreams": list })
 }
 
 /// The JSON text of `upstreams`.
-pub fn render(snap: &Snapshot) -> Vec<u8> {
-    serde_json::to_vec_pretty(&upstreams(snap)).unwrap_or_default()
+pub fn render(version: &str, list: &[Upstream]) -> Vec<u8> {
+    serde_json::to_vec_pretty(&upstreams(version, list)).unwrap_or_default()
 }
