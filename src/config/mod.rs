@@ -1,6 +1,8 @@
-//! The configuration: the file format (`schema`, `units`), reading it with
-//! `${ENV}` substitution and positions (`load`), checking it whole (`validate`), and
-//! turning it into the runtime snapshot (`compile`).
+//! The configuration: the file format (`schema`, `units`, `values`), reading it
+//! with `${ENV}` substitution and positions (`load`), and checking it whole
+//! (`validate`). A leaf: it imports nothing of the gateway but `tls` (to check
+//! certificates); turning a valid config into the runtime snapshot is
+//! `snapshot::build`.
 
 mod env;
 pub mod load;

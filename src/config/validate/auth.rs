@@ -1,0 +1,189 @@
+//! `auth`: JWT policies (keys, algorithms, JWKS) and API-key sets.
+
+use std::collections::HashSet;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+use super::{Checker, MANAGED_HEADERS};
+use crate::config::positions::{child, item};
+use crate::config::schema::{Config, JwtPolicy};
+use crate::config::suggest;
+
+impl Checker {
+    pub(super) fn auth(&mut self, config: &Config) {
+        for (name, p) in &config.auth.jwt {
+            self.jwt_policy(&child("auth.jwt", name), p);
+        }
+        for (name, set) in &config.auth.api_keys {
+            let at = child("auth.api_keys", name);
+            if HeaderName::from_bytes(set.header.as_bytes()).is_err() {
+                self.err(
+                    child(&at, "header"),
+                    format!("`{}` is not a valid header name", set.header),
+                );
+            }
+            if set.keys.is_empty() {
+                self.err(child(&at, "keys"), "an API key set needs at least one key");
+            }
+            let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+            for (i, k) in set.keys.iter().enumerate() {
+                let key_at = item(&child(&at, "keys"), i);
+                if k.id.is_empty() || HeaderValue::from_str(&k.id).is_err() {
+                    self.err(
+                        child(&key_at, "id"),
+                        "an id must be non-empty printable ASCII (it is sent as X-Consumer-Id)",
+                    );
+                } else if !ids.insert(k.id.as_str()) {
+                    self.err(child(&key_at, "id"), format!("duplicate key id `{}`", k.id));
+                }
+                if k.key.is_empty() {
+                    self.err(
+                        child(&key_at, "key"),
+                        "the key is empty (is its ${VARIABLE} set?)",
+                    );
+                } else if HeaderValue::from_str(&k.key).is_err() {
+                    self.err(
+                        child(&key_at, "key"),
+                        "a key must be printable ASCII (it travels in a header)",
+                    );
+                } else if !keys.insert(k.key.as_str()) {
+                    self.err(
+                        child(&key_at, "key"),
+                        format!("key id `{}` reuses the key of an earlier id", k.id),
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn jwt_policy(&mut self, at: &str, p: &JwtPolicy) {
+        use crate::config::values::ALGORITHMS;
+        if p.algorithms.is_empty() {
+            self.err(child(at, "algorithms"), "list at least one algorithm");
+        }
+        let mut hmac = false;
+        let mut public = false;
+        for (i, alg) in p.algorithms.iter().enumerate() {
+            let alg_at = item(&child(at, "algorithms"), i);
+            if alg.eq_ignore_ascii_case("none") {
+                self.err(alg_at, "`none` (unsigned tokens) is never accepted");
+            } else if !ALGORITHMS.contains(&alg.as_str()) {
+                self.err(
+                    alg_at,
+                    format!(
+                        "unknown algorithm `{alg}`; expected one of {}{}",
+                        ALGORITHMS.join(", "),
+                        suggest::hint(alg, ALGORITHMS.iter().copied())
+                    ),
+                );
+            } else if alg.starts_with("HS") {
+                hmac = true;
+            } else {
+                public = true;
+            }
+        }
+        let sources: Vec<&str> = [
+            ("jwks_file", p.jwks_file.is_some()),
+            ("jwks_url", p.jwks_url.is_some()),
+            ("secret", p.secret.is_some()),
+        ]
+        .iter()
+        .filter(|s| s.1)
+        .map(|s| s.0)
+        .collect();
+        if sources.len() != 1 {
+            let got = if sources.is_empty() {
+                "none is given".to_owned()
+            } else {
+                format!("got {}", sources.join(" and "))
+            };
+            self.err(
+                at,
+                format!("needs exactly one key source: jwks_file, jwks_url or secret; {got}"),
+            );
+        }
+        if p.secret.is_some() && public {
+            self.err(
+                child(at, "algorithms"),
+                "a `secret` only verifies HS256/HS384/HS512; RSA, EC and EdDSA keys come from jwks_file or jwks_url",
+            );
+        }
+        if p.secret.is_none() && hmac {
+            self.err(
+                child(at, "algorithms"),
+                "HS256/HS384/HS512 need a `secret` (JWKS keys are public keys)",
+            );
+        }
+        if let Some(secret) = &p.secret
+            && secret.is_empty()
+        {
+            self.err(
+                child(at, "secret"),
+                "the secret is empty (is its ${VARIABLE} set?)",
+            );
+        }
+        if let Some(url) = &p.jwks_url {
+            let ok = url.parse::<Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                self.err(
+                    child(at, "jwks_url"),
+                    format!("expected an http:// or https:// URL, got `{url}`"),
+                );
+            }
+        }
+        if let Some(file) = &p.jwks_file
+            && file.is_empty()
+        {
+            self.err(child(at, "jwks_file"), "the file name is empty");
+        }
+        if let Some(r) = p.jwks_refresh {
+            if p.jwks_url.is_none() {
+                self.err(child(at, "jwks_refresh"), "only applies with jwks_url");
+            } else if r.get().is_zero() {
+                self.err(child(at, "jwks_refresh"), "must be above zero");
+            }
+        }
+        if let Some(l) = p.leeway
+            && l.get() > std::time::Duration::from_secs(600)
+        {
+            self.err(
+                child(at, "leeway"),
+                "at most 10m: clock skew beyond that is a broken clock",
+            );
+        }
+        if let Some(auds) = &p.audiences
+            && auds.is_empty()
+        {
+            self.err(
+                child(at, "audiences"),
+                "an empty list would accept no token; leave it out to not check `aud`",
+            );
+        }
+        if let Some(list) = &p.token_from {
+            if list.is_empty() {
+                self.err(child(at, "token_from"), "list at least one token source");
+            }
+            for (i, s) in list.iter().enumerate() {
+                if let Err(e) = s.parse::<crate::config::values::TokenSource>() {
+                    self.err(item(&child(at, "token_from"), i), e);
+                }
+            }
+        }
+        let fc = child(at, "forward_claims");
+        for (claim, h) in &p.forward_claims {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                self.err(
+                    child(&fc, claim),
+                    format!("`{h}` is not a valid header name"),
+                );
+            } else if MANAGED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                self.err(
+                    child(&fc, claim),
+                    format!("`{h}` is managed by the gateway"),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The files a config names (certificates, keys, CAs), read and checked.
+
+use std::path::PathBuf;
+
+use super::Issue;
+use crate::config::positions::{child, item};
+use crate::config::schema::Config;
+
+/// Reads the files the config names (certificates, keys, CAs) and checks they
+/// parse and belong together; `resolve` places a name from the file. Run after
+/// `validate` passed, at every load, so a reload with a broken certificate fails
+/// and the old one keeps serving.
+pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
+    use crate::tls;
+    let mut issues = Vec::new();
+    let provider = tls::provider();
+    for (i, l) in config.server.listeners.iter().enumerate() {
+        let Some(t) = &l.tls else { continue };
+        let at = child(&item("server.listeners", i), "tls");
+        for (j, c) in t.certificates.iter().enumerate() {
+            if let Err(e) = tls::load_cert(&resolve(&c.cert), &resolve(&c.key), &provider) {
+                let entry = item(&child(&at, "certificates"), j);
+                issues.push((child(&entry, &e.key), e.message));
+            }
+        }
+        if let Some(auth) = &t.client_auth {
+            if let Err(m) = tls::read_roots(&resolve(&auth.ca)) {
+                issues.push((child(&child(&at, "client_auth"), "ca"), m));
+            }
+        }
+    }
+    for (name, u) in &config.upstreams {
+        if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca.as_deref()) {
+            if let Err(m) = tls::read_roots(&resolve(ca)) {
+                let at = child(&child(&child("upstreams", name), "tls"), "ca");
+                issues.push((at, m));
+            }
+        }
+    }
+    issues
+}

@@ -1,0 +1,404 @@
+//! `routes[]`: matchers, actions, the policies a route names, compression and header edits.
+
+use std::collections::HashSet;
+
+use http::{HeaderName, HeaderValue};
+
+use super::{Checker, MANAGED_HEADERS, check_method};
+use crate::config::positions::{child, item};
+use crate::config::schema::{Config, HeaderOps, Match, Route};
+use crate::config::suggest;
+use crate::config::values::Encoding;
+
+impl Checker {
+    pub(super) fn routes(&mut self, config: &Config) {
+        let mut names = HashSet::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            let at = item("routes", i);
+            if route.name.is_empty() {
+                self.err(child(&at, "name"), "a route name cannot be empty");
+            } else if !names.insert(route.name.as_str()) {
+                self.err(
+                    child(&at, "name"),
+                    format!("duplicate route name `{}`", route.name),
+                );
+            }
+            self.matcher(&child(&at, "match"), &route.matcher);
+            self.action(&at, route, config);
+            if let Some(t) = route.timeout {
+                if t.get().is_zero() {
+                    self.err(child(&at, "timeout"), "must be above zero");
+                }
+            }
+            self.route_policies(&at, route, config);
+            if let Some(list) = &route.compress {
+                self.compress(&child(&at, "compress"), list, route);
+            }
+            self.header_ops(&child(&at, "request_headers"), &route.request_headers);
+            self.header_ops(&child(&at, "response_headers"), &route.response_headers);
+        }
+    }
+
+    /// `compress: [gzip, br, zstd]`: known names, each once, on a proxied route.
+    pub(super) fn compress(&mut self, at: &str, list: &[String], route: &Route) {
+        if route.upstream.is_none() {
+            self.err(at, "compress only applies to routes with an `upstream`");
+        }
+        if list.is_empty() {
+            self.err(
+                at,
+                "list at least one encoding (gzip, br, zstd), or remove `compress`",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in list.iter().enumerate() {
+            if Encoding::from_name(name).is_none() {
+                let hint = match name.to_ascii_lowercase().as_str() {
+                    "brotli" => " (did you mean `br`?)".to_string(),
+                    _ => suggest::hint(name, Encoding::NAMES),
+                };
+                self.err(
+                    item(at, i),
+                    format!("unknown encoding `{name}`; expected gzip, br or zstd{hint}"),
+                );
+            } else if !seen.insert(name.as_str()) {
+                self.err(item(at, i), format!("`{name}` is listed twice"));
+            }
+        }
+    }
+
+    /// Route `auth`, `require_claims`, `cors`, `ip_allow` and `ip_deny`.
+    pub(super) fn route_policies(&mut self, at: &str, route: &Route, config: &Config) {
+        let mut has_jwt = false;
+        if let Some(list) = &route.auth {
+            if list.is_empty() {
+                self.err(
+                    child(at, "auth"),
+                    "an empty list would refuse everyone; leave `auth` out for a public route",
+                );
+            }
+            let mut seen = HashSet::new();
+            for (i, entry) in list.iter().enumerate() {
+                let entry_at = item(&child(at, "auth"), i);
+                if !seen.insert(entry.as_str()) {
+                    self.err(&entry_at, format!("`{entry}` is listed twice"));
+                    continue;
+                }
+                match entry.split_once(':') {
+                    Some(("jwt", name)) => {
+                        has_jwt = true;
+                        if !config.auth.jwt.contains_key(name) {
+                            let hint =
+                                suggest::hint(name, config.auth.jwt.keys().map(String::as_str));
+                            self.err(entry_at, format!("unknown JWT policy `{name}`{hint}"));
+                        }
+                    }
+                    Some(("api_key", name)) => {
+                        if !config.auth.api_keys.contains_key(name) {
+                            let hint = suggest::hint(
+                                name,
+                                config.auth.api_keys.keys().map(String::as_str),
+                            );
+                            self.err(entry_at, format!("unknown API key set `{name}`{hint}"));
+                        }
+                    }
+                    Some((kind, _)) => self.err(
+                        entry_at,
+                        format!(
+                            "unknown auth kind `{kind}`; expected jwt:<policy> or api_key:<set>{}",
+                            suggest::hint(kind, ["jwt", "api_key"])
+                        ),
+                    ),
+                    None => self.err(
+                        entry_at,
+                        format!("expected jwt:<policy> or api_key:<set>, got `{entry}`"),
+                    ),
+                }
+            }
+        }
+        if let Some(claims) = &route.require_claims {
+            if !has_jwt {
+                self.err(
+                    child(at, "require_claims"),
+                    "needs a JWT in the route's `auth` (jwt:<policy>): claims come from the token",
+                );
+            }
+            for (claim, want) in claims {
+                let empty = match want {
+                    crate::config::schema::StringOrList::One(v) => v.is_empty(),
+                    crate::config::schema::StringOrList::Many(v) => {
+                        v.is_empty() || v.iter().any(String::is_empty)
+                    }
+                };
+                if empty {
+                    self.err(
+                        child(&child(at, "require_claims"), claim),
+                        "give the value (or values, any of which may match) the claim must have",
+                    );
+                }
+            }
+        }
+        if let Some(name) = &route.cors
+            && !config.cors.contains_key(name)
+        {
+            let hint = suggest::hint(name, config.cors.keys().map(String::as_str));
+            self.err(
+                child(at, "cors"),
+                format!("unknown cors policy `{name}`{hint}"),
+            );
+        }
+        for (key, list) in [("ip_allow", &route.ip_allow), ("ip_deny", &route.ip_deny)] {
+            let Some(list) = list else { continue };
+            if list.is_empty() && key == "ip_allow" {
+                self.err(
+                    child(at, key),
+                    "an empty allow list would refuse everyone; leave it out instead",
+                );
+            }
+            for (i, net) in list.iter().enumerate() {
+                if let Err(e) = crate::config::values::parse_net(net) {
+                    self.err(item(&child(at, key), i), e);
+                }
+            }
+        }
+    }
+
+    pub(super) fn matcher(&mut self, at: &str, m: &Match) {
+        let kinds = [
+            ("path", m.path.is_some()),
+            ("path_prefix", m.path_prefix.is_some()),
+            ("path_regex", m.path_regex.is_some()),
+        ];
+        let given: Vec<&str> = kinds.iter().filter(|k| k.1).map(|k| k.0).collect();
+        if given.len() != 1 {
+            let what = if given.is_empty() {
+                "none is given".to_owned()
+            } else {
+                format!("got {}", given.join(" and "))
+            };
+            self.err(
+                at,
+                format!("needs exactly one of path, path_prefix or path_regex; {what}"),
+            );
+        }
+        for (key, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+            if let Some(p) = value {
+                if !p.starts_with('/') {
+                    self.err(child(at, key), format!("must start with `/`, got `{p}`"));
+                }
+            }
+        }
+        if let Some(re) = &m.path_regex {
+            if let Err(e) = regex::Regex::new(re) {
+                self.err(
+                    child(at, "path_regex"),
+                    format!("invalid regex: {}", regex_reason(&e)),
+                );
+            }
+        }
+        for (i, host) in m.hosts.iter().flatten().enumerate() {
+            if let Err(e) = check_host_pattern(host) {
+                self.err(item(&child(at, "hosts"), i), e);
+            }
+        }
+        for (i, method) in m.methods.iter().flatten().enumerate() {
+            if let Err(e) = check_method(method) {
+                self.err(item(&child(at, "methods"), i), e);
+            }
+        }
+        let headers = child(at, "headers");
+        for (name, value) in &m.headers {
+            self.header(&headers, name, Some(value));
+        }
+        for name in m.query.keys() {
+            if name.is_empty() {
+                self.err(child(at, "query"), "a query parameter name cannot be empty");
+            }
+        }
+    }
+
+    /// Where the route sends the request: exactly one of `upstream` or `respond`.
+    pub(super) fn action(&mut self, at: &str, route: &Route, config: &Config) {
+        match (&route.upstream, &route.respond) {
+            (Some(_), Some(_)) => {
+                self.err(at, "give either `upstream` or `respond`, not both");
+            }
+            (None, None) => {
+                self.err(
+                    at,
+                    "needs either `upstream` (proxy) or `respond` (direct response)",
+                );
+            }
+            (Some(name), None) => {
+                if !config.upstreams.contains_key(name) {
+                    let hint = suggest::hint(name, config.upstreams.keys().map(String::as_str));
+                    self.err(
+                        child(at, "upstream"),
+                        format!("unknown upstream `{name}`{hint}"),
+                    );
+                }
+            }
+            (None, Some(respond)) => {
+                let respond_at = child(at, "respond");
+                if !(100..=599).contains(&respond.status) {
+                    self.err(
+                        child(&respond_at, "status"),
+                        format!(
+                            "must be an HTTP status from 100 to 599, got {}",
+                            respond.status
+                        ),
+                    );
+                }
+                let headers = child(&respond_at, "headers");
+                for (name, value) in &respond.headers {
+                    self.header(&headers, name, Some(value));
+                    if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                        self.err(
+                            child(&headers, name),
+                            format!("`{name}` is managed by the gateway and cannot be set"),
+                        );
+                    }
+                }
+            }
+        }
+
+        let Some(rewrite) = &route.rewrite else {
+            return;
+        };
+        let rewrite_at = child(at, "rewrite");
+        if route.upstream.is_none() {
+            self.err(
+                &rewrite_at,
+                "rewrite only applies to routes with an `upstream`",
+            );
+        }
+        if rewrite.strip_prefix.is_some() && rewrite.replace_prefix.is_some() {
+            self.err(
+                &rewrite_at,
+                "give either strip_prefix or replace_prefix, not both",
+            );
+        }
+        let mut prefixes = vec![("strip_prefix", rewrite.strip_prefix.as_deref())];
+        if let Some(r) = &rewrite.replace_prefix {
+            prefixes.push(("replace_prefix.from", Some(r.from.as_str())));
+            prefixes.push(("replace_prefix.to", Some(r.to.as_str())));
+        }
+        for (key, value) in prefixes {
+            if let Some(p) = value {
+                if !p.starts_with('/') {
+                    self.err(
+                        child(&rewrite_at, key),
+                        format!("must start with `/`, got `{p}`"),
+                    );
+                }
+            }
+        }
+        if let Some(host) = &rewrite.host {
+            if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
+                self.err(
+                    child(&rewrite_at, "host"),
+                    format!("expected a host name, optionally with a port, got `{host}`"),
+                );
+            }
+        }
+    }
+
+    pub(super) fn header_ops(&mut self, at: &str, ops: &HeaderOps) {
+        let set = child(at, "set");
+        for (name, value) in &ops.set {
+            self.header(&set, name, Some(value));
+            if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                self.err(
+                    child(&set, name),
+                    format!("`{name}` is a hop-by-hop or framing header and cannot be set"),
+                );
+            }
+        }
+        for (i, name) in ops.remove.iter().enumerate() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.err(
+                    item(&child(at, "remove"), i),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
+        }
+    }
+
+    /// A header name (and value) under the mapping at `at`.
+    pub(super) fn header(&mut self, at: &str, name: &str, value: Option<&str>) {
+        let path = child(at, name);
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.err(path, format!("`{name}` is not a valid header name"));
+        } else if let Some(v) = value {
+            if HeaderValue::from_str(v).is_err() {
+                self.err(
+                    path,
+                    format!(
+                        "not a valid header value (control characters or non-ASCII): `{}`",
+                        v.escape_debug()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A host name, or `*.` followed by one, matched case-insensitively.
+pub(super) fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.contains('*') {
+        return Err(format!(
+            "`{host}`: a wildcard is only allowed as a whole first label, like `*.example.com`"
+        ));
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{host}` is not a valid host name (give it without a port)"
+        ));
+    }
+    Ok(())
+}
+
+/// The regex crate's message without its multi-line ASCII-art pointer.
+pub(super) fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: ").map(str::to_owned))
+        .unwrap_or_else(|| text.lines().last().unwrap_or_default().trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_methods() {
+        assert!(check_host_pattern("api.example.com").is_ok());
+        assert!(check_host_pattern("*.example.com").is_ok());
+        assert!(check_host_pattern("api.*.com").is_err());
+        assert!(check_host_pattern("*").is_err());
+        assert!(check_host_pattern("api.example.com:8080").is_err());
+        assert!(check_method("get").is_ok());
+        assert!(check_method("PURGE").is_ok());
+        assert!(
+            check_method("GTE")
+                .unwrap_err()
+                .contains("did you mean `GET`")
+        );
+        assert!(check_method("GE T").is_err());
+    }
+
+    #[test]
+    #[allow(clippy::invalid_regex)] // the broken regex is the point
+    fn regex_errors_are_one_line() {
+        let e = regex::Regex::new("(a").unwrap_err();
+        assert_eq!(regex_reason(&e), "unclosed group");
+    }
+}
