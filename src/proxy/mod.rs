@@ -33,7 +33,7 @@ use crate::normalize::path::normalize;
 use crate::policy::{Decision, PolicyContext};
 use crate::router::RequestView;
 use crate::shared::Shared;
-use crate::snapshot::{Action, Snapshot};
+use crate::snapshot::{Action, RequestLimits, Route, Snapshot};
 use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
@@ -227,6 +227,10 @@ fn read_target<B>(req: &mut Request<B>, rules: &PathNormalization) -> Result<Tar
     Ok(Target { host, match_path })
 }
 
+/// The request path after the edge settled the target, phase by phase: admit,
+/// route, the route's policies, a direct answer or a claimed upstream, the
+/// upstream request, forward, answer. Each phase either hands the request on or
+/// ends it with an answer or a `GatewayError`.
 async fn serve(
     mut req: Request<Incoming>,
     target: Target,
@@ -235,12 +239,55 @@ async fn serve(
     conn: &ConnInfo,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    admit(&req, snap, shared, conn, ex)?;
+    ex.upgrade = websocket::detect(&mut req)?;
+    let route = route(&req, &target, snap, ex)?;
+    let (mut parts, body) = req.into_parts();
+    if let Decision::Respond(resp) = apply_policies(route, &mut parts, ex).await? {
+        return Ok(resp.map(ResponseBody::full));
+    }
+    let upstream_idx = match &route.action {
+        Action::Respond {
+            status,
+            headers,
+            body,
+        } => return Ok(respond_directly(route, *status, headers, body)),
+        Action::Proxy { upstream } => *upstream,
+    };
+    let declared = declared_length(&parts.headers);
+    let upstream = claim_upstream(snap, upstream_idx, declared, ex)?;
+    let path_and_query = upstream_request(&mut parts, route, conn, ex)?;
+    let body = outgoing_body(body, upstream, &parts, &snap.limits, declared, ex).await?;
+    // A gRPC client's deadline caps the route's timeout (and still goes upstream).
+    let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
+    let compression = compress::Negotiated::new(route.compress.as_ref(), &parts);
+    let attempt = Attempt {
+        upstream_idx,
+        path_and_query,
+        timeout: route
+            .timeout
+            .unwrap_or(upstream.request_timeout)
+            .min(grpc_deadline.unwrap_or(Duration::MAX)),
+        body_limit: snap.limits.max_body_bytes,
+    };
+    let resp = forward(parts, body, upstream, attempt, ex).await?;
+    answer(resp, route, upstream, compression, ex)
+}
+
+/// Admission: refuse what must not cost anything more: an ambiguous framing,
+/// load over `max_concurrent_requests`, a head over `max_header_bytes`.
+fn admit(
+    req: &Request<Incoming>,
+    snap: &Snapshot,
+    shared: &Shared,
+    conn: &ConnInfo,
+    ex: &mut Exchange,
+) -> Result<(), GatewayError> {
     if conn.take_ambiguous_length() && req.headers().contains_key(header::TRANSFER_ENCODING) {
         return Err(GatewayError::BadRequest(
             "the request has both Content-Length and Transfer-Encoding",
         ));
     }
-    // Admission: shed load before doing any work for the request.
     let limits = &snap.limits;
     if limits.max_concurrent_requests > 0 {
         let prev = shared.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -249,15 +296,21 @@ async fn serve(
             return Err(GatewayError::Overloaded);
         }
     }
-    if header_bytes(&req) > limits.max_header_bytes {
+    if header_bytes(req) > limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge {
             limit: limits.max_header_bytes,
         });
     }
+    Ok(())
+}
 
-    ex.upgrade = websocket::detect(&mut req)?;
-
-    // Routing.
+/// Routing: the first route that matches the normalised target.
+fn route<'s>(
+    req: &Request<Incoming>,
+    target: &Target,
+    snap: &'s Snapshot,
+    ex: &mut Exchange,
+) -> Result<&'s Route, GatewayError> {
     let view = RequestView {
         method: req.method(),
         host: ex.host.as_ref().and_then(|h| h.to_str().ok()),
@@ -265,47 +318,58 @@ async fn serve(
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let route_idx = snap.router.find(&view).ok_or(GatewayError::NoRoute)?;
-    ex.route = Some(route_idx);
-    let route = &snap.routes[route_idx];
-    let (mut parts, body) = req.into_parts();
+    let idx = snap.router.find(&view).ok_or(GatewayError::NoRoute)?;
+    ex.route = Some(idx);
+    Ok(&snap.routes[idx])
+}
 
-    // Client policies: IP rules, CORS, auth, claims, rate limits.
-    if !route.policies.is_empty() {
-        match route.policies.check(&mut parts, &mut ex.policy).await? {
-            Decision::Continue => {}
-            Decision::Respond(resp) => return Ok(resp.map(ResponseBody::full)),
-        }
+/// The route's client policies: IP rules, CORS, auth, claims, rate limits.
+async fn apply_policies(
+    route: &Route,
+    parts: &mut http::request::Parts,
+    ex: &mut Exchange,
+) -> Result<Decision, GatewayError> {
+    if route.policies.is_empty() {
+        return Ok(Decision::Continue);
     }
+    route.policies.check(parts, &mut ex.policy).await
+}
 
-    let upstream_idx = match &route.action {
-        Action::Respond {
-            status,
-            headers,
-            body,
-        } => {
-            let mut resp = Response::new(ResponseBody::full(body.clone()));
-            *resp.status_mut() = *status;
-            *resp.headers_mut() = headers.clone();
-            route.response_headers.apply(resp.headers_mut());
-            return Ok(resp);
-        }
-        Action::Proxy { upstream } => *upstream,
-    };
+/// A `respond:` route's answer.
+fn respond_directly(
+    route: &Route,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body.clone()));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers.clone();
+    route.response_headers.apply(resp.headers_mut());
+    resp
+}
 
-    // The body limit is checked before the upstream is contacted when the length
-    // is declared; a chunked body is counted as it flows (RequestBody).
-    let declared = parts
-        .headers
+/// The request's declared body length, when it has a valid one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.max_body_bytes) {
-        return Err(GatewayError::PayloadTooLarge {
-            limit: limits.max_body_bytes,
-        });
-    }
+        .and_then(|v| v.parse::<u64>().ok())
+}
 
+/// Before the upstream is contacted: a declared body over the limit is refused
+/// (a chunked one is counted as it flows, in `RequestBody`), then a slot of the
+/// upstream's bulkhead is taken.
+fn claim_upstream<'s>(
+    snap: &'s Snapshot,
+    upstream_idx: usize,
+    declared: Option<u64>,
+    ex: &mut Exchange,
+) -> Result<&'s Upstream, GatewayError> {
+    let limit = snap.limits.max_body_bytes;
+    if declared.is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
     let upstream = &snap.upstreams[upstream_idx];
     if !upstream.try_acquire() {
         return Err(GatewayError::UpstreamOverloaded {
@@ -315,9 +379,19 @@ async fn serve(
     if upstream.max_concurrent > 0 {
         ex.upstream_slot = Some(upstream_idx);
     }
+    Ok(upstream)
+}
 
-    // Build the upstream request in place from the client's; the target's
-    // authority goes into the URI per attempt (`forward`).
+/// The upstream request, built in place from the client's: the rewritten path
+/// (returned; the target's authority goes into the URI per attempt, in
+/// `forward`), hop-by-hop headers out, forwarding and trace headers in, the
+/// route's header edits, the Host.
+fn upstream_request(
+    parts: &mut http::request::Parts,
+    route: &Route,
+    conn: &ConnInfo,
+    ex: &Exchange,
+) -> Result<PathAndQuery, GatewayError> {
     let path_and_query = match route.rewrite.path(parts.uri.path()) {
         None => parts
             .uri
@@ -364,45 +438,54 @@ async fn serve(
         _ => {}
     }
     h.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
+    Ok(path_and_query)
+}
 
-    // A small body is read once and kept, so that a retry can send it again;
-    // anything else streams (and is then never retried).
+/// The body as it goes upstream. A small body is read once and kept, so that a
+/// retry can send it again; anything else streams (and is then never retried).
+async fn outgoing_body(
+    body: Incoming,
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    limits: &RequestLimits,
+    declared: Option<u64>,
+    ex: &mut Exchange,
+) -> Result<Outgoing, GatewayError> {
+    // An upgrade request has no body: what follows its head is the tunnel's.
+    if ex.upgrade.is_some() || hyper::body::Body::is_end_stream(&body) {
+        return Ok(Outgoing::Replayable(Bytes::new()));
+    }
     let retryable = upstream
         .retry
         .as_ref()
         .is_some_and(|r| r.allows_method(&parts.method));
-    // An upgrade request has no body: what follows its head is the tunnel's.
-    let body = if ex.upgrade.is_some() || hyper::body::Body::is_end_stream(&body) {
-        Outgoing::Replayable(Bytes::new())
+    let received = Arc::new(AtomicU64::new(0));
+    ex.bytes_in = Some(received.clone());
+    let body = RequestBody::new(
+        body,
+        limits.max_body_bytes,
+        limits.body_read_timeout,
+        received,
+    );
+    if retryable && declared.is_some_and(|len| len <= MAX_REPLAY_BODY) {
+        Ok(Outgoing::Replayable(
+            read_body(body, limits.max_body_bytes).await?,
+        ))
     } else {
-        let received = Arc::new(AtomicU64::new(0));
-        ex.bytes_in = Some(received.clone());
-        let body = RequestBody::new(
-            body,
-            limits.max_body_bytes,
-            limits.body_read_timeout,
-            received,
-        );
-        if retryable && declared.is_some_and(|len| len <= MAX_REPLAY_BODY) {
-            Outgoing::Replayable(read_body(body, limits.max_body_bytes).await?)
-        } else {
-            Outgoing::Streamed(body)
-        }
-    };
+        Ok(Outgoing::Streamed(body))
+    }
+}
 
-    // A gRPC client's deadline caps the route's timeout (and still goes upstream).
-    let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
-    let compression = compress::Negotiated::new(route.compress.as_ref(), &parts);
-    let attempt = Attempt {
-        upstream_idx,
-        path_and_query,
-        timeout: route
-            .timeout
-            .unwrap_or(upstream.request_timeout)
-            .min(grpc_deadline.unwrap_or(Duration::MAX)),
-        body_limit: limits.max_body_bytes,
-    };
-    let mut resp = forward(parts, body, upstream, attempt, ex).await?;
+/// The upstream's answer on its way to the client: a switched upgrade becomes
+/// the tunnel's answer; anything else loses its hop-by-hop headers, takes the
+/// route's header edits and is compressed when negotiated.
+fn answer(
+    mut resp: Response<UpstreamBody>,
+    route: &Route,
+    upstream: &Upstream,
+    compression: compress::Negotiated<'_>,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, GatewayError> {
     let switched = match ex.upgrade.as_mut() {
         Some(up) => up.switch(&mut resp, &upstream.name)?,
         None => false,
