@@ -10,7 +10,7 @@
 # CPU 0, the load generator (wrk, k6, the idle-connection client and this
 # script) runs on CPU 1. Measured runs are interleaved (A B C A B C ...).
 # Prints one table and leaves it, with TSV files, in $RESULTS_DIR.
-# The README (Performance) explains the scenarios, the knobs and the caveats.
+# benches/README.md explains the scenarios, the knobs and the caveats.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
