@@ -21,7 +21,7 @@ fn payload() -> Vec<u8> {
                 "{{\"id\":{i},\"name\":\"user-{}\",\"email\":\"u{}@example.com\",\"active\":{},\"score\":{}}}\n",
                 i * 7919 % 1000,
                 i * 104729 % 100_000,
-                i % 3 == 0,
+                i.is_multiple_of(3),
                 (i * 31337) % 10_000
             )
             .as_bytes(),

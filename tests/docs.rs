@@ -194,15 +194,15 @@ fn link_targets(line: &str) -> Vec<String> {
     let line = strip_code_spans(line);
     let mut targets = Vec::new();
     let trimmed = line.trim_start();
-    if trimmed.starts_with('[') {
-        if let Some(end) = trimmed.find("]:") {
-            let label = &trimmed[1..end];
-            if !label.is_empty() && !label.contains('[') {
-                if let Some(dest) = trimmed[end + 2..].split_whitespace().next() {
-                    targets.push(dest.trim_matches(['<', '>']).to_string());
-                }
-                return targets;
+    if trimmed.starts_with('[')
+        && let Some(end) = trimmed.find("]:")
+    {
+        let label = &trimmed[1..end];
+        if !label.is_empty() && !label.contains('[') {
+            if let Some(dest) = trimmed[end + 2..].split_whitespace().next() {
+                targets.push(dest.trim_matches(['<', '>']).to_string());
             }
+            return targets;
         }
     }
     let mut rest = line.as_str();

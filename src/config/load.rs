@@ -569,17 +569,17 @@ fn explain(path: String, raw: &str) -> Problem {
         return Problem::value(path, format!("missing required key `{field}`"));
     }
     for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some(rest) = message.strip_prefix(prefix) {
-            if let Some((found, expected)) = rest.rsplit_once(", expected ") {
-                return Problem::value(
-                    path,
-                    format!(
-                        "expected {}, found {}",
-                        expected_name(expected),
-                        found_name(found)
-                    ),
-                );
-            }
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
+        {
+            return Problem::value(
+                path,
+                format!(
+                    "expected {}, found {}",
+                    expected_name(expected),
+                    found_name(found)
+                ),
+            );
         }
     }
     if message.starts_with("data did not match any variant of untagged enum StringOrList") {

@@ -100,10 +100,10 @@ pub(crate) fn parent(path: &str) -> Option<&str> {
     if path.is_empty() {
         return None;
     }
-    if path.ends_with(']') {
-        if let Some(i) = path.rfind('[') {
-            return Some(&path[..i]);
-        }
+    if path.ends_with(']')
+        && let Some(i) = path.rfind('[')
+    {
+        return Some(&path[..i]);
     }
     Some(path.rfind('.').map_or("", |i| &path[..i]))
 }
@@ -162,10 +162,10 @@ impl Builder {
                 None => {
                     // yaml-rust2 marks a block mapping's start after its first
                     // key; the key itself is where a reader sees the mapping begin.
-                    if std::mem::take(first) {
-                        if let Some(node) = self.nodes.get_mut(path.as_str()) {
-                            node.value = pos;
-                        }
+                    if std::mem::take(first)
+                        && let Some(node) = self.nodes.get_mut(path.as_str())
+                    {
+                        node.value = pos;
                     }
                     // A complex key (a mapping or sequence used as a key) has no
                     // name we could print; its contents are indexed under `?`.

@@ -73,7 +73,7 @@ fn has_api_key(i: usize) -> bool {
 }
 
 fn limited(i: usize) -> bool {
-    i % 5 == 0 || i % 25 == 2
+    i.is_multiple_of(5) || i % 25 == 2
 }
 
 fn responds(i: usize) -> bool {

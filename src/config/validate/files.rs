@@ -23,18 +23,18 @@ pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
                 issues.push((child(&entry, &e.key), e.message));
             }
         }
-        if let Some(auth) = &t.client_auth {
-            if let Err(m) = tls::read_roots(&resolve(&auth.ca)) {
-                issues.push((child(&child(&at, "client_auth"), "ca"), m));
-            }
+        if let Some(auth) = &t.client_auth
+            && let Err(m) = tls::read_roots(&resolve(&auth.ca))
+        {
+            issues.push((child(&child(&at, "client_auth"), "ca"), m));
         }
     }
     for (name, u) in &config.upstreams {
-        if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca.as_deref()) {
-            if let Err(m) = tls::read_roots(&resolve(ca)) {
-                let at = child(&child(&child("upstreams", name), "tls"), "ca");
-                issues.push((at, m));
-            }
+        if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca.as_deref())
+            && let Err(m) = tls::read_roots(&resolve(ca))
+        {
+            let at = child(&child(&child("upstreams", name), "tls"), "ca");
+            issues.push((at, m));
         }
     }
     issues

@@ -87,10 +87,10 @@ fn check_method(method: &str) -> Result<(), String> {
         return Err(format!("`{method}` is not a valid HTTP method"));
     }
     let upper = method.to_ascii_uppercase();
-    if !STANDARD_METHODS.contains(&upper.as_str()) {
-        if let Some(m) = suggest::closest(&upper, STANDARD_METHODS.iter().copied()) {
-            return Err(format!("unknown method `{method}` (did you mean `{m}`?)"));
-        }
+    if !STANDARD_METHODS.contains(&upper.as_str())
+        && let Some(m) = suggest::closest(&upper, STANDARD_METHODS.iter().copied())
+    {
+        return Err(format!("unknown method `{method}` (did you mean `{m}`?)"));
     }
     Ok(())
 }

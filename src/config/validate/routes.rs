@@ -25,10 +25,10 @@ impl Checker {
             }
             self.matcher(&child(&at, "match"), &route.matcher);
             self.action(&at, route, config);
-            if let Some(t) = route.timeout {
-                if t.get().is_zero() {
-                    self.err(child(&at, "timeout"), "must be above zero");
-                }
+            if let Some(t) = route.timeout
+                && t.get().is_zero()
+            {
+                self.err(child(&at, "timeout"), "must be above zero");
             }
             self.route_policies(&at, route, config);
             if let Some(list) = &route.compress {
@@ -182,19 +182,19 @@ impl Checker {
             );
         }
         for (key, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
-            if let Some(p) = value {
-                if !p.starts_with('/') {
-                    self.err(child(at, key), format!("must start with `/`, got `{p}`"));
-                }
+            if let Some(p) = value
+                && !p.starts_with('/')
+            {
+                self.err(child(at, key), format!("must start with `/`, got `{p}`"));
             }
         }
-        if let Some(re) = &m.path_regex {
-            if let Err(e) = regex::Regex::new(re) {
-                self.err(
-                    child(at, "path_regex"),
-                    format!("invalid regex: {}", regex_reason(&e)),
-                );
-            }
+        if let Some(re) = &m.path_regex
+            && let Err(e) = regex::Regex::new(re)
+        {
+            self.err(
+                child(at, "path_regex"),
+                format!("invalid regex: {}", regex_reason(&e)),
+            );
         }
         for (i, host) in m.hosts.iter().flatten().enumerate() {
             if let Err(e) = check_host_pattern(host) {
@@ -284,22 +284,22 @@ impl Checker {
             prefixes.push(("replace_prefix.to", Some(r.to.as_str())));
         }
         for (key, value) in prefixes {
-            if let Some(p) = value {
-                if !p.starts_with('/') {
-                    self.err(
-                        child(&rewrite_at, key),
-                        format!("must start with `/`, got `{p}`"),
-                    );
-                }
-            }
-        }
-        if let Some(host) = &rewrite.host {
-            if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
+            if let Some(p) = value
+                && !p.starts_with('/')
+            {
                 self.err(
-                    child(&rewrite_at, "host"),
-                    format!("expected a host name, optionally with a port, got `{host}`"),
+                    child(&rewrite_at, key),
+                    format!("must start with `/`, got `{p}`"),
                 );
             }
+        }
+        if let Some(host) = &rewrite.host
+            && (host.parse::<http::uri::Authority>().is_err() || host.contains('@'))
+        {
+            self.err(
+                child(&rewrite_at, "host"),
+                format!("expected a host name, optionally with a port, got `{host}`"),
+            );
         }
     }
 
@@ -329,16 +329,16 @@ impl Checker {
         let path = child(at, name);
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             self.err(path, format!("`{name}` is not a valid header name"));
-        } else if let Some(v) = value {
-            if HeaderValue::from_str(v).is_err() {
-                self.err(
-                    path,
-                    format!(
-                        "not a valid header value (control characters or non-ASCII): `{}`",
-                        v.escape_debug()
-                    ),
-                );
-            }
+        } else if let Some(v) = value
+            && HeaderValue::from_str(v).is_err()
+        {
+            self.err(
+                path,
+                format!(
+                    "not a valid header value (control characters or non-ASCII): `{}`",
+                    v.escape_debug()
+                ),
+            );
         }
     }
 }

@@ -84,13 +84,13 @@ impl Checker {
                 "at least one certificate is needed; the first is the default",
             );
         }
-        if let Some(v) = &tls.min_version {
-            if !MIN_VERSIONS.contains(&v.as_str()) {
-                self.err(
-                    child(at, "min_version"),
-                    format!("expected \"1.2\" or \"1.3\", got `{v}`"),
-                );
-            }
+        if let Some(v) = &tls.min_version
+            && !MIN_VERSIONS.contains(&v.as_str())
+        {
+            self.err(
+                child(at, "min_version"),
+                format!("expected \"1.2\" or \"1.3\", got `{v}`"),
+            );
         }
         if let Some(alpn) = &tls.alpn {
             if alpn.is_empty() {

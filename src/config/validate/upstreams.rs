@@ -68,13 +68,13 @@ impl Checker {
                 "tls applies to https:// targets and this upstream has none",
             );
         }
-        if let Some(name) = &tls.server_name {
-            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-                self.err(
-                    child(at, "server_name"),
-                    format!("expected a DNS name or an IP address, got `{name}`"),
-                );
-            }
+        if let Some(name) = &tls.server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            self.err(
+                child(at, "server_name"),
+                format!("expected a DNS name or an IP address, got `{name}`"),
+            );
         }
         if tls.insecure_skip_verify && tls.ca.is_some() {
             self.err(
