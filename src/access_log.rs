@@ -1,4 +1,4 @@
-//! The access log: one line per request with the fields of SPEC §8, as JSON or
+//! The access log: one line per request with the fields of docs/guide/observability.md ("Access log"), as JSON or
 //! as `key=value` text.
 //!
 //! Lines go through a bounded, lossy queue to a writer thread, so a slow stdout
@@ -85,7 +85,7 @@ pub struct AccessLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<&'a str>,
     /// Who the request authenticated as (an API key id or a JWT subject),
-    /// never a credential. Beyond SPEC §8's list; null when public.
+    /// never a credential. Null when public.
     pub consumer: Option<&'a str>,
 }
 

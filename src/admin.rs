@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §5): `/healthz`, `/readyz`, `/metrics`, `/config`,
+//! The admin listener (docs/reference/admin-api.md): `/healthz`, `/readyz`, `/metrics`, `/config`,
 //! `/reload`, `/explain` (and `/upstreams`). It is a separate, plain HTTP/1.1
 //! listener meant for a private address: it has no authentication of its own.
 

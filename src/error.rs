@@ -1,7 +1,7 @@
 //! The one error type of the request path, and the one place it becomes a response.
 //!
 //! Every failure a client can see is a `GatewayError`; `status`, `code` and `fault`
-//! are decided here and nowhere else, so the JSON bodies of SPEC §4 stay consistent.
+//! are decided here and nowhere else, so the JSON bodies of docs/reference/errors.md stay consistent.
 
 use std::fmt;
 
@@ -165,7 +165,7 @@ impl GatewayError {
     }
 
     /// The gRPC status code a gRPC client gets for this error (see
-    /// `docs/readme/grpc.md` for the table and why).
+    /// `docs/reference/errors.md` for the table and why).
     pub fn grpc_code(&self) -> u8 {
         const INVALID_ARGUMENT: u8 = 3;
         const DEADLINE_EXCEEDED: u8 = 4;
@@ -214,7 +214,7 @@ impl GatewayError {
         resp
     }
 
-    /// The SPEC §4 response: `{"error","message","request_id"}` as JSON.
+    /// The JSON answer (docs/reference/errors.md): `{"error","message","request_id"}` as JSON.
     pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
         let body = ErrorBody {
             error: self.code(),

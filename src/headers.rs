@@ -1,4 +1,4 @@
-//! Header hygiene between the client and the upstream (SPEC §3): hop-by-hop
+//! Header hygiene between the client and the upstream (docs/guide/routing.md, "What the gateway changes on the way"): hop-by-hop
 //! headers removed in both directions, `X-Forwarded-*` set, and the client IP
 //! derived from `X-Forwarded-For` only through trusted proxies.
 
@@ -141,7 +141,7 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The client address (SPEC §9): the rightmost `X-Forwarded-For` entry that is
+/// The client address (docs/reference/config.md, `server.trusted_proxies`): the rightmost `X-Forwarded-For` entry that is
 /// not a trusted proxy, walking left only while each hop is trusted; the peer
 /// itself when the peer is not trusted.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -218,7 +218,7 @@ impl TraceContext {
     }
 }
 
-/// W3C trace context (SPEC §3): the gateway is one hop of the trace. A valid
+/// W3C trace context (docs/guide/observability.md): the gateway is one hop of the trace. A valid
 /// `traceparent` keeps its trace id and flags and gets a new parent id (this
 /// hop's span id); `tracestate` passes unchanged. An absent or malformed
 /// `traceparent` starts a new trace (random trace id, flags `00`: not sampled,

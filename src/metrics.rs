@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §7) on a registry the app owns.
+//! Prometheus metrics (docs/reference/metrics.md) on a registry the app owns.
 //!
 //! The request path never formats label strings for route or target labels:
 //! `compile` resolves per-route and per-target handles once per config version
@@ -240,7 +240,7 @@ impl Metrics {
             ),
             &["listener"],
         )?;
-        // An addition to SPEC §7: the idle keep-alive connections that gave
+        // The idle keep-alive connections that gave
         // their buffers back (NGINX's stub_status calls them "Waiting").
         let parked_connections = IntGaugeVec::new(
             Opts::new(
@@ -293,14 +293,14 @@ impl Metrics {
         registry.register(Box::new(config_info.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
-        // An addition to SPEC §7: access-log lines dropped because the writer
+        // Access-log lines dropped because the writer
         // could not keep up (the request path never waits for it).
         let access_log_dropped = IntCounter::new(
             "tollgate_access_log_dropped_total",
             "Access-log lines dropped because the log writer fell behind.",
         )?;
         registry.register(Box::new(build_info))?;
-        // An addition to SPEC §7: responses compressed by a route's `compress:`.
+        // Responses compressed by a route's `compress:`.
         let compressed_total = IntCounterVec::new(
             Opts::new(
                 "tollgate_compressed_responses_total",
@@ -651,7 +651,7 @@ const TUNNEL_BUCKETS: &[f64] = &[
     0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
-/// The WebSocket metric families (an addition to SPEC §7).
+/// The WebSocket metric families (docs/reference/metrics.md).
 #[derive(Clone)]
 struct WebSocketFamilies {
     upgrades_total: IntCounterVec,

@@ -56,7 +56,7 @@ const SERVICE_NAME: &str = "tollgate";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// The export metrics (additions to SPEC §7, present in `otel` builds).
+/// The export metrics (docs/reference/metrics.md; present in `otel` builds).
 #[derive(Clone)]
 pub struct SpanMetrics {
     pub exported: IntCounter,

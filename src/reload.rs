@@ -1,4 +1,4 @@
-//! Config reload (SPEC §6): every trigger — the file watcher, SIGHUP,
+//! Config reload (docs/guide/reload.md): every trigger — the file watcher, SIGHUP,
 //! `POST /reload` — goes through one `Reloader`, which runs one reload at a time:
 //! load -> validate -> compile -> open new listeners -> swap the snapshot ->
 //! close removed listeners. Nothing changes until every step that can fail has

@@ -2,7 +2,7 @@
 //! path, query, headers) to the index of the route that serves it, plus an
 //! `explain` that says why every other route did not win.
 //!
-//! Precedence (SPEC §2 "Matching"): an exact `path` beats a `path_regex`, which
+//! Precedence (docs/guide/routing.md, "Matching"): an exact `path` beats a `path_regex`, which
 //! beats the longest `path_prefix`; among routes of equal path specificity, the
 //! one with more constraint kinds (hosts, methods, headers, query) wins; then
 //! file order. Path lookup is hashed, so it does not grow with the number of

@@ -27,7 +27,7 @@ pub struct Config {
     pub cors: BTreeMap<String, Cors>,
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// An addition to SPEC §2: span export settings.
+    /// Span export settings (docs/reference/config.md, `tracing`).
     #[serde(default)]
     pub tracing: Option<Tracing>,
 }
@@ -296,7 +296,7 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     #[serde(default)]
     pub expect_status: Option<StatusRange>,
-    /// Beyond SPEC §2: when every target is unhealthy, send traffic to all of
+    /// When every target is unhealthy, send traffic to all of
     /// them anyway instead of answering 503 `no_healthy_upstream`.
     #[serde(default)]
     pub fail_open: bool,

@@ -1,4 +1,4 @@
-//! API keys (SPEC §2 `auth.api_keys`): a header carries the key; it is compared
+//! API keys (docs/guide/auth.md, `auth.api_keys`): a header carries the key; it is compared
 //! in constant time against every configured key (as SHA-256 digests, so the
 //! comparison length never depends on the guess). Only the key's id goes on:
 //! into the `PolicyContext` (logs), and upstream as `X-Consumer-Id`.

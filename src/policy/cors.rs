@@ -1,4 +1,4 @@
-//! CORS (SPEC §2 `cors.<name>`, route `cors`). A preflight (OPTIONS with
+//! CORS (docs/guide/auth.md: `cors.<name>`, route `cors`). A preflight (OPTIONS with
 //! `Origin` and `Access-Control-Request-Method`) is answered by the gateway and
 //! never reaches the upstream; it runs before auth because browsers send no
 //! credentials on a preflight. Other requests from an allowed origin get

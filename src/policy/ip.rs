@@ -1,4 +1,4 @@
-//! `ip_allow` / `ip_deny` (SPEC §2): CIDR lists checked against the client IP
+//! `ip_allow` / `ip_deny` (docs/guide/auth.md): CIDR lists checked against the client IP
 //! (`PolicyContext::client_ip`, already taken through `server.trusted_proxies`).
 //! A deny match always wins; with an allow list, only its addresses pass.
 

@@ -1,4 +1,4 @@
-//! JWT validation (SPEC §2 `auth.jwt`): where the token is read from, which
+//! JWT validation (docs/guide/auth.md, `auth.jwt`): where the token is read from, which
 //! keys verify it, which claims must hold, and what goes upstream.
 //!
 //! jsonwebtoken does the signature and time checks, but its defaults are not

@@ -1,4 +1,4 @@
-//! Rate limits (SPEC §2 `rate_limits`, route `rate_limit`): token buckets per key,
+//! Rate limits (docs/guide/rate-limits.md: `rate_limits`, route `rate_limit`): token buckets per key,
 //! computed as GCRA.
 //!
 //! `store: local` uses governor's GCRA over a memory-bounded store (`BoundedStore`:

@@ -83,7 +83,7 @@ fn reusable(req: &Request<Incoming>) -> bool {
         })
 }
 
-/// Serves one client request. Never fails: errors become their SPEC §4 answer.
+/// Serves one client request. Never fails: errors become their answer (docs/reference/errors.md).
 pub async fn handle(
     mut req: Request<Incoming>,
     conn: Arc<ConnInfo>,

@@ -1,4 +1,4 @@
-//! WebSocket tunnelling (SPEC §3).
+//! WebSocket tunnelling (docs/guide/protocols.md).
 //!
 //! An upgrade request is an ordinary request until the upstream answers: it is
 //! routed and goes through the route's policies like any other, then goes

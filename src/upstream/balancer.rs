@@ -1,5 +1,5 @@
 //! Choosing one target of an upstream for a request: the `balance` strategies
-//! of SPEC §2 (round robin, least request, random, and three consistent-hash
+//! of docs/reference/config.md (round robin, least request, random, and three consistent-hash
 //! flavours). A `Balancer` is built once per configuration version and shared
 //! by every request through an `Arc`; `pick` neither locks nor allocates.
 //!

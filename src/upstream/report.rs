@@ -1,4 +1,4 @@
-//! The `GET /upstreams` admin answer (SPEC §5): every upstream of the running
+//! The `GET /upstreams` admin answer (docs/reference/admin-api.md): every upstream of the running
 //! config and, per target, its health, circuit state, in-flight requests and
 //! counters.
 
