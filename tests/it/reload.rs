@@ -2,13 +2,11 @@
 //! Kubernetes ConfigMap `..data` symlink swaps, and 100 rewrites under a steady
 //! load with zero failed requests and zero closed keep-alive connections.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const DEBOUNCE: Duration = Duration::from_millis(20);
 

@@ -6,8 +6,6 @@
 //! byte crosses three hops). 256 MiB is already beyond what buffering could hide
 //! under the 200 MiB growth bound.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +13,8 @@ use std::time::Duration;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use support::*;
+
+use crate::support::*;
 
 const SIZE: u64 = 256 * 1024 * 1024;
 const MAX_GROWTH: u64 = 200 * 1024 * 1024;

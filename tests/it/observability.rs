@@ -1,12 +1,10 @@
 //! Metrics with exact values after known traffic (SPEC §7), W3C trace context
 //! propagation, and the shipped Grafana dashboard and Prometheus alert rules.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const CONFIG: &str = "
 upstreams:

@@ -2,12 +2,11 @@
 //! connections, silence, a reset mid-body, 5xx answers, and the concurrency
 //! limits that shed load.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use http::Request;
-use support::*;
+
+use crate::support::*;
 
 fn config(limits: &str, upstream_extra: &str, route_extra: &str) -> String {
     server_block(limits)

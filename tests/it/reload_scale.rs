@@ -4,15 +4,12 @@
 //! routes that exist in both. Every request must succeed on the connection
 //! it started on, and every reload must be accepted.
 
-#[path = "support/scale.rs"]
-mod scale;
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::scale;
+use crate::support::*;
 
 const ROUTES: usize = 10_000;
 /// A reload of 10,000 routes takes about 0.3 s in a release build but

@@ -3,15 +3,14 @@
 //! then recovery), failed refreshes keeping the keys, the coalesced and
 //! rate-limited unknown-kid refetch, and reloads.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use support::auth::*;
-use support::*;
 use tollgate::policy::jwks::JwksSource;
+
+use crate::support::auth::*;
+use crate::support::*;
 
 fn config(jwks_url: &str, refresh: &str) -> String {
     format!(

@@ -7,6 +7,9 @@
 #![allow(dead_code)]
 
 pub mod auth;
+/// Shared with the benches, which include it by path: it stays in `tests/support/`.
+#[path = "../../support/scale.rs"]
+pub mod scale;
 
 use std::convert::Infallible;
 use std::io::Write;

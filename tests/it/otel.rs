@@ -1,9 +1,6 @@
 //! OTLP span export (cargo feature `otel`): a fake OTLP/HTTP collector in the
 //! test process decodes what the gateway POSTs to `/v1/traces`, and the spans
 //! are checked against what the client sent and what the upstream received.
-#![cfg(feature = "otel")]
-
-mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,8 +19,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 use prost::Message;
-use support::*;
 use tokio::net::TcpListener;
+
+use crate::support::*;
 
 const CONFIG: &str = "
 tracing:

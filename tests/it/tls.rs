@@ -1,8 +1,6 @@
 //! TLS: termination on listeners (SNI, ALPN, versions, mTLS, reload) and
 //! `https://` upstreams. Every certificate is made here with rcgen.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use support::{Gateway, Resp, Upstream, collect};
+use crate::support::{self, Gateway, Resp, Upstream, collect};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

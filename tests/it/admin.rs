@@ -1,11 +1,9 @@
 //! The admin API (SPEC §5): `/config` (redacted), `POST /reload` (diff or 400
 //! with every error), `/explain`, and listeners opened and closed by a reload.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn config(extra_routes: &str, extra_listener: &str) -> String {
     format!(

@@ -4,8 +4,6 @@
 //! reloads and shutdown with open tunnels, RFC 8441 over HTTP/2, metrics and
 //! the access log.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async};
 
-use support::{Behavior, Gateway, Upstream, dead_addr, metric};
+use crate::support::{self, Behavior, Gateway, Upstream, dead_addr, metric};
 
 const WAIT: Duration = Duration::from_secs(10);
 

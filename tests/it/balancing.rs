@@ -2,11 +2,9 @@
 //! robin, sticky hashing on a header, a cookie or the client IP, and
 //! least-request.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 
-use support::*;
+use crate::support::*;
 
 async fn two(
     balance: &str,

@@ -5,14 +5,13 @@
 //! coming back. The Redis tests start their own `redis-server` on a free
 //! loopback port and are skipped, with a printed reason, when it is absent.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support::*;
 
 fn config(limits: &str, route_limits: &str, redis: &str) -> String {
     format!(

@@ -6,15 +6,14 @@
 //! unit-tested with a hand-stepped clock (`upstream::circuit`, `upstream::retry`);
 //! here the intervals are short real ones and every wait is bounded.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Request;
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 fn two_targets(upstream_extra: &str, route_extra: &str) -> String {
     format!(

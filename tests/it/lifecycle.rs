@@ -2,11 +2,9 @@
 //! grace period, the admin endpoints (SPEC §5), the metrics after known traffic
 //! (§7) and the access log (§8).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::{self, *};
 
 fn config(upstream: &str, grace: &str) -> String {
     server_block(&format!("shutdown_grace: {grace}"))

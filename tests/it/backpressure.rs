@@ -8,15 +8,14 @@
 //! hold, but far below the 100 MiB transfer, which unbounded buffering in the
 //! gateway would swallow at once on loopback.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
 
 const SIZE: u64 = 100 * 1024 * 1024;
 /// The most the fast side may be ahead of the slow one. Measured here (Linux,
