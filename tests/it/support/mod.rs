@@ -4,8 +4,6 @@
 //!
 //! Every wait is bounded: a broken gateway makes a test fail, never hang.
 
-#![allow(dead_code)]
-
 pub mod auth;
 /// Shared with the benches, which include it by path: it stays in `tests/support/`.
 #[path = "../../support/scale.rs"]
@@ -62,7 +60,6 @@ pub enum Behavior {
 /// A loopback upstream server counting the requests it receives.
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub name: &'static str,
     /// Requests received (heads read).
     hits: Arc<AtomicUsize>,
     /// Request body bytes received in total.
@@ -176,7 +173,6 @@ impl Upstream {
         });
         Upstream {
             addr,
-            name,
             hits,
             body_bytes,
             active,
@@ -450,34 +446,6 @@ impl Body for GenBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
-    }
-}
-
-/// A body that sends `first` and then never sends anything more (never ends).
-pub struct StallBody {
-    first: Option<Bytes>,
-}
-
-impl StallBody {
-    pub fn new(first: &'static [u8]) -> StallBody {
-        StallBody {
-            first: Some(Bytes::from_static(first)),
-        }
-    }
-}
-
-impl Body for StallBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.first.take() {
-            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            None => Poll::Pending,
-        }
     }
 }
 
@@ -848,7 +816,6 @@ pub struct Resp {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
-    pub version: http::Version,
 }
 
 impl Resp {
@@ -1007,7 +974,6 @@ pub async fn collect(resp: Response<Incoming>) -> Result<Resp, String> {
         status: parts.status.as_u16(),
         headers: parts.headers,
         body,
-        version: parts.version,
     })
 }
 
