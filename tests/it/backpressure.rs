@@ -90,23 +90,19 @@ async fn read_head(s: &mut TcpStream) -> String {
 
 /// Waits until `counter` stops moving for `quiet`, within `limit`; returns it.
 async fn plateau(counter: &AtomicU64, quiet: Duration, limit: Duration) -> u64 {
-    let deadline = Instant::now() + limit;
     let mut last = counter.load(Ordering::SeqCst);
     let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until_within(limit, "a plateau", async || {
         let now = counter.load(Ordering::SeqCst);
         if now != last {
             last = now;
             since = Instant::now();
         } else if since.elapsed() >= quiet {
-            return now;
+            return Ok(now);
         }
-        assert!(
-            Instant::now() < deadline,
-            "no plateau within {limit:?}: at {now} bytes and still moving"
-        );
-    }
+        Err(format!("at {now} bytes and still moving"))
+    })
+    .await
 }
 
 /// An upstream that answers one request with `SIZE` bytes of `content_type`,

@@ -125,7 +125,7 @@ async fn least_request_prefers_the_idle_target() {
     // Hold one request on whichever target gets it.
     let url = gw.url("/slow?delay_ms=1500");
     let held = tokio::spawn(async move { get_with(&url, &[]).await });
-    wait_until("one target is busy", || a.active() + b.active() == 1).await;
+    wait_until("one target is busy", async || a.active() + b.active() == 1).await;
     let busy = if a.active() == 1 { "a" } else { "b" };
     let idle = if busy == "a" { "b" } else { "a" };
     for i in 0..6 {

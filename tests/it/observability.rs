@@ -2,7 +2,6 @@
 //! propagation, and the shipped Grafana dashboard and Prometheus alert rules.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -150,18 +149,15 @@ async fn in_flight_and_connection_gauges_follow_the_traffic() {
 }
 
 async fn wait_until_metric(gw: &Gateway, series: &str, want: f64) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    wait_until(format!("{series} to reach {want}"), async || {
         let m = gw.metrics().await;
         if metric(&m, series) == Some(want) {
-            return;
+            Ok(())
+        } else {
+            Err(m)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never reached {want}:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

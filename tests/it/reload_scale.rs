@@ -58,11 +58,11 @@ fn picks() -> Vec<usize> {
 
 /// Waits until the clients have completed `n` more requests than `from`.
 async fn wait_requests(ok: &AtomicUsize, from: usize, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while ok.load(Ordering::Relaxed) < from + n {
-        assert!(Instant::now() < deadline, "the clients stalled");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_until(
+        format!("{n} more requests (the clients stalled)"),
+        async || ok.load(Ordering::Relaxed) >= from + n,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

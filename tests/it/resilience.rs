@@ -51,18 +51,11 @@ fn target_of(report: &Value, hp: &str) -> Value {
 }
 
 async fn wait_report(gw: &Gateway, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until(what, async || {
         let r = gw.upstreams().await;
-        if cond(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if cond(&r) { Ok(r) } else { Err(r) }
+    })
+    .await
 }
 
 fn series(name: &str, labels: &str) -> String {
@@ -387,9 +380,9 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     )
     .await
     .expect("write");
-    wait_until("the upstream got the request", || hang.hits() == 1).await;
+    wait_until("the upstream got the request", async || hang.hits() == 1).await;
     drop(s);
-    wait_until("the upstream connection closed", || {
+    wait_until("the upstream connection closed", async || {
         hang.control.hung_closed() == 1
     })
     .await;
@@ -405,7 +398,7 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    wait_until("the second request reached the upstream", || {
+    wait_until("the second request reached the upstream", async || {
         hang.hits() == 2
     })
     .await;

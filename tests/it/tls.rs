@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -1045,13 +1045,11 @@ async fn renewed_certificate_files_are_picked_up_by_the_file_watcher() {
     // Renewal rewrites the certificate and key files in place; nobody sends
     // SIGHUP or calls /reload.
     let renewed = pki.leaf("site", &["site.test"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served().await != renewed.der {
-        assert!(
-            Instant::now() < deadline,
-            "the renewed certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_within(
+        Duration::from_secs(10),
+        "the renewed certificate to be served",
+        async || served().await == renewed.der,
+    )
+    .await;
     gw.shutdown().await;
 }

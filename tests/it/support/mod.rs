@@ -35,6 +35,9 @@ use tollgate::{App, BuildOptions};
 /// The longest any single helper waits before failing the test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How often `wait_until` looks at its condition again.
+pub const POLL: Duration = Duration::from_millis(5);
+
 // ---------------------------------------------------------------------------
 // Upstreams
 // ---------------------------------------------------------------------------
@@ -502,16 +505,14 @@ impl Gateway {
 
     /// Waits until `/readyz` says 200 (polled, never slept on).
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = get(&self.admin_url("/readyz")).await
-                && r.status == 200
-            {
-                break;
+        wait_until("the gateway to become ready", async || {
+            match get(&self.admin_url("/readyz")).await {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("/readyz is {}: {}", r.status, r.text())),
+                Err(e) => Err(format!("/readyz: {e}")),
             }
-            assert!(Instant::now() < deadline, "gateway never became ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await;
     }
 
     /// Like `start`, without waiting for `/readyz` (for gateways that are
@@ -654,39 +655,29 @@ impl Gateway {
     /// Waits until at least `n` log lines exist (the log is written by a
     /// background thread), and returns them.
     pub async fn wait_log_lines(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        wait_until(format!("{n} access-log lines"), async || {
             let lines = self.log_lines();
             if lines.len() >= n {
-                return lines;
+                Ok(lines)
+            } else {
+                Err(format!("got {}: {lines:?}", lines.len()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} access-log lines, got {}: {lines:?}",
-                lines.len()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     /// Waits for the log line of the request with this id.
     pub async fn wait_log_for(&self, request_id: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self
-                .log_lines()
-                .into_iter()
-                .find(|l| l["request_id"] == request_id)
-            {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no access-log line for request id {request_id}: {}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(
+            format!("the access-log line of request id {request_id}"),
+            async || {
+                self.log_lines()
+                    .into_iter()
+                    .find(|l| l["request_id"] == request_id)
+                    .ok_or_else(|| format!("the log: {}", self.log_text()))
+            },
+        )
+        .await
     }
 
     pub async fn metrics(&self) -> String {
@@ -704,18 +695,18 @@ impl Gateway {
     /// `wait_parked` for the listener named `listener`.
     pub async fn wait_parked_on(&self, listener: &str, n: u32) {
         let series = format!(r#"tollgate_parked_connections{{listener="{listener}"}}"#);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let now = metric(&self.metrics().await, &series).unwrap_or(0.0);
-            if now == f64::from(n) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{n} parked connections expected, {now} after {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            format!("{n} parked connections on {listener}"),
+            async || {
+                let now = metric(&self.metrics().await, &series).unwrap_or(0.0);
+                if now == f64::from(n) {
+                    Ok(())
+                } else {
+                    Err(format!("{now} parked"))
+                }
+            },
+        )
+        .await;
     }
 
     /// `tollgate_config_reloads_total` as (successes, failures).
@@ -1089,11 +1080,66 @@ pub async fn read_one_response(s: &mut TcpStream) -> String {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds, failing after `WAIT`.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// What a `wait_until` condition answers: `true`, `Some(v)` or `Ok(v)` when it
+/// holds (the wait returns `()` or `v`); `false`, `None` or `Err(state)` when
+/// not yet, where `state` says what was seen instead (shown if the wait fails).
+pub trait Polled {
+    type Output;
+    fn polled(self) -> Result<Self::Output, String>;
+}
+
+impl Polled for bool {
+    type Output = ();
+    fn polled(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err(String::new()) }
+    }
+}
+
+impl<T> Polled for Option<T> {
+    type Output = T;
+    fn polled(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: std::fmt::Display> Polled for Result<T, E> {
+    type Output = T;
+    fn polled(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Polls `cond` every `POLL` until it holds and returns what it yielded;
+/// after `WAIT`, panics with what it waited for (`what`) and the last state
+/// seen. The one way the tests wait for something to happen.
+pub async fn wait_until<R: Polled>(
+    what: impl std::fmt::Display,
+    cond: impl AsyncFnMut() -> R,
+) -> R::Output {
+    wait_until_within(WAIT, what, cond).await
+}
+
+/// `wait_until` with its own limit instead of `WAIT`. The deadline is on the
+/// real clock, so a paused tokio clock can neither stretch nor cut it.
+pub async fn wait_until_within<R: Polled>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    mut cond: impl AsyncFnMut() -> R,
+) -> R::Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match cond().await.polled() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}{}{last}",
+                if last.is_empty() { "" } else { "; last seen: " }
+            ),
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
