@@ -1081,6 +1081,49 @@ pub async fn read_one_response(s: &mut TcpStream) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// A process of its own
+// ---------------------------------------------------------------------------
+
+/// Set in the child process that `ran_in_own_process` starts.
+const ALONE: &str = "TOLLGATE_TEST_ALONE";
+
+/// For tests that measure the whole process (its RSS): the other tests of
+/// this binary, running beside them, would move the figure. In the test
+/// process this runs the test `name` (its path here, e.g.
+/// `streaming::large_upload_streams_in_constant_memory`) alone in a child
+/// process of this binary, fails if it fails, and returns true: the caller
+/// returns. In that child it returns false: the caller runs the test.
+pub async fn ran_in_own_process(name: &str) -> bool {
+    if std::env::var_os(ALONE).is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let child = tokio::process::Command::new(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not finish in its own process within 120s"))
+        .expect("run the test binary");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // Shown with the test's result, as if it had run here.
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(out.status.success(), "{name} failed in its own process");
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "no test named {name} ran in the child process"
+    );
+    true
+}
+
+// ---------------------------------------------------------------------------
 // Waiting
 // ---------------------------------------------------------------------------
 
