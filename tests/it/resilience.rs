@@ -4,7 +4,8 @@
 //! The upstreams count what reaches them; each test checks that count, what the
 //! client sees, the metrics and `/upstreams`. Time-driven state machines are
 //! unit-tested with a hand-stepped clock (`upstream::circuit`, `upstream::retry`);
-//! here the intervals are short real ones and every wait is bounded.
+//! here the intervals are short real ones and every wait is bounded; the
+//! circuit's open period is skipped on the tokio clock (`skip`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -185,7 +186,7 @@ async fn circuit_opens_after_consecutive_failures_and_closes_after_a_good_probe(
 
     // b recovers; after open_for a probe goes through and closes the circuit.
     b.control.fail(0, 503);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    skip(Duration::from_millis(1100)).await;
     for _ in 0..4 {
         assert_eq!(get(&gw.url("/x")).await.expect("request").status, 200);
     }

@@ -1127,6 +1127,24 @@ pub async fn ran_in_own_process(name: &str) -> bool {
 // Waiting
 // ---------------------------------------------------------------------------
 
+/// Lets `d` pass on the tokio clock at once, instead of sleeping through it:
+/// for a test that waits only for a deadline the code under test reads from
+/// that clock (a circuit's open period, a refetch interval), on the
+/// current-thread runtime the gateway runs on.
+///
+/// The clock is paused only inside this call, and resumes `d` ahead: any
+/// timer due within `d` fires now, so call it only when nothing is in flight.
+/// Deadlines kept on the std clock (the connection watchdog's) do not move.
+/// A test paused throughout (`start_paused`) is not deterministic with real
+/// sockets: whenever the runtime idles with no I/O ready yet (a reply from
+/// another thread or process, loopback delivery the kernel deferred), the
+/// paused clock jumps to the next timer and fires a timeout spuriously.
+pub async fn skip(d: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(d).await;
+    tokio::time::resume();
+}
+
 /// What a `wait_until` condition answers: `true`, `Some(v)` or `Ok(v)` when it
 /// holds (the wait returns `()` or `v`); `false`, `None` or `Err(state)` when
 /// not yet, where `state` says what was seen instead (shown if the wait fails).
