@@ -181,7 +181,7 @@ async fn ten_thousand_routes_reload_under_load_without_a_failed_request() {
 
 /// Writes the 10,000-route config for a manual run (the memory figure in
 /// the README, "Large configs"):
-/// `SCALE_CONFIG_OUT=/tmp/scale.yaml cargo test --test reload_scale -- --ignored`.
+/// `SCALE_CONFIG_OUT=/tmp/scale.yaml cargo test --test it -- --ignored reload_scale::write_scale_config`.
 /// Its upstream targets are `${UP1}` and `${UP2}`.
 #[test]
 #[ignore]

@@ -913,7 +913,7 @@ routes:
 
 /// A rough throughput figure (not a pass/fail check): 64 MiB in 1 MiB binary
 /// messages echoed directly and through the gateway.
-/// `cargo test --release --test websocket -- --ignored --nocapture`
+/// `cargo test --release --test it -- --ignored --nocapture websocket::tunnel_throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn tunnel_throughput() {
