@@ -1,5 +1,5 @@
 //! A large, realistic config for the scale bench (`benches/config_scale.rs`)
-//! and the reload-under-load test (`tests/reload_scale.rs`): N routes over
+//! and the reload-under-load test (`tests/it/reload_scale.rs`): N routes over
 //! N/33 upstreams, the shape of a big multi-service, multi-tenant gateway.
 //!
 //! Route `i` is one of (by `i % 20`):
@@ -16,7 +16,8 @@
 //! some header values and upstreams changed, 1 in 200 routes renamed (removed
 //! and added), one upstream's timeouts changed.
 //!
-//! Included with `#[path]` where needed (not part of `support/mod.rs`).
+//! Included with `#[path]` by those benches and by `tests/it/support/mod.rs`,
+//! so it stays at this path.
 
 #![allow(dead_code)]
 

@@ -5,14 +5,13 @@
 //! coming back. The Redis tests start their own `redis-server` on a free
 //! loopback port and are skipped, with a printed reason, when it is absent.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support::*;
 
 fn config(limits: &str, route_limits: &str, redis: &str) -> String {
     format!(
@@ -200,14 +199,12 @@ impl RedisServer {
             }
         };
         let server = RedisServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.pings().await {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not come up on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_within(
+            Duration::from_secs(10),
+            format!("redis-server to come up on {port}"),
+            async || server.pings().await,
+        )
+        .await;
         Some(server)
     }
 
@@ -351,18 +348,18 @@ async fn redis_down_follows_on_store_error_and_recovers() {
 
     // Redis returns on the same port: the gateway reconnects by itself.
     let _redis = RedisServer::start_on(port).await.expect("redis restarts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = get(&gw.url("/closed")).await.unwrap();
-        if r.status == 200 && r.header("ratelimit-limit") == Some("100") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never reconnected to redis: {}",
-            r.status
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_within(
+        Duration::from_secs(10),
+        "the gateway to reconnect to redis",
+        async || {
+            let r = get(&gw.url("/closed")).await.unwrap();
+            if r.status == 200 && r.header("ratelimit-limit") == Some("100") {
+                Ok(())
+            } else {
+                Err(r.status)
+            }
+        },
+    )
+    .await;
     gw.shutdown().await;
 }

@@ -2,11 +2,9 @@
 //! grace period, the admin endpoints (SPEC §5), the metrics after known traffic
 //! (§7) and the access log (§8).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::{self, *};
 
 fn config(upstream: &str, grace: &str) -> String {
     server_block(&format!("shutdown_grace: {grace}"))
@@ -51,36 +49,28 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 
     let url = gw.url("/api/slow?delay_ms=700");
     let in_flight = tokio::spawn(async move { get_with(&url, &[]).await });
-    wait_until("the request reaches the upstream", || up.active() == 1).await;
+    wait_until("the request reaches the upstream", async || {
+        up.active() == 1
+    })
+    .await;
 
     let app = gw.app.take().unwrap();
     let started = Instant::now();
     let shutdown = tokio::spawn(app.shutdown());
 
     // Draining: /readyz turns 503 (on a connection opened before the drain).
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until("/readyz to turn 503", async || {
         let r = admin.get("/readyz").await.expect("admin during the drain");
-        if r.status == 503 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "/readyz never turned 503");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        r.status == 503
+    })
+    .await;
 
-    // New connections are refused once shutdown began.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match tokio::net::TcpStream::connect(gw.addr).await {
-            Err(_) => break,
-            Ok(s) => {
-                // Accepted by a closing listener's backlog at most; it must not be served.
-                drop(s);
-                assert!(Instant::now() < deadline, "the listener kept accepting");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    // New connections are refused once shutdown began. One accepted by a
+    // closing listener's backlog at most is dropped at once: it must not be served.
+    wait_until("the listener to stop accepting", async || {
+        tokio::net::TcpStream::connect(gw.addr).await.is_err()
+    })
+    .await;
     assert!(
         !in_flight.is_finished(),
         "new connections are refused while the slow request still runs"
@@ -104,7 +94,10 @@ async fn readyz_answers_503_to_new_connections_during_the_drain() {
     let (up, mut gw, _) = start("5s").await;
     let url = gw.url("/api/slow?delay_ms=1000");
     let in_flight = tokio::spawn(async move { get_with(&url, &[]).await });
-    wait_until("the request reaches the upstream", || up.active() == 1).await;
+    wait_until("the request reaches the upstream", async || {
+        up.active() == 1
+    })
+    .await;
     let shutdown = tokio::spawn(gw.app.take().unwrap().shutdown());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = get(&gw.admin_url("/readyz")).await;
@@ -124,7 +117,10 @@ async fn shutdown_grace_cuts_longer_requests() {
     let (up, mut gw, _) = start("300ms").await;
     let url = gw.url("/api/slower?delay_ms=5000");
     let in_flight = tokio::spawn(async move { get_with_result(&url).await });
-    wait_until("the request reaches the upstream", || up.active() == 1).await;
+    wait_until("the request reaches the upstream", async || {
+        up.active() == 1
+    })
+    .await;
 
     let started = Instant::now();
     tokio::time::timeout(WAIT, gw.app.take().unwrap().shutdown())
@@ -240,17 +236,14 @@ async fn metrics_after_known_traffic() {
         ),
     ];
     // Metrics are recorded when each response ends, just after the client got it.
-    let deadline = Instant::now() + WAIT;
-    let text = loop {
+    let text = wait_until("the metrics of the traffic", async || {
         let text = gw.metrics().await;
-        if expected.iter().all(|(s, v)| metric(&text, s) == Some(*v)) {
-            break text;
+        match expected.iter().find(|(s, v)| metric(&text, s) != Some(*v)) {
+            None => Ok(text),
+            Some((s, v)) => Err(format!("{s} is not {v}\n---\n{text}")),
         }
-        if Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     for (series, value) in &expected {
         assert_eq!(metric(&text, series), Some(*value), "{series}\n---\n{text}");
     }

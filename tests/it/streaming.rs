@@ -5,8 +5,10 @@
 //! debug build (client, gateway and upstream all run in this process, so every
 //! byte crosses three hops). 256 MiB is already beyond what buffering could hide
 //! under the 200 MiB growth bound.
-
-mod support;
+//!
+//! Each test runs alone in a child process of the test binary
+//! (`ran_in_own_process`): the RSS is the whole process's, and the other tests
+//! of the binary would move it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +17,8 @@ use std::time::Duration;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use support::*;
+
+use crate::support::*;
 
 const SIZE: u64 = 256 * 1024 * 1024;
 const MAX_GROWTH: u64 = 200 * 1024 * 1024;
@@ -62,6 +65,9 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_streams_in_constant_memory() {
+    if ran_in_own_process("streaming::large_download_streams_in_constant_memory").await {
+        return;
+    }
     let up = Upstream::start("big", Behavior::Stream(SIZE)).await;
     let gw = Gateway::start(&config(), &[("UP", up.host_port())]).await;
     let baseline = rss();
@@ -125,6 +131,9 @@ async fn large_download_streams_in_constant_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_streams_in_constant_memory() {
+    if ran_in_own_process("streaming::large_upload_streams_in_constant_memory").await {
+        return;
+    }
     let up = Upstream::echo("sink").await;
     let gw = Gateway::start(&config(), &[("UP", up.host_port())]).await;
     let baseline = rss();

@@ -4,9 +4,8 @@
 //! The upstreams count what reaches them; each test checks that count, what the
 //! client sees, the metrics and `/upstreams`. Time-driven state machines are
 //! unit-tested with a hand-stepped clock (`upstream::circuit`, `upstream::retry`);
-//! here the intervals are short real ones and every wait is bounded.
-
-mod support;
+//! here the intervals are short real ones and every wait is bounded; the
+//! circuit's open period is skipped on the tokio clock (`skip`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 fn two_targets(upstream_extra: &str, route_extra: &str) -> String {
     format!(
@@ -52,18 +52,11 @@ fn target_of(report: &Value, hp: &str) -> Value {
 }
 
 async fn wait_report(gw: &Gateway, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until(what, async || {
         let r = gw.upstreams().await;
-        if cond(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if cond(&r) { Ok(r) } else { Err(r) }
+    })
+    .await
 }
 
 fn series(name: &str, labels: &str) -> String {
@@ -193,7 +186,7 @@ async fn circuit_opens_after_consecutive_failures_and_closes_after_a_good_probe(
 
     // b recovers; after open_for a probe goes through and closes the circuit.
     b.control.fail(0, 503);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    skip(Duration::from_millis(1100)).await;
     for _ in 0..4 {
         assert_eq!(get(&gw.url("/x")).await.expect("request").status, 200);
     }
@@ -388,9 +381,9 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     )
     .await
     .expect("write");
-    wait_until("the upstream got the request", || hang.hits() == 1).await;
+    wait_until("the upstream got the request", async || hang.hits() == 1).await;
     drop(s);
-    wait_until("the upstream connection closed", || {
+    wait_until("the upstream connection closed", async || {
         hang.control.hung_closed() == 1
     })
     .await;
@@ -406,7 +399,7 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    wait_until("the second request reached the upstream", || {
+    wait_until("the second request reached the upstream", async || {
         hang.hits() == 2
     })
     .await;

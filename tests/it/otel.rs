@@ -1,15 +1,11 @@
 //! OTLP span export (cargo feature `otel`): a fake OTLP/HTTP collector in the
 //! test process decodes what the gateway POSTs to `/v1/traces`, and the spans
 //! are checked against what the client sent and what the upstream received.
-#![cfg(feature = "otel")]
-
-mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,8 +18,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 use prost::Message;
-use support::*;
 use tokio::net::TcpListener;
+
+use crate::support::*;
 
 const CONFIG: &str = "
 tracing:
@@ -121,22 +118,14 @@ impl Collector {
 
     /// Waits for the span of trace `trace_id` (hex).
     async fn wait_span(&self, trace_id: &str) -> Span {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(s) = self
-                .spans()
-                .into_iter()
-                .find(|s| hex(&s.trace_id) == trace_id)
-            {
-                return s;
+        wait_until(format!("the span of trace {trace_id}"), async || {
+            let spans = self.spans();
+            match spans.iter().find(|s| hex(&s.trace_id) == trace_id) {
+                Some(s) => Ok(s.clone()),
+                None => Err(format!("spans {spans:?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "no span for trace {trace_id}; got {:?}",
-                self.spans()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -364,18 +353,15 @@ async fn requests_do_not_notice_a_dead_or_failing_collector() {
 }
 
 async fn wait_metric(gw: &Gateway, series: &str, at_least: f64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until(format!("{series} to reach {at_least}"), async || {
         let m = gw.metrics().await;
         if metric(&m, series).is_some_and(|v| v >= at_least) {
-            return;
+            Ok(())
+        } else {
+            Err(m)
         }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never reached {at_least}:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -2,13 +2,12 @@
 //! query and body; rewrites; header hygiene; request ids; direct answers; the 404
 //! body; route precedence; h2c; the client IP through trusted proxies.
 
-mod support;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::*;
+
+use crate::support::*;
 
 const ROUTES: &str = r#"
 upstreams:

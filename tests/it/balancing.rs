@@ -2,11 +2,9 @@
 //! robin, sticky hashing on a header, a cookie or the client IP, and
 //! least-request.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 
-use support::*;
+use crate::support::*;
 
 async fn two(
     balance: &str,
@@ -127,7 +125,7 @@ async fn least_request_prefers_the_idle_target() {
     // Hold one request on whichever target gets it.
     let url = gw.url("/slow?delay_ms=1500");
     let held = tokio::spawn(async move { get_with(&url, &[]).await });
-    wait_until("one target is busy", || a.active() + b.active() == 1).await;
+    wait_until("one target is busy", async || a.active() + b.active() == 1).await;
     let busy = if a.active() == 1 { "a" } else { "b" };
     let idle = if busy == "a" { "b" } else { "a" };
     for i in 0..6 {

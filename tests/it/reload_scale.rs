@@ -4,15 +4,12 @@
 //! routes that exist in both. Every request must succeed on the connection
 //! it started on, and every reload must be accepted.
 
-#[path = "support/scale.rs"]
-mod scale;
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::scale;
+use crate::support::*;
 
 const ROUTES: usize = 10_000;
 /// A reload of 10,000 routes takes about 0.3 s in a release build but
@@ -61,11 +58,11 @@ fn picks() -> Vec<usize> {
 
 /// Waits until the clients have completed `n` more requests than `from`.
 async fn wait_requests(ok: &AtomicUsize, from: usize, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while ok.load(Ordering::Relaxed) < from + n {
-        assert!(Instant::now() < deadline, "the clients stalled");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_until(
+        format!("{n} more requests (the clients stalled)"),
+        async || ok.load(Ordering::Relaxed) >= from + n,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +181,7 @@ async fn ten_thousand_routes_reload_under_load_without_a_failed_request() {
 
 /// Writes the 10,000-route config for a manual run (the memory figure in
 /// the README, "Large configs"):
-/// `SCALE_CONFIG_OUT=/tmp/scale.yaml cargo test --test reload_scale -- --ignored`.
+/// `SCALE_CONFIG_OUT=/tmp/scale.yaml cargo test --test it -- --ignored reload_scale::write_scale_config`.
 /// Its upstream targets are `${UP1}` and `${UP2}`.
 #[test]
 #[ignore]

@@ -8,15 +8,14 @@
 //! hold, but far below the 100 MiB transfer, which unbounded buffering in the
 //! gateway would swallow at once on loopback.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
 
 const SIZE: u64 = 100 * 1024 * 1024;
 /// The most the fast side may be ahead of the slow one. Measured here (Linux,
@@ -91,23 +90,19 @@ async fn read_head(s: &mut TcpStream) -> String {
 
 /// Waits until `counter` stops moving for `quiet`, within `limit`; returns it.
 async fn plateau(counter: &AtomicU64, quiet: Duration, limit: Duration) -> u64 {
-    let deadline = Instant::now() + limit;
     let mut last = counter.load(Ordering::SeqCst);
     let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until_within(limit, "a plateau", async || {
         let now = counter.load(Ordering::SeqCst);
         if now != last {
             last = now;
             since = Instant::now();
         } else if since.elapsed() >= quiet {
-            return now;
+            return Ok(now);
         }
-        assert!(
-            Instant::now() < deadline,
-            "no plateau within {limit:?}: at {now} bytes and still moving"
-        );
-    }
+        Err(format!("at {now} bytes and still moving"))
+    })
+    .await
 }
 
 /// An upstream that answers one request with `SIZE` bytes of `content_type`,

@@ -3,15 +3,14 @@
 //! then recovery), failed refreshes keeping the keys, the coalesced and
 //! rate-limited unknown-kid refetch, and reloads.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use support::auth::*;
-use support::*;
 use tollgate::policy::jwks::JwksSource;
+
+use crate::support::auth::*;
+use crate::support::*;
 
 fn config(jwks_url: &str, refresh: &str) -> String {
     format!(
@@ -104,7 +103,10 @@ async fn background_refresh_picks_up_a_rotation() {
     assert_eq!(call(&gw, &token("k1")).await.status, 200);
     jwks.set(rsa_jwks("k2"));
     let hits = jwks.hits();
-    wait_until("two more background refreshes", || jwks.hits() >= hits + 2).await;
+    wait_until("two more background refreshes", async || {
+        jwks.hits() >= hits + 2
+    })
+    .await;
     call(&gw, &fresh_token("k1"))
         .await
         .assert_error(401, "unauthorized");
@@ -133,12 +135,15 @@ async fn endpoint_down_at_start_then_recovering() {
         .assert_error(401, "unauthorized");
     assert_eq!(up.hits(), 0);
     let _ = m;
-    wait_until_async(|| async { metric_or_zero(&gw.metrics().await, FAILED) >= 1.0 }).await;
+    wait_until("a failed fetch", async || {
+        metric_or_zero(&gw.metrics().await, FAILED) >= 1.0
+    })
+    .await;
 
     // The endpoint comes up: the retry loop loads the keys.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let _jwks = JwksServer::serve(listener, test_jwks());
-    wait_until_async(|| async {
+    wait_until("/readyz to say 200", async || {
         get(&gw.admin_url("/readyz"))
             .await
             .is_ok_and(|r| r.status == 200)
@@ -154,15 +159,20 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
     let gw = Gateway::start(&config(&jwks.url(), "100ms"), &[("UP", up.host_port())]).await;
     assert_eq!(call(&gw, &fresh_token("rsa-1")).await.status, 200);
     jwks.fail_with(500);
-    wait_until_async(|| async { metric_or_zero(&gw.metrics().await, FAILED) >= 2.0 }).await;
+    wait_until("two failed refreshes", async || {
+        metric_or_zero(&gw.metrics().await, FAILED) >= 2.0
+    })
+    .await;
     // Not from the cache: a token never seen before verifies with the kept keys.
     assert_eq!(call(&gw, &fresh_token("rsa-1")).await.status, 200);
     // A garbage document is a failure too, and keeps the keys as well.
     jwks.fail_with(0);
     jwks.set(json!({ "keys": "nope" }));
     let failed = metric_or_zero(&gw.metrics().await, FAILED);
-    wait_until_async(|| async { metric_or_zero(&gw.metrics().await, FAILED) >= failed + 1.0 })
-        .await;
+    wait_until("one more failed refresh", async || {
+        metric_or_zero(&gw.metrics().await, FAILED) >= failed + 1.0
+    })
+    .await;
     assert_eq!(call(&gw, &fresh_token("rsa-1")).await.status, 200);
 }
 
@@ -206,7 +216,7 @@ async fn the_refetch_interval_opens_again() {
     assert!(source.refetch_for_unknown_kid("x").await.is_none());
     assert!(source.refetch_for_unknown_kid("x").await.is_none());
     assert_eq!(jwks.hits(), 2);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    skip(Duration::from_millis(250)).await;
     // A known kid needs no fetch at all.
     assert!(source.refetch_for_unknown_kid("rsa-1").await.is_some());
     assert_eq!(jwks.hits(), 2);
@@ -255,17 +265,4 @@ routes:
     let hits = jwks.hits();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(jwks.hits(), hits, "the removed policy is still refreshing");
-}
-
-/// Polls an async condition every 20 ms, failing after `WAIT`.
-async fn wait_until_async<F, Fut>(mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + WAIT;
-    while !cond().await {
-        assert!(std::time::Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -4,8 +4,6 @@
 //! reloads and shutdown with open tunnels, RFC 8441 over HTTP/2, metrics and
 //! the access log.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async};
 
-use support::{Behavior, Gateway, Upstream, dead_addr, metric};
+use crate::support::{self, Behavior, Gateway, Upstream, dead_addr, metric};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -269,7 +267,10 @@ async fn text_binary_ping_and_close_codes_pass_both_ways() {
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4001),
         other => panic!("expected the close echo, got {other:?}"),
     }
-    support::wait_until("the upstream saw the close", || !up.closes().is_empty()).await;
+    support::wait_until("the upstream saw the close", async || {
+        !up.closes().is_empty()
+    })
+    .await;
     assert_eq!(up.closes(), vec![(4001, "bye from client".to_string())]);
 
     // The upgrade headers reached the upstream with the gateway's own.
@@ -604,7 +605,7 @@ async fn shutdown_closes_open_tunnels_after_the_grace_period() {
         .expect("an open tunnel kept the gateway alive")
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(250));
-    support::wait_until("the tunnel's log line", || {
+    support::wait_until("the tunnel's log line", async || {
         String::from_utf8_lossy(&log.0.lock().unwrap()).contains(r#""error":"shutdown""#)
     })
     .await;
@@ -623,22 +624,19 @@ async fn metrics_count_upgrades_durations_and_bytes() {
     let mut open = connect(&gw, "/chat", &[]).await.unwrap();
     round_trip(&mut open, Message::text("open")).await;
     let want = |m: &str, s: &str| metric(m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
-    let deadline = std::time::Instant::now() + WAIT;
-    let m = loop {
+    let m = support::wait_until("the tunnels to be counted as closed", async || {
         let m = gw.metrics().await;
         if metric(
             &m,
             r#"tollgate_websocket_tunnel_duration_seconds_count{route="chat"}"#,
         ) == Some(2.0)
         {
-            break m;
+            Ok(m)
+        } else {
+            Err(m)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tunnels never counted as closed:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     assert_eq!(
         want(
             &m,
@@ -752,20 +750,11 @@ where
         req
     };
     // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) may not be in yet.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    support::wait_until("extended CONNECT to be accepted", async || {
         sender.ready().await.unwrap();
-        match sender.send_request(request()).await {
-            Ok(resp) => return resp,
-            Err(e) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "extended CONNECT refused: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+        sender.send_request(request()).await
+    })
+    .await
 }
 
 /// A test CA issuing server certificates into a temporary directory.
@@ -924,7 +913,7 @@ routes:
 
 /// A rough throughput figure (not a pass/fail check): 64 MiB in 1 MiB binary
 /// messages echoed directly and through the gateway.
-/// `cargo test --release --test websocket -- --ignored --nocapture`
+/// `cargo test --release --test it -- --ignored --nocapture websocket::tunnel_throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn tunnel_throughput() {

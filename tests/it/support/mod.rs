@@ -4,9 +4,10 @@
 //!
 //! Every wait is bounded: a broken gateway makes a test fail, never hang.
 
-#![allow(dead_code)]
-
 pub mod auth;
+/// Shared with the benches, which include it by path: it stays in `tests/support/`.
+#[path = "../../support/scale.rs"]
+pub mod scale;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -34,6 +35,9 @@ use tollgate::{App, BuildOptions};
 /// The longest any single helper waits before failing the test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How often `wait_until` looks at its condition again.
+pub const POLL: Duration = Duration::from_millis(5);
+
 // ---------------------------------------------------------------------------
 // Upstreams
 // ---------------------------------------------------------------------------
@@ -59,7 +63,6 @@ pub enum Behavior {
 /// A loopback upstream server counting the requests it receives.
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub name: &'static str,
     /// Requests received (heads read).
     hits: Arc<AtomicUsize>,
     /// Request body bytes received in total.
@@ -173,7 +176,6 @@ impl Upstream {
         });
         Upstream {
             addr,
-            name,
             hits,
             body_bytes,
             active,
@@ -450,34 +452,6 @@ impl Body for GenBody {
     }
 }
 
-/// A body that sends `first` and then never sends anything more (never ends).
-pub struct StallBody {
-    first: Option<Bytes>,
-}
-
-impl StallBody {
-    pub fn new(first: &'static [u8]) -> StallBody {
-        StallBody {
-            first: Some(Bytes::from_static(first)),
-        }
-    }
-}
-
-impl Body for StallBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.first.take() {
-            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            None => Poll::Pending,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The gateway
 // ---------------------------------------------------------------------------
@@ -531,16 +505,14 @@ impl Gateway {
 
     /// Waits until `/readyz` says 200 (polled, never slept on).
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = get(&self.admin_url("/readyz")).await
-                && r.status == 200
-            {
-                break;
+        wait_until("the gateway to become ready", async || {
+            match get(&self.admin_url("/readyz")).await {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("/readyz is {}: {}", r.status, r.text())),
+                Err(e) => Err(format!("/readyz: {e}")),
             }
-            assert!(Instant::now() < deadline, "gateway never became ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await;
     }
 
     /// Like `start`, without waiting for `/readyz` (for gateways that are
@@ -683,39 +655,29 @@ impl Gateway {
     /// Waits until at least `n` log lines exist (the log is written by a
     /// background thread), and returns them.
     pub async fn wait_log_lines(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        wait_until(format!("{n} access-log lines"), async || {
             let lines = self.log_lines();
             if lines.len() >= n {
-                return lines;
+                Ok(lines)
+            } else {
+                Err(format!("got {}: {lines:?}", lines.len()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} access-log lines, got {}: {lines:?}",
-                lines.len()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     /// Waits for the log line of the request with this id.
     pub async fn wait_log_for(&self, request_id: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self
-                .log_lines()
-                .into_iter()
-                .find(|l| l["request_id"] == request_id)
-            {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no access-log line for request id {request_id}: {}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(
+            format!("the access-log line of request id {request_id}"),
+            async || {
+                self.log_lines()
+                    .into_iter()
+                    .find(|l| l["request_id"] == request_id)
+                    .ok_or_else(|| format!("the log: {}", self.log_text()))
+            },
+        )
+        .await
     }
 
     pub async fn metrics(&self) -> String {
@@ -733,18 +695,18 @@ impl Gateway {
     /// `wait_parked` for the listener named `listener`.
     pub async fn wait_parked_on(&self, listener: &str, n: u32) {
         let series = format!(r#"tollgate_parked_connections{{listener="{listener}"}}"#);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let now = metric(&self.metrics().await, &series).unwrap_or(0.0);
-            if now == f64::from(n) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{n} parked connections expected, {now} after {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            format!("{n} parked connections on {listener}"),
+            async || {
+                let now = metric(&self.metrics().await, &series).unwrap_or(0.0);
+                if now == f64::from(n) {
+                    Ok(())
+                } else {
+                    Err(format!("{now} parked"))
+                }
+            },
+        )
+        .await;
     }
 
     /// `tollgate_config_reloads_total` as (successes, failures).
@@ -845,7 +807,6 @@ pub struct Resp {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
-    pub version: http::Version,
 }
 
 impl Resp {
@@ -1004,7 +965,6 @@ pub async fn collect(resp: Response<Incoming>) -> Result<Resp, String> {
         status: parts.status.as_u16(),
         headers: parts.headers,
         body,
-        version: parts.version,
     })
 }
 
@@ -1120,11 +1080,127 @@ pub async fn read_one_response(s: &mut TcpStream) -> String {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds, failing after `WAIT`.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+// ---------------------------------------------------------------------------
+// A process of its own
+// ---------------------------------------------------------------------------
+
+/// Set in the child process that `ran_in_own_process` starts.
+const ALONE: &str = "TOLLGATE_TEST_ALONE";
+
+/// For tests that measure the whole process (its RSS): the other tests of
+/// this binary, running beside them, would move the figure. In the test
+/// process this runs the test `name` (its path here, e.g.
+/// `streaming::large_upload_streams_in_constant_memory`) alone in a child
+/// process of this binary, fails if it fails, and returns true: the caller
+/// returns. In that child it returns false: the caller runs the test.
+pub async fn ran_in_own_process(name: &str) -> bool {
+    if std::env::var_os(ALONE).is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let child = tokio::process::Command::new(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not finish in its own process within 120s"))
+        .expect("run the test binary");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // Shown with the test's result, as if it had run here.
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(out.status.success(), "{name} failed in its own process");
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "no test named {name} ran in the child process"
+    );
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// Lets `d` pass on the tokio clock at once, instead of sleeping through it:
+/// for a test that waits only for a deadline the code under test reads from
+/// that clock (a circuit's open period, a refetch interval), on the
+/// current-thread runtime the gateway runs on.
+///
+/// The clock is paused only inside this call, and resumes `d` ahead: any
+/// timer due within `d` fires now, so call it only when nothing is in flight.
+/// Deadlines kept on the std clock (the connection watchdog's) do not move.
+/// A test paused throughout (`start_paused`) is not deterministic with real
+/// sockets: whenever the runtime idles with no I/O ready yet (a reply from
+/// another thread or process, loopback delivery the kernel deferred), the
+/// paused clock jumps to the next timer and fires a timeout spuriously.
+pub async fn skip(d: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(d).await;
+    tokio::time::resume();
+}
+
+/// What a `wait_until` condition answers: `true`, `Some(v)` or `Ok(v)` when it
+/// holds (the wait returns `()` or `v`); `false`, `None` or `Err(state)` when
+/// not yet, where `state` says what was seen instead (shown if the wait fails).
+pub trait Polled {
+    type Output;
+    fn polled(self) -> Result<Self::Output, String>;
+}
+
+impl Polled for bool {
+    type Output = ();
+    fn polled(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err(String::new()) }
+    }
+}
+
+impl<T> Polled for Option<T> {
+    type Output = T;
+    fn polled(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: std::fmt::Display> Polled for Result<T, E> {
+    type Output = T;
+    fn polled(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Polls `cond` every `POLL` until it holds and returns what it yielded;
+/// after `WAIT`, panics with what it waited for (`what`) and the last state
+/// seen. The one way the tests wait for something to happen.
+pub async fn wait_until<R: Polled>(
+    what: impl std::fmt::Display,
+    cond: impl AsyncFnMut() -> R,
+) -> R::Output {
+    wait_until_within(WAIT, what, cond).await
+}
+
+/// `wait_until` with its own limit instead of `WAIT`. The deadline is on the
+/// real clock, so a paused tokio clock can neither stretch nor cut it.
+pub async fn wait_until_within<R: Polled>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    mut cond: impl AsyncFnMut() -> R,
+) -> R::Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match cond().await.polled() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}{}{last}",
+                if last.is_empty() { "" } else { "; last seen: " }
+            ),
+        }
+        tokio::time::sleep(POLL).await;
     }
 }

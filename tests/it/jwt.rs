@@ -2,14 +2,13 @@
 //! algorithm family (HS256, RS256, ES256, EdDSA). Every rejection must be a 401
 //! with `WWW-Authenticate`, and no rejected request may reach the upstream.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::Header;
 use serde_json::{Value, json};
-use support::auth::*;
-use support::*;
+
+use crate::support::auth::*;
+use crate::support::*;
 
 /// A gateway with one JWT-protected route for `alg`'s family, in front of an
 /// echo upstream that counts what reaches it.

@@ -2,12 +2,11 @@
 //! JWT), require_claims, token sources with forward_claims/strip_token, CORS,
 //! IP rules through trusted proxies, and the auth-failure metric.
 
-mod support;
-
 use http::Request;
 use serde_json::json;
-use support::auth::*;
-use support::*;
+
+use crate::support::auth::*;
+use crate::support::*;
 
 fn config(server_extra: &str, routes: &str) -> String {
     format!(

@@ -2,12 +2,11 @@
 //! connections, silence, a reset mid-body, 5xx answers, and the concurrency
 //! limits that shed load.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use http::Request;
-use support::*;
+
+use crate::support::*;
 
 fn config(limits: &str, upstream_extra: &str, route_extra: &str) -> String {
     server_block(limits)
@@ -151,7 +150,7 @@ async fn upstream_5xx_passes_through_unchanged() {
 async fn assert_sheds_while_busy(gw: &Gateway, up: &Upstream) {
     let url = gw.url("/slow");
     let first = tokio::spawn(async move { get_with(&url, &[]).await });
-    wait_until("the first request reaches the upstream", || {
+    wait_until("the first request reaches the upstream", async || {
         up.active() == 1
     })
     .await;
@@ -164,15 +163,15 @@ async fn assert_sheds_while_busy(gw: &Gateway, up: &Upstream) {
     assert_eq!(first.status, 200, "the request holding the slot completes");
 
     // The slot is released once the first response is done.
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until("the slot to be released", async || {
         let r = get_with(&gw.url("/third"), &[]).await;
         if r.status == 200 {
-            break;
+            Ok(())
+        } else {
+            Err(r.status)
         }
-        assert!(Instant::now() < deadline, "the slot was never released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,12 +1,9 @@
 //! Metrics with exact values after known traffic (SPEC §7), W3C trace context
 //! propagation, and the shipped Grafana dashboard and Prometheus alert rules.
 
-mod support;
-
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const CONFIG: &str = "
 upstreams:
@@ -152,18 +149,15 @@ async fn in_flight_and_connection_gauges_follow_the_traffic() {
 }
 
 async fn wait_until_metric(gw: &Gateway, series: &str, want: f64) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    wait_until(format!("{series} to reach {want}"), async || {
         let m = gw.metrics().await;
         if metric(&m, series) == Some(want) {
-            return;
+            Ok(())
+        } else {
+            Err(m)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never reached {want}:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

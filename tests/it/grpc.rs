@@ -6,8 +6,6 @@
 //! `client::Grpc` over it, speaking h2c (prior knowledge) to the gateway.
 //! Messages are hand-written prost structs: no protoc, no build script.
 
-mod support;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,12 +22,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use support::{Gateway, server_block};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
+
+use crate::support::{self, Gateway, server_block};
 
 // ---- messages and the echo service ----
 

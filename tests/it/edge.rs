@@ -4,13 +4,12 @@
 //!
 //! Requests go over raw sockets, so no client library tidies the spelling first.
 
-mod support;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::*;
+
+use crate::support::*;
 
 /// `/admin` is denied to loopback clients; everything else goes to `rest`.
 /// `/open` shows what the upstream receives for an allowed path.

@@ -2,14 +2,13 @@
 //! header and body sizes, body stalls, malformed and smuggling requests on raw
 //! sockets, slowloris, keep-alive idling, and `max_connections`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use http::Request;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use crate::support::*;
 
 fn config(limits: &str) -> String {
     server_block(&format!("limits: {{ {limits} }}"))

@@ -1,13 +1,11 @@
 //! TLS: termination on listeners (SNI, ALPN, versions, mTLS, reload) and
 //! `https://` upstreams. Every certificate is made here with rcgen.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -25,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use support::{Gateway, Resp, Upstream, collect};
+use crate::support::{self, Gateway, Resp, Upstream, collect};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -1047,13 +1045,11 @@ async fn renewed_certificate_files_are_picked_up_by_the_file_watcher() {
     // Renewal rewrites the certificate and key files in place; nobody sends
     // SIGHUP or calls /reload.
     let renewed = pki.leaf("site", &["site.test"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served().await != renewed.der {
-        assert!(
-            Instant::now() < deadline,
-            "the renewed certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_within(
+        Duration::from_secs(10),
+        "the renewed certificate to be served",
+        async || served().await == renewed.der,
+    )
+    .await;
     gw.shutdown().await;
 }

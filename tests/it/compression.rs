@@ -3,8 +3,6 @@
 //! the upstream sent, responses that must not or need not be compressed pass
 //! untouched, and a slow stream still arrives piece by piece.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,10 +14,11 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
+
+use crate::support::*;
 
 /// Text that compresses well but not trivially: numbered JSON-ish lines.
 fn text(len: usize) -> Bytes {

@@ -1,0 +1,37 @@
+//! The integration tests, as one test binary: `support` is compiled once and
+//! every former `tests/<name>.rs` is the module `<name>` here.
+//!
+//! Run one area by its module path: `cargo test --test it -- resilience::`,
+//! or several: `cargo test --test it -- otel:: config_examples::`.
+//! Fixtures stay in `tests/fixtures/` (found through `CARGO_MANIFEST_DIR`).
+
+mod support;
+
+mod admin;
+mod auth;
+mod auth_config;
+mod backpressure;
+mod balancing;
+mod cli;
+mod compression;
+mod config_errors;
+mod config_examples;
+mod edge;
+mod grpc;
+mod jwks;
+mod jwt;
+mod lifecycle;
+mod limits;
+mod observability;
+// OTLP export is the cargo feature `otel` (off by default).
+#[cfg(feature = "otel")]
+mod otel;
+mod proxy;
+mod rate_limit;
+mod reload;
+mod reload_scale;
+mod resilience;
+mod streaming;
+mod tls;
+mod upstream_failures;
+mod websocket;
