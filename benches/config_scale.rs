@@ -5,7 +5,7 @@
 //! swap on a running gateway (`App::reload`: compile against the live
 //! carry-over state, swap, retain, forget removed metric series, diff).
 //!
-//! The config is `tests/support/scale.rs`: prefix, exact, tenant-host and regex
+//! The config is `tests/it/support/scale.rs`: prefix, exact, tenant-host and regex
 //! routes over N/33 upstreams with auth, rate limits, header rewrites.
 
 use std::hint::black_box;
@@ -18,7 +18,7 @@ use tollgate::snapshot::build::compile;
 use tollgate::snapshot::carryover::Carryover;
 use tollgate::{App, BuildOptions};
 
-#[path = "../tests/support/scale.rs"]
+#[path = "../tests/it/support/scale.rs"]
 mod scale;
 
 const SIZES: [usize; 2] = [1_000, 10_000];

@@ -3,7 +3,7 @@
 //! 10,000 routes (it depends on the request path's depth, not the table size).
 //!
 //! `router_find_scale` matches against the router compiled from the realistic
-//! 10,000-route config of `tests/support/scale.rs` (prefix, exact, tenant-host
+//! 10,000-route config of `tests/it/support/scale.rs` (prefix, exact, tenant-host
 //! and regex routes): the last route of each kind, wildcard hosts, and misses.
 
 use std::hint::black_box;
@@ -17,7 +17,7 @@ use tollgate::snapshot::Snapshot;
 use tollgate::snapshot::build::compile;
 use tollgate::snapshot::carryover::Carryover;
 
-#[path = "../tests/support/scale.rs"]
+#[path = "../tests/it/support/scale.rs"]
 mod scale;
 
 fn route(name: String, path: PathSpec) -> RouteSpec {

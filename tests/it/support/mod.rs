@@ -5,8 +5,7 @@
 //! Every wait is bounded: a broken gateway makes a test fail, never hang.
 
 pub mod auth;
-/// Shared with the benches, which include it by path: it stays in `tests/support/`.
-#[path = "../../support/scale.rs"]
+/// Shared with the benches, which include it by path.
 pub mod scale;
 
 use std::convert::Infallible;

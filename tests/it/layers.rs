@@ -305,7 +305,7 @@ fn imports_run_only_downward() {
         let me = unit_of_file(rel);
         let Some(my_rank) = rank(&me) else {
             broken.push(format!(
-                "src/{}: module `{me}` is in no layer; add it to LAYERS in tests/layers.rs \
+                "src/{}: module `{me}` is in no layer; add it to LAYERS in tests/it/layers.rs \
                  and to docs/ARCHITECTURE.md",
                 rel.display()
             ));
