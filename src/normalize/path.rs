@@ -32,7 +32,7 @@ impl PathError {
         match self {
             PathError::InvalidEscape => "the request path has an invalid percent-escape",
             PathError::EscapedSlash => "the request path has an encoded slash or backslash",
-            PathError::NulByte => "the request path has an encoded NUL byte",
+            PathError::NulByte => "the request path has a NUL byte",
             PathError::AboveRoot => "the request path climbs above the root",
         }
     }
@@ -202,6 +202,9 @@ fn rebuild(path: &[u8], rules: &PathNormalization) -> Result<String, PathError> 
                 seg.push(b);
                 false
             }
+            // A raw NUL is refused like `%00` (escaping it would make a path
+            // this function itself refuses).
+            Some(0) => return Err(PathError::NulByte),
             Some(b) => {
                 push_escape(&mut seg, b);
                 false
@@ -335,6 +338,7 @@ mod tests {
             ("/a%2", Err(InvalidEscape)),
             ("/a%zz", Err(InvalidEscape)),
             ("/a%00", Err(NulByte)),
+            ("/a\0b", Err(NulByte)),
             ("*", Ok("*")),
             ("/a:b@c!$&'()*+,=", Ok("/a:b@c!$&'()*+,=")),
             ("/~user/-_.", Ok("/~user/-_.")),
