@@ -1,5 +1,5 @@
-//! The access log: one line per request with the fields of docs/guide/observability.md ("Access log"), as JSON or
-//! as `key=value` text.
+//! The access log: one line per request with the fields listed in
+//! docs/guide/observability.md ("Access log"), as JSON or as `key=value` text.
 //!
 //! Lines go through a bounded, lossy queue to a writer thread, so a slow stdout
 //! never stalls the request path: when the queue is full the line is dropped and

@@ -1,7 +1,8 @@
 //! The one error type of the request path, and the one place it becomes a response.
 //!
 //! Every failure a client can see is a `GatewayError`; `status`, `code` and `fault`
-//! are decided here and nowhere else, so the JSON bodies of docs/reference/errors.md stay consistent.
+//! are decided here and nowhere else, so the JSON bodies listed in
+//! docs/reference/errors.md stay consistent.
 
 use std::fmt;
 
@@ -214,7 +215,7 @@ impl GatewayError {
         resp
     }
 
-    /// The JSON answer (docs/reference/errors.md): `{"error","message","request_id"}` as JSON.
+    /// The JSON answer `{"error","message","request_id"}` (docs/reference/errors.md).
     pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
         let body = ErrorBody {
             error: self.code(),

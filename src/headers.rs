@@ -1,5 +1,5 @@
-//! Header hygiene between the client and the upstream (docs/guide/routing.md, "What the gateway changes on the way"): hop-by-hop
-//! headers removed in both directions, `X-Forwarded-*` set, and the client IP
+//! Header hygiene between the client and the upstream (docs/guide/routing.md,
+//! "What the gateway changes on the way"): hop-by-hop headers removed in both directions, `X-Forwarded-*` set, and the client IP
 //! derived from `X-Forwarded-For` only through trusted proxies.
 
 use std::net::IpAddr;
@@ -141,8 +141,8 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The client address (docs/reference/config.md, `server.trusted_proxies`): the rightmost `X-Forwarded-For` entry that is
-/// not a trusted proxy, walking left only while each hop is trusted; the peer
+/// The client address (docs/reference/config.md, `server.trusted_proxies`): the
+/// rightmost `X-Forwarded-For` entry that is not a trusted proxy, walking left only while each hop is trusted; the peer
 /// itself when the peer is not trusted.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
@@ -218,8 +218,8 @@ impl TraceContext {
     }
 }
 
-/// W3C trace context (docs/guide/observability.md): the gateway is one hop of the trace. A valid
-/// `traceparent` keeps its trace id and flags and gets a new parent id (this
+/// W3C trace context (docs/guide/observability.md): the gateway is one hop of
+/// the trace. A valid `traceparent` keeps its trace id and flags and gets a new parent id (this
 /// hop's span id); `tracestate` passes unchanged. An absent or malformed
 /// `traceparent` starts a new trace (random trace id, flags `00`: not sampled,
 /// the gateway does not record spans) and any `tracestate` is dropped, as the

@@ -1,7 +1,7 @@
 //! Client policies of a route, checked after routing and before any upstream is
 //! contacted, in this order: IP rules, CORS preflight, authentication, required
-//! claims, rate limits (docs/reference/config.md, route keys `ip_allow`/`ip_deny`, `cors`, `auth`,
-//! `require_claims`, `rate_limit`).
+//! claims, rate limits (docs/reference/config.md, route keys `ip_allow`/`ip_deny`,
+//! `cors`, `auth`, `require_claims`, `rate_limit`).
 //!
 //! Each policy is plain data compiled per route (`RoutePolicies`); a check reads
 //! the request head and the `PolicyContext`, may add to it (the consumer,

@@ -1,5 +1,5 @@
-//! Rate limits (docs/guide/rate-limits.md: `rate_limits`, route `rate_limit`): token buckets per key,
-//! computed as GCRA.
+//! Rate limits (docs/guide/rate-limits.md: `rate_limits`, route `rate_limit`):
+//! token buckets per key, computed as GCRA.
 //!
 //! `store: local` uses governor's GCRA over a memory-bounded store (`BoundedStore`:
 //! sharded LRU maps, so a flood of new keys evicts the least recently used ones
