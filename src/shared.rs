@@ -27,7 +27,7 @@ pub struct Shared {
 }
 
 /// Seconds since the Unix epoch (0 before it).
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
