@@ -1,12 +1,13 @@
 //! The client's request body on its way upstream: `RequestBody` streams it
 //! while enforcing `max_body_bytes` (counted as bytes flow, so chunked uploads
 //! are limited too) and a stall timeout, and keeps a small body whole when a
-//! retry may send it again. A leaf: the proxy makes it, the upstream clients
-//! send it.
+//! retry may send it again, and can hash what flows through it (`BodyDigest`,
+//! for idempotency fingerprints). A leaf: the proxy makes it, the upstream
+//! clients send it.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -36,6 +37,55 @@ pub struct RequestBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// Shared with the request record so the access log can report `bytes_in`.
     received: Option<Arc<AtomicU64>>,
+    /// Hashes the bytes as they flow (a keyed request's fingerprint).
+    digest: Option<Arc<BodyDigest>>,
+}
+
+/// The SHA-256 of a body, computed while it streams: fed by whoever polls the
+/// body, read by whoever needs the result once the body has ended.
+pub struct BodyDigest {
+    running: Mutex<Option<aws_lc_rs::digest::Context>>,
+    done: OnceLock<[u8; 32]>,
+}
+
+impl Default for BodyDigest {
+    fn default() -> Self {
+        BodyDigest {
+            running: Mutex::new(Some(aws_lc_rs::digest::Context::new(
+                &aws_lc_rs::digest::SHA256,
+            ))),
+            done: OnceLock::new(),
+        }
+    }
+}
+
+impl BodyDigest {
+    pub fn update(&self, data: &[u8]) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ctx) = running.as_mut() {
+            ctx.update(data);
+        }
+    }
+
+    /// The body ended: the digest is fixed from now on.
+    pub fn finish(&self) {
+        let ctx = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(ctx) = ctx {
+            let d = ctx.finish();
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            let _ = self.done.set(out);
+        }
+    }
+
+    /// The digest of the whole body, once it has been read to its end.
+    pub fn get(&self) -> Option<[u8; 32]> {
+        self.done.get().copied()
+    }
 }
 
 impl RequestBody {
@@ -48,7 +98,15 @@ impl RequestBody {
             stall,
             timer: None,
             received: Some(received),
+            digest: None,
         }
+    }
+
+    /// Feeds every byte that flows through into `digest`, and finishes it at
+    /// the end of the body.
+    pub fn with_digest(mut self, digest: Arc<BodyDigest>) -> Self {
+        self.digest = Some(digest);
+        self
     }
 
     /// A request without a body (GET and friends): nothing to count or time.
@@ -60,6 +118,7 @@ impl RequestBody {
             stall: Duration::ZERO,
             timer: None,
             received: None,
+            digest: None,
         }
     }
 
@@ -100,12 +159,23 @@ impl Body for RequestBody {
                 if let Some(timer) = this.timer.as_mut() {
                     timer.as_mut().reset(Instant::now() + this.stall);
                 }
+                if let (Some(data), Some(digest)) = (frame.data_ref(), &this.digest) {
+                    digest.update(data);
+                    // A sender may stop polling once the body says it ended
+                    // (hyper does with a Content-Length): finish the digest now.
+                    if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                        digest.finish();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
             Poll::Ready(None) => {
                 this.inner = None;
                 this.timer = None;
+                if let Some(digest) = this.digest.take() {
+                    digest.finish();
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => {
