@@ -55,6 +55,41 @@ pub enum GatewayError {
     Forbidden(&'static str),
     #[error("the keys of JWT policy `{policy}` are not available yet")]
     AuthUnavailable { policy: String },
+    #[error("{}", .0.message())]
+    Idempotency(IdempotencyFailure),
+}
+
+/// Why a request on a route with an idempotency policy was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyFailure {
+    /// `required: true` and the request sent no `Idempotency-Key`.
+    Missing,
+    /// The key is empty, too long, not printable ASCII, or sent twice.
+    Invalid,
+    /// A request with this key is still in flight.
+    InUse,
+    /// The key was used before for a different request.
+    Mismatch,
+    /// The store is unreachable and `on_store_error: reject`.
+    Unavailable,
+}
+
+impl IdempotencyFailure {
+    fn message(self) -> &'static str {
+        match self {
+            IdempotencyFailure::Missing => "this route requires an Idempotency-Key header",
+            IdempotencyFailure::Invalid => {
+                "the Idempotency-Key must be 1 to 255 printable ASCII characters, sent once"
+            }
+            IdempotencyFailure::InUse => {
+                "a request with this Idempotency-Key is still in progress; retry later"
+            }
+            IdempotencyFailure::Mismatch => {
+                "this Idempotency-Key was already used for a different request"
+            }
+            IdempotencyFailure::Unavailable => "the idempotency store is unreachable",
+        }
+    }
 }
 
 /// Why a request was refused with 401 (the `reason` label of
@@ -108,6 +143,14 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Idempotency(f) => match f {
+                IdempotencyFailure::Missing | IdempotencyFailure::Invalid => {
+                    StatusCode::BAD_REQUEST
+                }
+                IdempotencyFailure::InUse => StatusCode::CONFLICT,
+                IdempotencyFailure::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
+                IdempotencyFailure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
         }
     }
 
@@ -129,6 +172,13 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => "unauthorized",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::AuthUnavailable { .. } => "auth_unavailable",
+            GatewayError::Idempotency(f) => match f {
+                IdempotencyFailure::Missing => "idempotency_key_missing",
+                IdempotencyFailure::Invalid => "idempotency_key_invalid",
+                IdempotencyFailure::InUse => "idempotency_key_in_use",
+                IdempotencyFailure::Mismatch => "idempotency_key_mismatch",
+                IdempotencyFailure::Unavailable => "idempotency_store_unavailable",
+            },
         }
     }
 
@@ -142,6 +192,8 @@ impl GatewayError {
             | GatewayError::RateLimited { .. }
             | GatewayError::Unauthorized(_)
             | GatewayError::Forbidden(_) => Fault::Client,
+            GatewayError::Idempotency(IdempotencyFailure::Unavailable) => Fault::Gateway,
+            GatewayError::Idempotency(_) => Fault::Client,
             GatewayError::Overloaded
             | GatewayError::UpstreamOverloaded { .. }
             | GatewayError::RateLimitUnavailable
@@ -170,6 +222,8 @@ impl GatewayError {
     pub fn grpc_code(&self) -> u8 {
         const INVALID_ARGUMENT: u8 = 3;
         const DEADLINE_EXCEEDED: u8 = 4;
+        const FAILED_PRECONDITION: u8 = 9;
+        const ABORTED: u8 = 10;
         const PERMISSION_DENIED: u8 = 7;
         const RESOURCE_EXHAUSTED: u8 = 8;
         const UNIMPLEMENTED: u8 = 12;
@@ -191,6 +245,12 @@ impl GatewayError {
             | GatewayError::AuthUnavailable { .. } => UNAVAILABLE,
             GatewayError::Unauthorized(_) => UNAUTHENTICATED,
             GatewayError::Forbidden(_) => PERMISSION_DENIED,
+            GatewayError::Idempotency(f) => match f {
+                IdempotencyFailure::Missing | IdempotencyFailure::Invalid => INVALID_ARGUMENT,
+                IdempotencyFailure::InUse => ABORTED,
+                IdempotencyFailure::Mismatch => FAILED_PRECONDITION,
+                IdempotencyFailure::Unavailable => UNAVAILABLE,
+            },
         }
     }
 
@@ -243,6 +303,10 @@ impl GatewayError {
         } = self
         {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        // The first request is still running: try again in a second.
+        if let GatewayError::Idempotency(IdempotencyFailure::InUse) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod headers;
+pub mod idempotency;
 pub mod metrics;
 pub mod normalize;
 #[cfg(feature = "otel")]

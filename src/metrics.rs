@@ -43,10 +43,32 @@ pub struct Metrics {
     auth_failures_total: IntCounterVec,
     jwks_refreshes_total: IntCounterVec,
     compressed_total: IntCounterVec,
+    idempotency_total: IntCounterVec,
     jwks_age: GaugeVec,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
     pub spans: crate::otel::SpanMetrics,
+}
+
+/// `tollgate_idempotency_total` handles of one route, one per result.
+#[derive(Clone)]
+pub struct IdempotencyMetrics {
+    /// An answer was stored for replay.
+    pub stored: IntCounter,
+    /// A stored answer was replayed; the upstream was not called.
+    pub replayed: IntCounter,
+    /// The key was in use by a request in flight (409).
+    pub conflict: IntCounter,
+    /// The key was used before for another request (422).
+    pub mismatch: IntCounter,
+    /// An unsafe request came without a key.
+    pub missing: IntCounter,
+    /// The key was malformed (400).
+    pub invalid: IntCounter,
+    /// The request was forwarded but its answer not stored (the key released).
+    pub not_stored: IntCounter,
+    /// The store failed (Redis unreachable or slow).
+    pub store_error: IntCounter,
 }
 
 /// `tollgate_auth_failures_total` handles of one route.
@@ -309,6 +331,14 @@ impl Metrics {
             &["route", "encoding"],
         )?;
         registry.register(Box::new(compressed_total.clone()))?;
+        let idempotency_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_idempotency_total",
+                "Keyed requests on routes with an idempotency policy, by route and result.",
+            ),
+            &["route", "result"],
+        )?;
+        registry.register(Box::new(idempotency_total.clone()))?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
                 "tollgate_rate_limited_total",
@@ -379,6 +409,7 @@ impl Metrics {
             jwks_refreshes_total,
             jwks_age,
             compressed_total,
+            idempotency_total,
             #[cfg(feature = "otel")]
             spans,
         })
@@ -445,6 +476,21 @@ impl Metrics {
     /// The `tollgate_compressed_responses_total` counter of one (route, encoding).
     pub fn compressed(&self, route: &str, encoding: &str) -> IntCounter {
         self.compressed_total.with_label_values(&[route, encoding])
+    }
+
+    /// The `tollgate_idempotency_total` counters of one route.
+    pub fn idempotency(&self, route: &str) -> IdempotencyMetrics {
+        let c = |result: &str| self.idempotency_total.with_label_values(&[route, result]);
+        IdempotencyMetrics {
+            stored: c("stored"),
+            replayed: c("replayed"),
+            conflict: c("conflict"),
+            mismatch: c("mismatch"),
+            missing: c("missing"),
+            invalid: c("invalid"),
+            not_stored: c("not_stored"),
+            store_error: c("store_error"),
+        }
     }
 
     pub fn rate_limited(&self, route: &str, policy: &str) -> IntCounter {

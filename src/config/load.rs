@@ -381,6 +381,9 @@ fn deserialize(value: Value, problems: &mut Vec<Problem>) -> Option<Config> {
                 entries(value, "rate_limits", problems).map(|v| config.rate_limits = v)
             }
             "cors" => entries(value, "cors", problems).map(|v| config.cors = v),
+            "idempotency" => {
+                entries(value, "idempotency", problems).map(|v| config.idempotency = v)
+            }
             "auth" => auth(value, problems).map(|v| config.auth = v),
             "server" => server(value, problems).map(|v| config.server = v),
             _ => {

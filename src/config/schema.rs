@@ -27,6 +27,9 @@ pub struct Config {
     pub cors: BTreeMap<String, Cors>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Idempotency-key policies by name (docs/reference/config.md, `idempotency`).
+    #[serde(default)]
+    pub idempotency: BTreeMap<String, Idempotency>,
     /// Span export settings (docs/reference/config.md, `tracing`).
     #[serde(default)]
     pub tracing: Option<Tracing>,
@@ -470,6 +473,69 @@ fn default_redis_timeout() -> Duration {
     Duration::from_millis(50)
 }
 
+/// One `idempotency` policy: where keys live and how long answers are kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Idempotency {
+    /// `memory` (one instance) or `redis` (shared by every instance).
+    #[serde(default = "default_idem_store")]
+    pub store: String,
+    #[serde(default)]
+    pub redis: Option<IdempotencyRedis>,
+    /// How long a finished answer is replayed.
+    #[serde(default = "default_idem_ttl")]
+    pub ttl: Duration,
+    /// How long a key stays taken by a request in flight (crash safety).
+    #[serde(default = "default_idem_lock_timeout")]
+    pub lock_timeout: Duration,
+    /// Unsafe requests without a key are refused (400).
+    #[serde(default)]
+    pub required: bool,
+    /// Larger answers are forwarded but not stored.
+    #[serde(default = "default_idem_max_response")]
+    pub max_response_bytes: ByteSize,
+    /// `reject` (503) or `pass` (forward without the guarantee).
+    #[serde(default = "default_idem_on_store_error")]
+    pub on_store_error: String,
+    /// `store: memory` only: the bound of the whole store.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+}
+
+/// Where a `store: redis` policy keeps its keys; `url` and `timeout` default
+/// to the top-level `redis` section's.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyRedis {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_idem_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+}
+
+fn default_idem_store() -> String {
+    "memory".into()
+}
+fn default_idem_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_idem_lock_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idem_max_response() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_idem_on_store_error() -> String {
+    "reject".into()
+}
+fn default_idem_prefix() -> String {
+    "tg:idem:".into()
+}
+/// The memory store's bound when `max_bytes` is not set.
+pub const DEFAULT_IDEMPOTENCY_MEMORY: u64 = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cors {
@@ -514,6 +580,9 @@ pub struct Route {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub compress: Option<Vec<String>>,
+    /// The `idempotency` policy of this route.
+    #[serde(default)]
+    pub idempotency: Option<String>,
     #[serde(default)]
     pub request_headers: HeaderOps,
     #[serde(default)]

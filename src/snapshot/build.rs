@@ -16,6 +16,7 @@ use crate::config::LoadedConfig;
 use crate::config::schema;
 use crate::config::values::Encoding;
 use crate::config::values::{KeyKind, parse_net};
+use crate::idempotency::RouteIdempotency;
 use crate::metrics::Metrics;
 use crate::policy::rate_limit::{
     LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
@@ -94,6 +95,17 @@ pub fn compile(
             })
             .map_err(|m| err(path, m))?;
         rate_limits.push(policy);
+    }
+    let mut idempotency = Vec::with_capacity(cfg.idempotency.len());
+    for (name, p) in &cfg.idempotency {
+        let policy = carry
+            .idempotency(
+                name,
+                crate::idempotency::definition(p, cfg.redis.as_ref()),
+                || crate::idempotency::Policy::new(name, p, cfg.redis.as_ref()),
+            )
+            .map_err(|m| err(format!("idempotency.{name}"), m))?;
+        idempotency.push(policy);
     }
     let by_name: std::collections::HashMap<&str, usize> = upstreams
         .iter()
@@ -184,6 +196,27 @@ pub fn compile(
                 .as_deref()
                 .map(|names| compression(names, &r.name, &path, metrics))
                 .transpose()?,
+            idempotency: r
+                .idempotency
+                .as_deref()
+                .map(|name| {
+                    let policy =
+                        idempotency
+                            .iter()
+                            .find(|p| &*p.name == name)
+                            .ok_or_else(|| {
+                                err(
+                                    format!("{path}.idempotency"),
+                                    format!("unknown idempotency policy `{name}`"),
+                                )
+                            })?;
+                    Ok(Arc::new(RouteIdempotency {
+                        policy: policy.clone(),
+                        route: r.name.as_str().into(),
+                        metrics: metrics.idempotency(&r.name),
+                    }))
+                })
+                .transpose()?,
             metrics: metrics.route(&r.name),
         });
     }
@@ -205,6 +238,7 @@ pub fn compile(
         routes,
         upstreams,
         rate_limits,
+        idempotency,
         unmatched: metrics.route("_none"),
         limits: RequestLimits {
             max_header_bytes: limits.max_header_bytes.0,

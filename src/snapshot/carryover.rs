@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::schema;
+use crate::idempotency;
 use crate::policy::KeepJwks;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
@@ -33,6 +34,9 @@ pub struct Carryover {
     pools: Mutex<HashMap<String, (PoolSettings, Arc<UpstreamClient>)>>,
     /// Rate-limit policies by name, with the definition they were built from.
     rate_limits: Mutex<HashMap<String, (String, Arc<RateLimitPolicy>)>>,
+    /// Idempotency policies by name, with their definition: an unchanged
+    /// policy keeps its store (the memory store's keys and answers).
+    idempotency: Mutex<HashMap<String, (String, Arc<idempotency::Policy>)>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     /// Running health-check tasks per upstream, with what they were started for.
     health: Mutex<HashMap<String, (HealthKey, CancellationToken)>>,
@@ -93,6 +97,28 @@ impl Carryover {
     ) -> Result<Arc<RateLimitPolicy>, String> {
         let mut map = self
             .rate_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((def, policy)) = map.get(name)
+            && *def == definition
+        {
+            return Ok(policy.clone());
+        }
+        let policy = Arc::new(make()?);
+        map.insert(name.to_string(), (definition, policy.clone()));
+        Ok(policy)
+    }
+
+    /// The idempotency policy called `name`: the existing one (its store and
+    /// the keys in it) while its definition is unchanged, else one from `make`.
+    pub fn idempotency(
+        &self,
+        name: &str,
+        definition: String,
+        make: impl FnOnce() -> Result<idempotency::Policy, String>,
+    ) -> Result<Arc<idempotency::Policy>, String> {
+        let mut map = self
+            .idempotency
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some((def, policy)) = map.get(name)
@@ -202,6 +228,12 @@ impl Carryover {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         limits.retain(|_, (_, policy)| snap.rate_limits.iter().any(|p| Arc::ptr_eq(p, policy)));
+        drop(limits);
+        let mut idem = self
+            .idempotency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        idem.retain(|_, (_, policy)| snap.idempotency.iter().any(|p| Arc::ptr_eq(p, policy)));
     }
 }
 

@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 
 use crate::compression::Compression;
+use crate::idempotency::{self, RouteIdempotency};
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
 use crate::policy::jwks::JwksSource;
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// Every `rate_limits` policy (routes hold their own references).
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
+    /// Every `idempotency` policy (routes hold their own references).
+    pub idempotency: Vec<Arc<idempotency::Policy>>,
     /// Metric handles for requests no route matched (`route="_none"`).
     pub unmatched: RouteMetrics,
     pub limits: RequestLimits,
@@ -67,6 +70,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// `compress:`: the encodings offered for this route's responses.
     pub compress: Option<Compression>,
+    /// `idempotency:`: the route's key policy, when it has one.
+    pub idempotency: Option<Arc<RouteIdempotency>>,
     pub metrics: RouteMetrics,
 }
 

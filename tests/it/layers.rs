@@ -25,7 +25,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "domain",
-        &["router", "access_log", "compression", "policy", "upstream"],
+        &[
+            "router",
+            "access_log",
+            "compression",
+            "policy",
+            "upstream",
+            "idempotency",
+        ],
     ),
     ("state", &["snapshot", "shared"]),
     ("builder", &["snapshot::build"]),

@@ -25,6 +25,8 @@ mod routes;
 
 mod rate_limits;
 
+mod idempotency;
+
 mod tracing;
 
 // After `validate`, at every load.
@@ -46,6 +48,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     v.cors(config);
     v.routes(config);
     v.rate_limits(config);
+    v.idempotency(config);
     v.tracing(config);
     v.issues
 }

@@ -1,0 +1,825 @@
+//! Where keys live: `memory` (one instance; a bounded moka cache with atomic
+//! per-key updates) or `redis` (shared by every instance; each step one Lua
+//! script, so taking a key is one round trip and atomic across instances).
+//!
+//! An entry is either a lock (a request with the key is in flight; it expires
+//! after `lock_timeout`, so a gateway killed mid-request frees its keys) or a
+//! stored answer (replayed until `ttl`). Locks are owned: finishing or
+//! releasing compares the lock a request took with what is stored, so a
+//! request whose lock expired never overwrites the next owner's.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use moka::ops::compute::Op;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::Policy;
+
+/// A request's lock on a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// Random: tells this request's lock from a later one on the same key.
+    pub token: u64,
+    /// `head_digest` of the request that holds the key.
+    pub head: [u8; 32],
+    pub caller: String,
+    pub key: String,
+    pub started_ms: u64,
+}
+
+impl Lock {
+    pub fn new(head: [u8; 32], caller: String, key: String) -> Self {
+        Lock {
+            token: fastrand::u64(..),
+            head,
+            caller,
+            key,
+            started_ms: unix_ms(),
+        }
+    }
+}
+
+/// A stored answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// `fingerprint` of the request that made it.
+    pub fingerprint: [u8; 32],
+    pub head: [u8; 32],
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub caller: String,
+    pub key: String,
+    pub stored_ms: u64,
+}
+
+/// What `begin` found under a key.
+#[derive(Debug)]
+pub enum Found {
+    /// Nothing (or only expired entries): the key is now this request's.
+    Taken,
+    /// A request with this key is in flight; its head digest.
+    InFlight { head: [u8; 32] },
+    /// A finished request's answer.
+    Done(Arc<Answer>),
+}
+
+/// One entry, as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct EntryInfo {
+    pub caller: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the stored entry could not be read: {0}")]
+    Corrupt(String),
+}
+
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    pub fn memory(max_bytes: u64) -> Self {
+        Store::Memory(MemoryStore::new(max_bytes))
+    }
+
+    pub fn redis(url: &str, prefix: &str, timeout: Duration) -> Result<Self, String> {
+        RedisStore::new(url, prefix, timeout).map(Store::Redis)
+    }
+
+    /// Takes `key` for `lock` unless a live entry holds it; says which.
+    pub async fn begin(
+        &self,
+        key: &str,
+        lock: &Lock,
+        lock_timeout: Duration,
+    ) -> Result<Found, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.begin(key, lock, lock_timeout)),
+            Store::Redis(r) => r.begin(key, lock, lock_timeout).await,
+        }
+    }
+
+    /// Replaces `lock` with `answer` for `ttl`; false when the lock is gone.
+    pub async fn finish(
+        &self,
+        key: &str,
+        lock: &Lock,
+        answer: Arc<Answer>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.finish(key, lock, answer, ttl)),
+            Store::Redis(r) => r.finish(key, lock, &answer, ttl).await,
+        }
+    }
+
+    /// Frees `key` if `lock` still holds it: at once in memory, in a task for
+    /// Redis (the request that gives up does not wait for it).
+    pub fn release_soon(&self, policy: Arc<Policy>, key: String, lock: Lock) {
+        match self {
+            Store::Memory(m) => m.release(&key, &lock),
+            Store::Redis(_) => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                rt.spawn(async move {
+                    if let Store::Redis(r) = &policy.store
+                        && let Err(e) = r.release(&key, &lock).await
+                    {
+                        tracing::warn!(policy = %policy.name, error = %e,
+                            "idempotency key not released; it expires after lock_timeout");
+                    }
+                });
+            }
+        }
+    }
+
+    /// The live entries under `prefix` (`key_prefix`), or the one of `exact`.
+    pub async fn entries(
+        &self,
+        prefix: &str,
+        exact: Option<&str>,
+    ) -> Result<Vec<EntryInfo>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.entries(prefix, exact)),
+            Store::Redis(r) => r.entries(prefix, exact).await,
+        }
+    }
+
+    /// Deletes the entries `entries` would list; returns how many.
+    pub async fn remove(&self, prefix: &str, exact: Option<&str>) -> Result<usize, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.remove(prefix, exact)),
+            Store::Redis(r) => r.remove(prefix, exact).await,
+        }
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+// ── memory ──────────────────────────────────────────────────────────────────
+
+/// Keys in a moka cache bounded by weight (bytes). The expiry that decides is
+/// the entry's own deadline on tokio's clock (exact under paused time);
+/// moka's per-entry expiry only returns the memory of expired entries.
+pub struct MemoryStore {
+    cache: moka::sync::Cache<String, Arc<MemEntry>>,
+}
+
+#[derive(Debug)]
+struct MemEntry {
+    state: MemState,
+    expires: Instant,
+    lifetime: Duration,
+}
+
+#[derive(Debug)]
+enum MemState {
+    InFlight(Lock),
+    Done(Arc<Answer>),
+}
+
+impl MemEntry {
+    fn weight(&self, key: &str) -> u32 {
+        let size = key.len()
+            + 128
+            + match &self.state {
+                MemState::InFlight(l) => l.caller.len() + l.key.len(),
+                MemState::Done(a) => {
+                    a.body.len()
+                        + a.caller.len()
+                        + a.key.len()
+                        + a.headers
+                            .iter()
+                            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                            .sum::<usize>()
+                }
+            };
+        u32::try_from(size).unwrap_or(u32::MAX)
+    }
+
+    fn holds(&self, lock: &Lock) -> bool {
+        matches!(&self.state, MemState::InFlight(l) if l.token == lock.token)
+    }
+}
+
+struct ByEntry;
+
+impl moka::Expiry<String, Arc<MemEntry>> for ByEntry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<MemEntry>,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.lifetime)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Arc<MemEntry>,
+        _at: std::time::Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.lifetime)
+    }
+}
+
+impl MemoryStore {
+    pub fn new(max_bytes: u64) -> Self {
+        MemoryStore {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|k: &String, v: &Arc<MemEntry>| v.weight(k))
+                .expire_after(ByEntry)
+                .build(),
+        }
+    }
+
+    fn begin(&self, key: &str, lock: &Lock, lock_timeout: Duration) -> Found {
+        let now = Instant::now();
+        let mut found = Found::Taken;
+        self.cache
+            .entry(key.to_string())
+            .and_compute_with(|current| {
+                if let Some(e) = current.map(|e| e.into_value())
+                    && e.expires > now
+                {
+                    found = match &e.state {
+                        MemState::InFlight(l) => Found::InFlight { head: l.head },
+                        MemState::Done(a) => Found::Done(a.clone()),
+                    };
+                    return Op::Nop;
+                }
+                Op::Put(Arc::new(MemEntry {
+                    state: MemState::InFlight(lock.clone()),
+                    expires: now + lock_timeout,
+                    lifetime: lock_timeout,
+                }))
+            });
+        found
+    }
+
+    fn finish(&self, key: &str, lock: &Lock, answer: Arc<Answer>, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut done = false;
+        self.cache
+            .entry(key.to_string())
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                Some(e) if e.holds(lock) && e.expires > now => {
+                    done = true;
+                    Op::Put(Arc::new(MemEntry {
+                        state: MemState::Done(answer),
+                        expires: now + ttl,
+                        lifetime: ttl,
+                    }))
+                }
+                _ => Op::Nop,
+            });
+        done
+    }
+
+    fn release(&self, key: &str, lock: &Lock) {
+        self.cache
+            .entry(key.to_string())
+            .and_compute_with(|current| match current {
+                Some(e) if e.value().holds(lock) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+
+    fn live(&self, prefix: &str, exact: Option<&str>) -> Vec<(Arc<String>, Arc<MemEntry>)> {
+        let now = Instant::now();
+        self.cache
+            .iter()
+            .filter(|(k, e)| {
+                e.expires > now
+                    && match exact {
+                        Some(x) => k.as_str() == x,
+                        None => k.starts_with(prefix),
+                    }
+            })
+            .collect()
+    }
+
+    fn entries(&self, prefix: &str, exact: Option<&str>) -> Vec<EntryInfo> {
+        let now = Instant::now();
+        self.live(prefix, exact)
+            .into_iter()
+            .map(|(_, e)| {
+                let left = millis(e.expires.saturating_duration_since(now));
+                match &e.state {
+                    MemState::InFlight(l) => EntryInfo {
+                        caller: l.caller.clone(),
+                        state: "in_flight",
+                        status: None,
+                        body_bytes: None,
+                        expires_in_ms: left,
+                    },
+                    MemState::Done(a) => EntryInfo {
+                        caller: a.caller.clone(),
+                        state: "completed",
+                        status: Some(a.status.as_u16()),
+                        body_bytes: Some(a.body.len()),
+                        expires_in_ms: left,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn remove(&self, prefix: &str, exact: Option<&str>) -> usize {
+        let live = self.live(prefix, exact);
+        for (k, _) in &live {
+            self.cache.invalidate(k.as_str());
+        }
+        live.len()
+    }
+}
+
+// ── redis ───────────────────────────────────────────────────────────────────
+
+/// Returns the entry under KEYS[1], or takes the key with ARGV[1] (the lock)
+/// for ARGV[2] ms and returns nil.
+const BEGIN_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Replaces the lock ARGV[1] with the answer ARGV[2] for ARGV[3] ms; 1 if the
+/// lock was still there.
+const FINISH_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Deletes KEYS[1] if it still holds the lock ARGV[1].
+const RELEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// The first byte of every stored value: the encoding's version.
+const WIRE_VERSION: u8 = 1;
+
+/// An entry as stored in Redis: `WIRE_VERSION`, this in postcard, then the
+/// answer's body as is.
+#[derive(Serialize, Deserialize)]
+enum Wire {
+    InFlight {
+        token: u64,
+        head: [u8; 32],
+        caller: String,
+        key: String,
+        started_ms: u64,
+    },
+    Done {
+        fingerprint: [u8; 32],
+        head: [u8; 32],
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        caller: String,
+        key: String,
+        stored_ms: u64,
+    },
+}
+
+fn encode(wire: &Wire, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.push(WIRE_VERSION);
+    // Serializing plain data into a Vec cannot fail.
+    let mut out = postcard::to_extend(wire, out).unwrap_or_default();
+    out.extend_from_slice(body);
+    out
+}
+
+fn encode_lock(lock: &Lock) -> Vec<u8> {
+    encode(
+        &Wire::InFlight {
+            token: lock.token,
+            head: lock.head,
+            caller: lock.caller.clone(),
+            key: lock.key.clone(),
+            started_ms: lock.started_ms,
+        },
+        &[],
+    )
+}
+
+fn encode_answer(a: &Answer) -> Vec<u8> {
+    let headers = a
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    encode(
+        &Wire::Done {
+            fingerprint: a.fingerprint,
+            head: a.head,
+            status: a.status.as_u16(),
+            headers,
+            caller: a.caller.clone(),
+            key: a.key.clone(),
+            stored_ms: a.stored_ms,
+        },
+        &a.body,
+    )
+}
+
+/// A stored value back to what `begin` reports (the body sliced, not copied).
+fn decode(value: Bytes) -> Result<(Found, EntryInfo), StoreError> {
+    let corrupt = |m: &str| StoreError::Corrupt(m.to_string());
+    let Some((&WIRE_VERSION, rest)) = value.split_first() else {
+        return Err(corrupt("unknown encoding version"));
+    };
+    let (wire, body) =
+        postcard::take_from_bytes::<Wire>(rest).map_err(|e| corrupt(&e.to_string()))?;
+    let body = value.slice_ref(body);
+    Ok(match wire {
+        Wire::InFlight { head, caller, .. } => (
+            Found::InFlight { head },
+            EntryInfo {
+                caller,
+                state: "in_flight",
+                status: None,
+                body_bytes: None,
+                expires_in_ms: 0,
+            },
+        ),
+        Wire::Done {
+            fingerprint,
+            head,
+            status,
+            headers,
+            caller,
+            key,
+            stored_ms,
+        } => {
+            let status = http::StatusCode::from_u16(status).map_err(|e| corrupt(&e.to_string()))?;
+            let mut map = HeaderMap::with_capacity(headers.len());
+            for (n, v) in headers {
+                let name =
+                    HeaderName::from_bytes(n.as_bytes()).map_err(|e| corrupt(&e.to_string()))?;
+                let value = HeaderValue::from_bytes(&v).map_err(|e| corrupt(&e.to_string()))?;
+                map.append(name, value);
+            }
+            let info = EntryInfo {
+                caller: caller.clone(),
+                state: "completed",
+                status: Some(status.as_u16()),
+                body_bytes: Some(body.len()),
+                expires_in_ms: 0,
+            };
+            let answer = Answer {
+                fingerprint,
+                head,
+                status,
+                headers: map,
+                body,
+                caller,
+                key,
+                stored_ms,
+            };
+            (Found::Done(Arc::new(answer)), info)
+        }
+    })
+}
+
+/// Keys in Redis under `prefix`, shared by every gateway instance.
+pub struct RedisStore {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    begin: redis::Script,
+    finish: redis::Script,
+    release: redis::Script,
+}
+
+/// Admin calls walk the keyspace (SCAN): they get more time than a request.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RedisStore {
+    /// Creates the store without connecting: the connection is made on first
+    /// use and re-made by the connection manager after Redis comes back.
+    fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("bad redis url: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(ADMIN_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            timeout,
+            begin: redis::Script::new(BEGIN_LUA),
+            finish: redis::Script::new(FINISH_LUA),
+            release: redis::Script::new(RELEASE_LUA),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        f: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        Ok(tokio::time::timeout(limit, f)
+            .await
+            .map_err(|_| StoreError::Timeout(limit))??)
+    }
+
+    async fn begin(
+        &self,
+        key: &str,
+        lock: &Lock,
+        lock_timeout: Duration,
+    ) -> Result<Found, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.begin.key(self.full_key(key));
+        call.arg(encode_lock(lock)).arg(millis(lock_timeout).max(1));
+        let found: Option<Vec<u8>> = self
+            .within(self.timeout, call.invoke_async(&mut conn))
+            .await?;
+        match found {
+            None => Ok(Found::Taken),
+            Some(v) => decode(Bytes::from(v)).map(|(f, _)| f),
+        }
+    }
+
+    async fn finish(
+        &self,
+        key: &str,
+        lock: &Lock,
+        answer: &Answer,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.finish.key(self.full_key(key));
+        call.arg(encode_lock(lock))
+            .arg(encode_answer(answer))
+            .arg(millis(ttl).max(1));
+        let done: i64 = self
+            .within(self.timeout, call.invoke_async(&mut conn))
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn release(&self, key: &str, lock: &Lock) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.release.key(self.full_key(key));
+        call.arg(encode_lock(lock));
+        let _: i64 = self
+            .within(self.timeout, call.invoke_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    /// The full Redis keys `entries`/`remove` cover.
+    async fn matching(&self, prefix: &str, exact: Option<&str>) -> Result<Vec<String>, StoreError> {
+        if let Some(x) = exact {
+            return Ok(vec![self.full_key(x)]);
+        }
+        let pattern = format!("{}*", glob_escape(&self.full_key(prefix)));
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .within(
+                    ADMIN_TIMEOUT,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn entries(
+        &self,
+        prefix: &str,
+        exact: Option<&str>,
+    ) -> Result<Vec<EntryInfo>, StoreError> {
+        let keys = self.matching(prefix, exact).await?;
+        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let (value, ttl): (Option<Vec<u8>>, i64) = self
+                .within(
+                    ADMIN_TIMEOUT,
+                    redis::pipe()
+                        .cmd("GET")
+                        .arg(&k)
+                        .cmd("PTTL")
+                        .arg(&k)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let Some(value) = value else { continue };
+            let (_, mut info) = decode(Bytes::from(value))?;
+            info.expires_in_ms = u64::try_from(ttl).unwrap_or(0);
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, prefix: &str, exact: Option<&str>) -> Result<usize, StoreError> {
+        let keys = self.matching(prefix, exact).await?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.clone();
+        let removed: usize = self
+            .within(
+                ADMIN_TIMEOUT,
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn),
+            )
+            .await?;
+        Ok(removed)
+    }
+}
+
+/// `s` with Redis glob metacharacters escaped, for a SCAN MATCH pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(head: u8) -> Lock {
+        Lock::new([head; 32], "ip:127.0.0.1".into(), "k1".into())
+    }
+
+    fn answer(body: &'static str) -> Arc<Answer> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-order", HeaderValue::from_static("7"));
+        Arc::new(Answer {
+            fingerprint: [9; 32],
+            head: [1; 32],
+            status: http::StatusCode::CREATED,
+            headers,
+            body: Bytes::from_static(body.as_bytes()),
+            caller: "ip:127.0.0.1".into(),
+            key: "k1".into(),
+            stored_ms: 1,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_lock_then_answer_then_expiry_on_the_tokio_clock() {
+        let m = MemoryStore::new(1 << 20);
+        let l = lock(1);
+        assert!(matches!(
+            m.begin("a", &l, Duration::from_secs(30)),
+            Found::Taken
+        ));
+        let other = lock(1);
+        assert!(matches!(
+            m.begin("a", &other, Duration::from_secs(30)),
+            Found::InFlight { head } if head == [1; 32]
+        ));
+        assert!(
+            !m.finish("a", &other, answer("x"), Duration::from_secs(60)),
+            "not its lock"
+        );
+        assert!(m.finish("a", &l, answer("{\"id\":7}"), Duration::from_secs(60)));
+        match m.begin("a", &other, Duration::from_secs(30)) {
+            Found::Done(a) => assert_eq!(a.body, "{\"id\":7}"),
+            f => panic!("{f:?}"),
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(
+            matches!(m.begin("a", &other, Duration::from_secs(30)), Found::Taken),
+            "ttl passed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_lock_expires_after_lock_timeout_and_the_late_owner_cannot_store() {
+        let m = MemoryStore::new(1 << 20);
+        let first = lock(1);
+        m.begin("a", &first, Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let second = lock(1);
+        assert!(matches!(
+            m.begin("a", &second, Duration::from_secs(30)),
+            Found::Taken
+        ));
+        assert!(!m.finish("a", &first, answer("late"), Duration::from_secs(60)));
+        m.release("a", &first);
+        assert!(
+            matches!(
+                m.begin("a", &lock(1), Duration::from_secs(30)),
+                Found::InFlight { .. }
+            ),
+            "a stale release leaves the new owner's lock"
+        );
+        m.release("a", &second);
+        assert!(matches!(
+            m.begin("a", &lock(1), Duration::from_secs(30)),
+            Found::Taken
+        ));
+    }
+
+    #[test]
+    fn memory_store_stays_under_its_bound_with_many_keys() {
+        let m = MemoryStore::new(256 * 1024);
+        let body: &'static str = Box::leak("x".repeat(1000).into_boxed_str());
+        for i in 0..5_000 {
+            let key = format!("r:{i}:c");
+            let l = lock(1);
+            m.begin(&key, &l, Duration::from_secs(30));
+            m.finish(&key, &l, answer(body), Duration::from_secs(60));
+        }
+        m.cache.run_pending_tasks();
+        assert!(
+            m.cache.weighted_size() <= 256 * 1024,
+            "{}",
+            m.cache.weighted_size()
+        );
+        assert!(m.cache.entry_count() < 5_000);
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_status_headers_and_body() {
+        let a = answer("{\"id\":7}");
+        let (found, info) = decode(Bytes::from(encode_answer(&a))).unwrap();
+        let Found::Done(back) = found else { panic!() };
+        assert_eq!(back.status, 201);
+        assert_eq!(back.headers["x-order"], "7");
+        assert_eq!(back.body, a.body);
+        assert_eq!((back.fingerprint, back.head), (a.fingerprint, a.head));
+        assert_eq!((info.state, info.body_bytes), ("completed", Some(8)));
+        let (found, _) = decode(Bytes::from(encode_lock(&lock(3)))).unwrap();
+        assert!(matches!(found, Found::InFlight { head } if head == [3; 32]));
+        assert!(decode(Bytes::from_static(b"\x02junk")).is_err());
+        assert!(decode(Bytes::from_static(b"\x01\xff\xff")).is_err());
+        assert!(decode(Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(glob_escape("tg:idem:r*[x]?:"), "tg:idem:r\\*\\[x\\]\\?:");
+    }
+}
