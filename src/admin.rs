@@ -1,5 +1,5 @@
 //! The admin listener (docs/reference/admin-api.md): `/healthz`, `/readyz`, `/metrics`, `/config`,
-//! `/reload`, `/explain` (and `/upstreams`). It is a separate, plain HTTP/1.1
+//! `/reload`, `/explain`, `/upstreams` and `/idempotency/{route}/{key}`. It is a separate, plain HTTP/1.1
 //! listener meant for a private address: it has no authentication of its own.
 
 use std::convert::Infallible;
@@ -95,6 +95,9 @@ async fn answer(
             ),
         };
     }
+    if let Some(rest) = path.strip_prefix("/idempotency/") {
+        return idempotency_key(req, rest, shared).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -163,8 +166,104 @@ async fn answer(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz, /metrics, /config, /explain or POST /reload\n",
+            "not found: try /healthz, /readyz, /metrics, /config, /explain, /upstreams, \
+             /idempotency/{route}/{key} or POST /reload\n",
         ),
+    }
+}
+
+/// `GET /idempotency/{route}/{key}` shows the entries of one key (one per
+/// caller, or the one `?caller=` names); `DELETE` releases them.
+async fn idempotency_key(
+    req: &Request<Incoming>,
+    rest: &str,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
+    let delete = match *req.method() {
+        Method::GET | Method::HEAD => false,
+        Method::DELETE => true,
+        _ => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET or DELETE /idempotency/{route}/{key}\n",
+            );
+        }
+    };
+    let bad = |message: String| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "bad_request", "message": message }),
+        )
+    };
+    let Some((route, key)) = rest
+        .split_once('/')
+        .filter(|(r, k)| !r.is_empty() && !k.is_empty())
+    else {
+        return bad("expected /idempotency/{route}/{key}".into());
+    };
+    let (route, key) = match (percent_decode(route, false), percent_decode(key, false)) {
+        (Ok(r), Ok(k)) => (r, k),
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    let mut caller = None;
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("caller", v)) => match percent_decode(v, true) {
+                Ok(v) => caller = Some(v),
+                Err(e) => return bad(e),
+            },
+            _ => return bad(format!("unknown parameter `{pair}`: expected caller")),
+        }
+    }
+    let snap = shared.snapshot.load_full();
+    let Some(idem) = snap
+        .routes
+        .iter()
+        .find(|r| *r.name == *route)
+        .and_then(|r| r.idempotency.clone())
+    else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({
+                "error": "not_found",
+                "message": format!("no route `{route}` with an idempotency policy"),
+            }),
+        );
+    };
+    let prefix = crate::idempotency::key_prefix(&route, &key);
+    let exact = caller.map(|c| crate::idempotency::storage_key(&route, &key, &c));
+    let store = &idem.policy.store;
+    let unavailable = |e: crate::idempotency::StoreError| {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": "idempotency_store_unavailable", "message": e.to_string() }),
+        )
+    };
+    if delete {
+        return match store.remove(&prefix, exact.as_deref()).await {
+            Ok(n) => json_response(StatusCode::OK, &json!({ "released": n })),
+            Err(e) => unavailable(e),
+        };
+    }
+    match store.entries(&prefix, exact.as_deref()).await {
+        Ok(entries) if entries.is_empty() => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({
+                "error": "not_found",
+                "message": format!("no entry for this key on route `{route}`"),
+            }),
+        ),
+        Ok(entries) => json_response(
+            StatusCode::OK,
+            &json!({ "route": route, "key": key, "entries": entries }),
+        ),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -198,7 +297,7 @@ fn probe(query: &str) -> Result<Probe, String> {
     let mut headers = HeaderMap::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+        let (k, v) = (percent_decode(k, true)?, percent_decode(v, true)?);
         match k.as_str() {
             "method" => {
                 method = Method::from_bytes(v.to_ascii_uppercase().as_bytes())
@@ -234,8 +333,9 @@ fn probe(query: &str) -> Result<Probe, String> {
     })
 }
 
-/// Decodes `%XX` escapes and `+` (as a space) of a query component.
-fn percent_decode(s: &str) -> Result<String, String> {
+/// Decodes `%XX` escapes, and `+` as a space when `plus_is_space` (a query
+/// component; in a path segment `+` is itself).
+fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -250,7 +350,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
                 out.push(hex);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

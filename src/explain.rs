@@ -134,6 +134,16 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                 "  rate limits: {}",
                 list_or(raw.rate_limit.as_deref(), "none")
             );
+            if let Some(idem) = &route.idempotency {
+                let p = &idem.policy;
+                let _ = writeln!(
+                    out,
+                    "  idempotency: {} (keys {}; answers kept {})",
+                    p.name,
+                    if p.required { "required" } else { "optional" },
+                    crate::config::units::Duration(p.ttl)
+                );
+            }
             for (name, value) in &route.request_headers.set {
                 let _ = writeln!(
                     out,
@@ -192,6 +202,7 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
             "auth": raw.auth.clone().unwrap_or_default(),
             "require_claims": raw.require_claims,
             "rate_limits": raw.rate_limit.clone().unwrap_or_default(),
+            "idempotency": raw.idempotency,
             "cors": raw.cors,
             "ip_allow": raw.ip_allow,
             "ip_deny": raw.ip_deny,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::compress::CompressedBody;
+use super::idempotent::KeptBody;
 use super::record::RequestRecord;
 use crate::upstream::pool::UpstreamBody;
 
@@ -27,6 +28,8 @@ enum Kind {
     Upstream(UpstreamBody),
     /// The upstream body through an encoder (`compress:`).
     Compressed(Box<CompressedBody>),
+    /// The upstream body, stored for replay as it streams (`idempotency:`).
+    Kept(Box<KeptBody>),
 }
 
 /// What the client receives.
@@ -69,6 +72,15 @@ impl ResponseBody {
         }
     }
 
+    pub fn kept(body: Box<KeptBody>) -> Self {
+        ResponseBody {
+            kind: Kind::Kept(body),
+            sent: 0,
+            failed: false,
+            record: None,
+        }
+    }
+
     /// Attaches the record that is finished when this body is done.
     pub fn set_record(&mut self, record: Box<RequestRecord>) {
         self.record = Some(record);
@@ -90,6 +102,9 @@ impl Body for ResponseBody {
                 .poll_frame(cx)
                 .map_err(ResponseBodyError::Upstream),
             Kind::Compressed(body) => body.poll_frame(cx),
+            Kind::Kept(body) => Pin::new(&mut **body)
+                .poll_frame(cx)
+                .map_err(ResponseBodyError::Upstream),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -108,6 +123,7 @@ impl Body for ResponseBody {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream(body) => body.is_end_stream(),
             Kind::Compressed(body) => body.is_end_stream(),
+            Kind::Kept(body) => body.is_end_stream(),
         }
     }
 
@@ -117,6 +133,7 @@ impl Body for ResponseBody {
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(body) => body.size_hint(),
             Kind::Compressed(_) => SizeHint::default(),
+            Kind::Kept(body) => body.size_hint(),
         }
     }
 }

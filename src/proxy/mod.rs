@@ -6,6 +6,7 @@
 pub mod body;
 pub mod compress;
 pub mod grpc;
+pub mod idempotent;
 
 pub mod record;
 pub mod websocket;
@@ -22,7 +23,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant as TokioInstant;
 
-use crate::body::{BodyError, RequestBody};
+use crate::body::{BodyDigest, BodyError, RequestBody};
 use crate::config::schema::PathNormalization;
 use crate::conn::ConnInfo;
 use crate::error::GatewayError;
@@ -40,6 +41,7 @@ use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
 use crate::upstream::pool::{BodyErrorKind, SendError, UpstreamBody};
 use crate::upstream::retry::{MAX_REPLAY_BODY, RetryReason};
 use body::ResponseBody;
+use idempotent::{Admit, Keyed};
 use record::RequestRecord;
 
 /// What the gateway knows about one request as it moves through the phases.
@@ -254,13 +256,29 @@ async fn serve(
         } => return Ok(respond_directly(route, *status, headers, body)),
         Action::Proxy { upstream } => *upstream,
     };
+    // The key is read and taken before anything of the upstream is claimed:
+    // a replay or a refusal costs the upstream nothing.
+    let keyed = match &route.idempotency {
+        None => None,
+        Some(idem) => match idempotent::admit(idem, &parts, ex).await? {
+            Admit::Plain => None,
+            Admit::Keyed(keyed) => Some(keyed),
+            Admit::Replay(answer) => {
+                return idempotent::replay(idem, answer, body, &snap.limits, ex).await;
+            }
+        },
+    };
     let declared = declared_length(&parts.headers);
     let upstream = claim_upstream(snap, upstream_idx, declared, ex)?;
     let path_and_query = upstream_request(&mut parts, route, conn, ex)?;
-    let body = outgoing_body(body, upstream, &parts, &snap.limits, declared, ex).await?;
+    let digest = keyed.as_ref().map(|k| &k.digest);
+    let body = outgoing_body(body, upstream, &parts, &snap.limits, declared, digest, ex).await?;
     // A gRPC client's deadline caps the route's timeout (and still goes upstream).
     let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
-    let compression = compress::Negotiated::new(route.compress.as_ref(), &parts);
+    // A keyed answer is stored as the upstream made it, so a replay is the
+    // same bytes whatever the retry accepts: the gateway does not compress it.
+    let offered = route.compress.as_ref().filter(|_| keyed.is_none());
+    let compression = compress::Negotiated::new(offered, &parts);
     let attempt = Attempt {
         upstream_idx,
         path_and_query,
@@ -269,9 +287,10 @@ async fn serve(
             .unwrap_or(upstream.request_timeout)
             .min(grpc_deadline.unwrap_or(Duration::MAX)),
         body_limit: snap.limits.max_body_bytes,
+        keyed: keyed.is_some(),
     };
     let resp = forward(parts, body, upstream, attempt, ex).await?;
-    answer(resp, route, upstream, compression, ex)
+    answer(resp, route, upstream, compression, keyed, ex)
 }
 
 /// Admission: refuse what must not cost anything more: an ambiguous framing,
@@ -443,22 +462,28 @@ fn upstream_request(
 
 /// The body as it goes upstream. A small body is read once and kept, so that a
 /// retry can send it again; anything else streams (and is then never retried).
+/// A keyed request's body is hashed on the way (`digest`).
 async fn outgoing_body(
     body: Incoming,
     upstream: &Upstream,
     parts: &http::request::Parts,
     limits: &RequestLimits,
     declared: Option<u64>,
+    digest: Option<&Arc<BodyDigest>>,
     ex: &mut Exchange,
 ) -> Result<Outgoing, GatewayError> {
     // An upgrade request has no body: what follows its head is the tunnel's.
     if ex.upgrade.is_some() || hyper::body::Body::is_end_stream(&body) {
+        if let Some(d) = digest {
+            d.finish();
+        }
         return Ok(Outgoing::Replayable(Bytes::new()));
     }
+    // A keyed request may be retried where nothing reached the upstream.
     let retryable = upstream
         .retry
         .as_ref()
-        .is_some_and(|r| r.allows_method(&parts.method));
+        .is_some_and(|r| r.allows_method(&parts.method) || digest.is_some());
     let received = Arc::new(AtomicU64::new(0));
     ex.bytes_in = Some(received.clone());
     let body = RequestBody::new(
@@ -468,11 +493,17 @@ async fn outgoing_body(
         received,
     );
     if retryable && declared.is_some_and(|len| len <= MAX_REPLAY_BODY) {
-        Ok(Outgoing::Replayable(
-            read_body(body, limits.max_body_bytes).await?,
-        ))
+        let bytes = read_body(body, limits.max_body_bytes).await?;
+        if let Some(d) = digest {
+            d.update(&bytes);
+            d.finish();
+        }
+        Ok(Outgoing::Replayable(bytes))
     } else {
-        Ok(Outgoing::Streamed(body))
+        Ok(Outgoing::Streamed(match digest {
+            Some(d) => body.with_digest(d.clone()),
+            None => body,
+        }))
     }
 }
 
@@ -484,6 +515,7 @@ fn answer(
     route: &Route,
     upstream: &Upstream,
     compression: compress::Negotiated<'_>,
+    keyed: Option<Keyed>,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let switched = match ex.upgrade.as_mut() {
@@ -494,6 +526,9 @@ fn answer(
     route.response_headers.apply(resp.headers_mut());
     if switched && let Some(up) = &ex.upgrade {
         return Ok(up.answer(resp));
+    }
+    if let Some(keyed) = keyed {
+        return Ok(idempotent::keep(resp, keyed));
     }
     Ok(compression.respond(resp))
 }
@@ -513,6 +548,9 @@ struct Attempt {
     /// The whole exchange's deadline: every attempt and backoff fit in it.
     timeout: Duration,
     body_limit: u64,
+    /// The request holds an idempotency key: its method may be retried where
+    /// nothing reached the upstream, even if `retries.methods` lacks it.
+    keyed: bool,
 }
 
 /// Reads a small request body in full (within the body limit and stall timeout).
@@ -546,12 +584,14 @@ async fn forward(
             upstream
                 .retry
                 .as_ref()
-                .filter(|r| r.allows_method(&parts.method)),
+                .filter(|r| r.allows_method(&parts.method) || at.keyed),
             None,
             bytes,
         ),
         Outgoing::Streamed(b) => (None, Some(b), Bytes::new()),
     };
+    // Retried only because it is keyed: only when nothing reached the upstream.
+    let unsent_only = retry.is_some_and(|r| !r.allows_method(&parts.method));
     let max_attempts = 1 + retry.map_or(0, |r| r.attempts);
     if upstream.retry.is_some() {
         upstream.budget.record_request(started);
@@ -645,6 +685,9 @@ async fn forward(
         let Some(policy) = retry.filter(|_| more) else {
             return outcome;
         };
+        if unsent_only && reason != RetryReason::ConnectError {
+            return outcome;
+        }
         let Some(counter) = policy.counter(reason) else {
             return outcome;
         };

@@ -1,0 +1,302 @@
+//! Idempotency keys on the request path (`crate::idempotency`): `admit` reads
+//! the key and takes it in the store (or finds the request in flight, or its
+//! stored answer); `replay` answers a retry from the store once its body proved
+//! it is the same request; `keep` wraps a forwarded answer in `KeptBody`, which
+//! streams it to the client and stores it before the client gets its last byte.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::Exchange;
+use super::body::ResponseBody;
+use crate::body::{BodyDigest, BodyError, RequestBody};
+use crate::error::{GatewayError, IdempotencyFailure};
+use crate::idempotency::{
+    Answer, Claim, Found, IDEMPOTENT_REPLAYED, Lock, RouteIdempotency, applies_to, caller,
+    fingerprint, head_digest, read_key, storage_key,
+};
+use crate::snapshot::RequestLimits;
+use crate::upstream::pool::UpstreamBody;
+
+/// A request that holds its key while it is forwarded.
+pub struct Keyed {
+    claim: Claim,
+    /// The request body's SHA-256, filled in as the body goes upstream.
+    pub digest: Arc<BodyDigest>,
+}
+
+/// What the key of a request decided.
+pub enum Admit {
+    /// Forward it as any request: a safe method, no key (and none required),
+    /// or a store that failed with `on_store_error: pass`.
+    Plain,
+    /// Forward it holding the key.
+    Keyed(Keyed),
+    /// A finished request's answer, to replay if the body matches too.
+    Replay(Arc<Answer>),
+}
+
+fn refuse(f: IdempotencyFailure) -> GatewayError {
+    GatewayError::Idempotency(f)
+}
+
+/// Reads the request's key and asks the store about it (one round trip).
+pub async fn admit(
+    idem: &Arc<RouteIdempotency>,
+    parts: &http::request::Parts,
+    ex: &Exchange,
+) -> Result<Admit, GatewayError> {
+    if !applies_to(&parts.method) {
+        return Ok(Admit::Plain);
+    }
+    let (policy, m) = (&*idem.policy, &idem.metrics);
+    let key = match read_key(&parts.headers) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            m.missing.inc();
+            if policy.required {
+                return Err(refuse(IdempotencyFailure::Missing));
+            }
+            return Ok(Admit::Plain);
+        }
+        Err(_) => {
+            m.invalid.inc();
+            return Err(refuse(IdempotencyFailure::Invalid));
+        }
+    };
+    let p = &ex.policy;
+    let who = caller(p.consumer.as_deref(), p.claims.is_some(), p.client_ip);
+    let head = head_digest(&parts.method, parts.uri.path(), parts.uri.query());
+    let store_key = storage_key(&idem.route, &key, &who);
+    let lock = Lock::new(head, who, key.into_owned());
+    match policy
+        .store
+        .begin(&store_key, &lock, policy.lock_timeout)
+        .await
+    {
+        Ok(Found::Taken) => Ok(Admit::Keyed(Keyed {
+            claim: Claim::new(idem.clone(), store_key, lock),
+            digest: Arc::default(),
+        })),
+        Ok(Found::InFlight { head: first }) if first != head => {
+            m.mismatch.inc();
+            Err(refuse(IdempotencyFailure::Mismatch))
+        }
+        Ok(Found::InFlight { .. }) => {
+            m.conflict.inc();
+            Err(refuse(IdempotencyFailure::InUse))
+        }
+        Ok(Found::Done(answer)) if answer.head != head => {
+            m.mismatch.inc();
+            Err(refuse(IdempotencyFailure::Mismatch))
+        }
+        Ok(Found::Done(answer)) => Ok(Admit::Replay(answer)),
+        Err(e) => {
+            m.store_error.inc();
+            tracing::warn!(route = %idem.route, policy = %policy.name, error = %e,
+                pass = policy.pass_on_store_error, "idempotency store failed");
+            if policy.pass_on_store_error {
+                Ok(Admit::Plain)
+            } else {
+                Err(refuse(IdempotencyFailure::Unavailable))
+            }
+        }
+    }
+}
+
+/// Answers a retry with the stored answer, after reading its body (within the
+/// body limit and stall timeout) to check that it is the same request.
+pub async fn replay(
+    idem: &RouteIdempotency,
+    answer: Arc<Answer>,
+    body: Incoming,
+    limits: &RequestLimits,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let digest = Arc::new(BodyDigest::default());
+    let received = Arc::default();
+    ex.bytes_in = Some(Arc::clone(&received));
+    let mut body = RequestBody::new(
+        body,
+        limits.max_body_bytes,
+        limits.body_read_timeout,
+        received,
+    )
+    .with_digest(digest.clone());
+    // Read to the end, keeping nothing but the digest.
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        match frame {
+            Ok(_) => {}
+            Err(BodyError::TooLarge(limit)) => return Err(GatewayError::PayloadTooLarge { limit }),
+            Err(BodyError::Timeout) => return Err(GatewayError::BodyTimeout),
+            Err(BodyError::Client(_)) => {
+                return Err(GatewayError::BadRequest("the request body was cut short"));
+            }
+        }
+    }
+    digest.finish();
+    let same = digest
+        .get()
+        .is_some_and(|d| fingerprint(&answer.head, &d) == answer.fingerprint);
+    if !same {
+        idem.metrics.mismatch.inc();
+        return Err(refuse(IdempotencyFailure::Mismatch));
+    }
+    idem.metrics.replayed.inc();
+    let mut resp = Response::new(ResponseBody::full(answer.body.clone()));
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = answer.headers.clone();
+    resp.headers_mut().insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
+    Ok(resp)
+}
+
+/// Whether an upstream answer is kept for replay: 2xx and 4xx. A 5xx (and
+/// anything else) releases the key so that the client may try again.
+fn storable(status: StatusCode) -> bool {
+    status.is_success() || status.is_client_error()
+}
+
+/// The forwarded answer on its way to the client: kept for replay when it may
+/// be, else the key is released now.
+pub fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<ResponseBody> {
+    if !storable(resp.status()) {
+        // Dropping the claim releases the key.
+        return resp.map(ResponseBody::upstream);
+    }
+    let (parts, body) = resp.into_parts();
+    let limit = keyed.claim.policy().max_response_bytes;
+    let kept = KeptBody {
+        inner: body,
+        keeping: Some(Keeping {
+            keyed,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body: BytesMut::new(),
+            limit,
+        }),
+        writing: None,
+    };
+    Response::from_parts(parts, ResponseBody::kept(Box::new(kept)))
+}
+
+/// What `KeptBody` collects while the answer streams.
+struct Keeping {
+    keyed: Keyed,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: BytesMut,
+    limit: u64,
+}
+
+impl Keeping {
+    /// The answer to store, when the request body was read to its end (an
+    /// upstream that answered before reading it all leaves no fingerprint).
+    fn answer(self) -> Option<(Claim, Answer)> {
+        let body_digest = self.keyed.digest.get()?;
+        let claim = self.keyed.claim;
+        let lock = claim.lock();
+        let answer = Answer {
+            fingerprint: fingerprint(&lock.head, &body_digest),
+            head: lock.head,
+            status: self.status,
+            headers: self.headers,
+            body: self.body.freeze(),
+            caller: lock.caller.clone(),
+            key: lock.key.clone(),
+            stored_ms: crate::idempotency::store::unix_ms(),
+        };
+        Some((claim, answer))
+    }
+}
+
+type Writing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The upstream body, copied aside as it streams. At its end the copy is
+/// stored, and only then does the client get the last frame: a client that
+/// retries the moment its answer is complete finds it stored, on any instance.
+/// An answer over `max_response_bytes`, an upstream error, or a client that
+/// goes away gives the key back instead.
+pub struct KeptBody {
+    inner: UpstreamBody,
+    keeping: Option<Keeping>,
+    /// The store write, with the frame held back until it is done.
+    writing: Option<(Writing, Option<Frame<Bytes>>)>,
+}
+
+impl KeptBody {
+    /// Starts storing; the write is polled before `held` goes out.
+    fn start_writing(&mut self, held: Option<Frame<Bytes>>) {
+        if let Some((claim, answer)) = self.keeping.take().and_then(Keeping::answer) {
+            self.writing = Some((Box::pin(claim.complete(answer)), held));
+        } else {
+            self.writing = Some((Box::pin(std::future::ready(())), held));
+        }
+    }
+}
+
+impl Body for KeptBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        loop {
+            if let Some((write, held)) = &mut this.writing {
+                ready!(write.as_mut().poll(cx));
+                let held = held.take();
+                this.writing = None;
+                return Poll::Ready(held.map(Ok));
+            }
+            let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            let Some(keeping) = this.keeping.as_mut() else {
+                return Poll::Ready(polled);
+            };
+            match polled {
+                Some(Ok(frame)) => {
+                    match frame.data_ref() {
+                        Some(data) if (keeping.body.len() + data.len()) as u64 <= keeping.limit => {
+                            keeping.body.extend_from_slice(data);
+                        }
+                        // Too large to keep, or trailers (not stored): give
+                        // the key back and stream the rest as it comes.
+                        _ => {
+                            this.keeping = None;
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    }
+                    if !this.inner.is_end_stream() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    this.start_writing(Some(frame));
+                }
+                None => this.start_writing(None),
+                Some(Err(e)) => {
+                    this.keeping = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Not over while an answer remains to be stored, even an empty one.
+        self.keeping.is_none() && self.writing.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
