@@ -138,7 +138,10 @@ impl Conn {
 /// Why an attempt failed, classified for the answer and the metrics.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made (refused, unreachable, connect timeout).
+    /// No connection could be made (refused, unreachable, connect timeout),
+    /// or an HTTP/2 upstream refused the stream (REFUSED_STREAM: it did not
+    /// process the request, RFC 9113 §8.7). Either way nothing reached the
+    /// upstream's application, so any request may be sent again.
     Connect(String),
     /// The client's request body failed: too large, stalled, or aborted.
     ClientBody(BodyErrorKind),
@@ -595,11 +598,18 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The client's own body error travels inside hyper's error chain; anything
-/// else after the connection was up is a reset.
+/// The client's own body error travels inside hyper's error chain, and so
+/// does an HTTP/2 upstream's REFUSED_STREAM (counted as a connect error: the
+/// request was not processed); anything else after the connection was up is a
+/// reset.
 pub(super) fn classify(err: &hyper::Error) -> SendError {
     let mut source = err.source();
     while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return SendError::Connect(format!("the HTTP/2 stream was refused: {}", chain(err)));
+        }
         if let Some(body) = e.downcast_ref::<BodyError>() {
             return SendError::ClientBody(match body {
                 BodyError::TooLarge(_) => BodyErrorKind::TooLarge,
