@@ -60,6 +60,13 @@ impl Default for BodyDigest {
 }
 
 impl BodyDigest {
+    /// A digest that starts with `prefix` (what it covers besides the body).
+    pub fn seeded(prefix: &[u8]) -> Self {
+        let digest = BodyDigest::default();
+        digest.update(prefix);
+        digest
+    }
+
     pub fn update(&self, data: &[u8]) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(ctx) = running.as_mut() {

@@ -504,7 +504,7 @@ pub struct Idempotency {
 
 /// Where a `store: redis` policy keeps its keys; `url` and `timeout` default
 /// to the top-level `redis` section's.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyRedis {
     #[serde(default)]
@@ -513,6 +513,17 @@ pub struct IdempotencyRedis {
     pub prefix: String,
     #[serde(default)]
     pub timeout: Option<Duration>,
+}
+
+impl Default for IdempotencyRedis {
+    /// A policy without a `redis:` map: what an empty one means.
+    fn default() -> Self {
+        IdempotencyRedis {
+            url: None,
+            prefix: default_idem_prefix(),
+            timeout: None,
+        }
+    }
 }
 
 fn default_idem_store() -> String {

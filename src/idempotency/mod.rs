@@ -19,9 +19,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::digest::{Context, SHA256};
 use http::{HeaderMap, HeaderName, Method};
 
+use crate::body::BodyDigest;
 use crate::config::schema;
 use crate::metrics::IdempotencyMetrics;
 pub use store::{Answer, EntryInfo, Found, Lock, Store, StoreError};
@@ -177,58 +177,60 @@ pub fn caller(consumer: Option<&str>, jwt: bool, client_ip: IpAddr) -> String {
     }
 }
 
-/// Where a (route, key) pair's entries live, one per caller: `{route}:{key
-/// hash}:` (the store adds its prefix). Keys and callers are hashed, so a
-/// store key is short and free of the characters a client chose.
+/// Where a (route, key) pair's entries live, one per caller (the store adds
+/// its prefix): `{route length}:{route}:{key length}:{key}:`, then the caller.
+/// The lengths make the mapping one-to-one whatever the names contain, and a
+/// key stays readable in Redis (`redis-cli --scan`); no hashing on the way.
 pub fn key_prefix(route: &str, key: &str) -> String {
-    format!("{route}:{}:", hex16(&sha256(&[key.as_bytes()])))
+    let mut k = String::with_capacity(route.len() + key.len() + 48);
+    push_field(&mut k, route);
+    push_field(&mut k, key);
+    k
+}
+
+fn push_field(out: &mut String, field: &str) {
+    let mut len = itoa::Buffer::new();
+    out.push_str(len.format(field.len()));
+    out.push(':');
+    out.push_str(field);
+    out.push(':');
 }
 
 /// The store key of one caller's key.
 pub fn storage_key(route: &str, key: &str, caller: &str) -> String {
     let mut k = key_prefix(route, key);
-    k.push_str(&hex16(&sha256(&[caller.as_bytes()])));
+    k.push_str(caller);
     k
 }
 
-/// The digest of the request head a key is bound to: method, path and query.
-pub fn head_digest(method: &Method, path: &str, query: Option<&str>) -> [u8; 32] {
-    let q = query.map_or(&b""[..], str::as_bytes);
-    let has_query = [u8::from(query.is_some())];
-    sha256(&[
-        method.as_str().as_bytes(),
-        b"\0",
-        path.as_bytes(),
-        b"\0",
-        &has_query,
-        q,
-    ])
-}
-
-/// The fingerprint a stored answer is replayed for: the head and the body.
-pub fn fingerprint(head: &[u8; 32], body: &[u8; 32]) -> [u8; 32] {
-    sha256(&[head, body])
-}
-
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = Context::new(&SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
+/// What the fingerprint covers before the body: method, path and query, each
+/// delimited (a path holds no NUL: the edge refuses it).
+fn head_bytes(method: &Method, path: &str, query: Option<&str>) -> Vec<u8> {
+    let q = query.unwrap_or_default();
+    let mut out = Vec::with_capacity(method.as_str().len() + path.len() + q.len() + 4);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(0);
+    out.extend_from_slice(path.as_bytes());
+    out.push(0);
+    out.push(u8::from(query.is_some()));
+    out.extend_from_slice(q.as_bytes());
+    out.push(0);
     out
 }
 
-/// The first 16 bytes of a digest in hex (128 bits: no collision in practice).
-fn hex16(d: &[u8; 32]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for b in &d[..16] {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 15)] as char);
-    }
-    s
+/// A quick digest of the request head a key is bound to (xxh3, 128 bits): it
+/// tells a reused key at once (422) without reading the body. It decides no
+/// replay on its own (the SHA-256 `fingerprint` does), so it needs no
+/// resistance to crafted collisions.
+pub fn head_digest(method: &Method, path: &str, query: Option<&str>) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(&head_bytes(method, path, query))
+}
+
+/// The request's fingerprint in the making: a SHA-256 over the head, then the
+/// body as it streams (`BodyDigest::get` is the fingerprint once the body
+/// ended). One hash per request, whatever the body's size.
+pub fn fingerprint(method: &Method, path: &str, query: Option<&str>) -> BodyDigest {
+    BodyDigest::seeded(&head_bytes(method, path, query))
 }
 
 /// A request's hold on its key, from `begin` until its answer is stored or
@@ -358,36 +360,52 @@ mod tests {
     }
 
     #[test]
-    fn store_keys_scope_by_route_key_and_caller() {
+    fn store_keys_scope_by_route_key_and_caller_one_to_one() {
         let a = storage_key("pay", "k1", "ip:1.1.1.1");
+        assert_eq!(a, "3:pay:2:k1:ip:1.1.1.1");
         assert!(a.starts_with(&key_prefix("pay", "k1")));
         assert_ne!(a, storage_key("pay", "k1", "ip:1.1.1.2"));
         assert_ne!(a, storage_key("pay", "k2", "ip:1.1.1.1"));
         assert_ne!(a, storage_key("refund", "k1", "ip:1.1.1.1"));
-        assert_eq!(a.len(), "pay:".len() + 32 + 1 + 32);
+        // Separators inside names cannot make two scopes meet.
+        assert_ne!(
+            storage_key("a:2:b", "c", "ip:x"),
+            storage_key("a", "b:1:c", "ip:x")
+        );
+        assert!(!key_prefix("pay", "k10").starts_with(&key_prefix("pay", "k1")));
+    }
+
+    fn fp(m: Method, path: &str, q: Option<&str>, body: &[u8]) -> [u8; 32] {
+        let d = fingerprint(&m, path, q);
+        d.update(body);
+        d.finish();
+        d.get().unwrap()
     }
 
     #[test]
     fn fingerprints_tell_method_path_query_and_body_apart() {
-        let h = |m: Method, p: &str, q: Option<&str>| head_digest(&m, p, q);
-        let base = h(Method::POST, "/pay", None);
-        assert_eq!(base, h(Method::POST, "/pay", None));
-        assert_ne!(base, h(Method::PATCH, "/pay", None));
-        assert_ne!(base, h(Method::POST, "/pay/", None));
+        let base = fp(Method::POST, "/pay", None, b"{}");
+        assert_eq!(base, fp(Method::POST, "/pay", None, b"{}"));
+        assert_ne!(base, fp(Method::PATCH, "/pay", None, b"{}"));
+        assert_ne!(base, fp(Method::POST, "/pay/", None, b"{}"));
         assert_ne!(
             base,
-            h(Method::POST, "/pay", Some("")),
+            fp(Method::POST, "/pay", Some(""), b"{}"),
             "`?` alone is a query"
         );
+        assert_ne!(base, fp(Method::POST, "/pay", None, b"{ }"));
         assert_ne!(
-            h(Method::POST, "/a", Some("b")),
-            h(Method::POST, "/a\0", Some("b"))
+            fp(Method::POST, "/a", Some("b"), b""),
+            fp(Method::POST, "/a", Some(""), b"b"),
+            "the query ends before the body"
         );
-        let body = sha256(&[b"{}"]);
+        let h = |m: Method, p: &str, q: Option<&str>| head_digest(&m, p, q);
+        assert_eq!(h(Method::POST, "/pay", None), h(Method::POST, "/pay", None));
         assert_ne!(
-            fingerprint(&base, &body),
-            fingerprint(&base, &sha256(&[b"{ }"]))
+            h(Method::POST, "/pay", None),
+            h(Method::POST, "/pay", Some(""))
         );
+        assert_ne!(h(Method::POST, "/pay", None), h(Method::PUT, "/pay", None));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Where keys live: `memory` (one instance; a bounded moka cache with atomic
-//! per-key updates) or `redis` (shared by every instance; each step one Lua
+//! Where keys live: `memory` (one instance; locks in sharded maps, answers in
+//! a bounded moka cache) or `redis` (shared by every instance; each step one Lua
 //! script, so taking a key is one round trip and atomic across instances).
 //!
 //! An entry is either a lock (a request with the key is in flight; it expires
@@ -8,12 +8,12 @@
 //! releasing compares the lock a request took with what is stored, so a
 //! request whose lock expired never overwrites the next owner's.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use moka::ops::compute::Op;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -25,14 +25,14 @@ pub struct Lock {
     /// Random: tells this request's lock from a later one on the same key.
     pub token: u64,
     /// `head_digest` of the request that holds the key.
-    pub head: [u8; 32],
+    pub head: u128,
     pub caller: String,
     pub key: String,
     pub started_ms: u64,
 }
 
 impl Lock {
-    pub fn new(head: [u8; 32], caller: String, key: String) -> Self {
+    pub fn new(head: u128, caller: String, key: String) -> Self {
         Lock {
             token: fastrand::u64(..),
             head,
@@ -48,7 +48,7 @@ impl Lock {
 pub struct Answer {
     /// `fingerprint` of the request that made it.
     pub fingerprint: [u8; 32],
-    pub head: [u8; 32],
+    pub head: u128,
     pub status: http::StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -63,7 +63,7 @@ pub enum Found {
     /// Nothing (or only expired entries): the key is now this request's.
     Taken,
     /// A request with this key is in flight; its head digest.
-    InFlight { head: [u8; 32] },
+    InFlight { head: u128 },
     /// A finished request's answer.
     Done(Arc<Answer>),
 }
@@ -185,182 +185,177 @@ fn millis(d: Duration) -> u64 {
 
 // ── memory ──────────────────────────────────────────────────────────────────
 
-/// Keys in a moka cache bounded by weight (bytes). The expiry that decides is
-/// the entry's own deadline on tokio's clock (exact under paused time);
-/// moka's per-entry expiry only returns the memory of expired entries.
+/// Locks in sharded maps, answers in a moka cache bounded by weight. Every
+/// change to a key happens under its shard's lock, so taking a key (no lock,
+/// no answer: insert a lock) is atomic; the shard lock is held for a map
+/// operation and a cache lookup, never across an await. Locks are few (one
+/// per keyed request in flight) and always removed by their `Claim`; answers
+/// are what needs a bound and eviction, which moka does well. Expiry is
+/// decided on tokio's clock (exact under paused time); moka's per-entry expiry
+/// only returns the memory of answers past their `ttl`.
 pub struct MemoryStore {
-    cache: moka::sync::Cache<String, Arc<MemEntry>>,
+    locks: Box<[Mutex<HashMap<String, (Lock, Instant)>>]>,
+    answers: moka::sync::Cache<String, Kept>,
 }
 
-#[derive(Debug)]
-struct MemEntry {
-    state: MemState,
+/// An answer in the memory store, with its deadline.
+#[derive(Clone)]
+struct Kept {
+    answer: Arc<Answer>,
     expires: Instant,
-    lifetime: Duration,
+    ttl: Duration,
 }
 
-#[derive(Debug)]
-enum MemState {
-    InFlight(Lock),
-    Done(Arc<Answer>),
+const LOCK_SHARDS: usize = 16;
+
+fn answer_weight(key: &str, a: &Answer) -> u32 {
+    let headers: usize = a
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let size = key.len() + a.body.len() + a.caller.len() + a.key.len() + headers + 160;
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
-impl MemEntry {
-    fn weight(&self, key: &str) -> u32 {
-        let size = key.len()
-            + 128
-            + match &self.state {
-                MemState::InFlight(l) => l.caller.len() + l.key.len(),
-                MemState::Done(a) => {
-                    a.body.len()
-                        + a.caller.len()
-                        + a.key.len()
-                        + a.headers
-                            .iter()
-                            .map(|(n, v)| n.as_str().len() + v.len() + 32)
-                            .sum::<usize>()
-                }
-            };
-        u32::try_from(size).unwrap_or(u32::MAX)
-    }
+struct ByTtl;
 
-    fn holds(&self, lock: &Lock) -> bool {
-        matches!(&self.state, MemState::InFlight(l) if l.token == lock.token)
-    }
-}
-
-struct ByEntry;
-
-impl moka::Expiry<String, Arc<MemEntry>> for ByEntry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<MemEntry>,
-        _at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.lifetime)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<MemEntry>,
-        _at: std::time::Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.lifetime)
+impl moka::Expiry<String, Kept> for ByTtl {
+    fn expire_after_create(&self, _: &String, v: &Kept, _: std::time::Instant) -> Option<Duration> {
+        Some(v.ttl)
     }
 }
 
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
         MemoryStore {
-            cache: moka::sync::Cache::builder()
+            locks: (0..LOCK_SHARDS).map(|_| Mutex::default()).collect(),
+            answers: moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|k: &String, v: &Arc<MemEntry>| v.weight(k))
-                .expire_after(ByEntry)
+                .weigher(|k: &String, v: &Kept| answer_weight(k, &v.answer))
+                .expire_after(ByTtl)
                 .build(),
         }
     }
 
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, (Lock, Instant)>> {
+        let i = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize % LOCK_SHARDS;
+        self.locks[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn live_answer(&self, key: &str, now: Instant) -> Option<Arc<Answer>> {
+        self.answers
+            .get(key)
+            .filter(|k| k.expires > now)
+            .map(|k| k.answer)
+    }
+
     fn begin(&self, key: &str, lock: &Lock, lock_timeout: Duration) -> Found {
         let now = Instant::now();
-        let mut found = Found::Taken;
-        self.cache
-            .entry(key.to_string())
-            .and_compute_with(|current| {
-                if let Some(e) = current.map(|e| e.into_value())
-                    && e.expires > now
-                {
-                    found = match &e.state {
-                        MemState::InFlight(l) => Found::InFlight { head: l.head },
-                        MemState::Done(a) => Found::Done(a.clone()),
-                    };
-                    return Op::Nop;
-                }
-                Op::Put(Arc::new(MemEntry {
-                    state: MemState::InFlight(lock.clone()),
-                    expires: now + lock_timeout,
-                    lifetime: lock_timeout,
-                }))
-            });
-        found
+        let mut locks = self.shard(key);
+        if let Some((held, until)) = locks.get(key)
+            && *until > now
+        {
+            return Found::InFlight { head: held.head };
+        }
+        if let Some(answer) = self.live_answer(key, now) {
+            return Found::Done(answer);
+        }
+        locks.insert(key.to_string(), (lock.clone(), now + lock_timeout));
+        Found::Taken
     }
 
     fn finish(&self, key: &str, lock: &Lock, answer: Arc<Answer>, ttl: Duration) -> bool {
         let now = Instant::now();
-        let mut done = false;
-        self.cache
-            .entry(key.to_string())
-            .and_compute_with(|current| match current.map(|e| e.into_value()) {
-                Some(e) if e.holds(lock) && e.expires > now => {
-                    done = true;
-                    Op::Put(Arc::new(MemEntry {
-                        state: MemState::Done(answer),
-                        expires: now + ttl,
-                        lifetime: ttl,
-                    }))
-                }
-                _ => Op::Nop,
-            });
-        done
+        let mut locks = self.shard(key);
+        match locks.get(key) {
+            Some((held, until)) if held.token == lock.token && *until > now => {}
+            _ => return false,
+        }
+        self.answers.insert(
+            key.to_string(),
+            Kept {
+                answer,
+                expires: now + ttl,
+                ttl,
+            },
+        );
+        locks.remove(key);
+        true
     }
 
     fn release(&self, key: &str, lock: &Lock) {
-        self.cache
-            .entry(key.to_string())
-            .and_compute_with(|current| match current {
-                Some(e) if e.value().holds(lock) => Op::Remove,
-                _ => Op::Nop,
-            });
-    }
-
-    fn live(&self, prefix: &str, exact: Option<&str>) -> Vec<(Arc<String>, Arc<MemEntry>)> {
-        let now = Instant::now();
-        self.cache
-            .iter()
-            .filter(|(k, e)| {
-                e.expires > now
-                    && match exact {
-                        Some(x) => k.as_str() == x,
-                        None => k.starts_with(prefix),
-                    }
-            })
-            .collect()
+        let mut locks = self.shard(key);
+        if locks
+            .get(key)
+            .is_some_and(|(held, _)| held.token == lock.token)
+        {
+            locks.remove(key);
+        }
     }
 
     fn entries(&self, prefix: &str, exact: Option<&str>) -> Vec<EntryInfo> {
         let now = Instant::now();
-        self.live(prefix, exact)
-            .into_iter()
-            .map(|(_, e)| {
-                let left = millis(e.expires.saturating_duration_since(now));
-                match &e.state {
-                    MemState::InFlight(l) => EntryInfo {
+        let wanted = |k: &str| match exact {
+            Some(x) => k == x,
+            None => k.starts_with(prefix),
+        };
+        let left = |until: Instant| millis(until.saturating_duration_since(now));
+        let mut out = Vec::new();
+        for shard in self.locks.iter() {
+            let locks = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (k, (l, until)) in locks.iter() {
+                if wanted(k) && *until > now {
+                    out.push(EntryInfo {
                         caller: l.caller.clone(),
                         state: "in_flight",
                         status: None,
                         body_bytes: None,
-                        expires_in_ms: left,
-                    },
-                    MemState::Done(a) => EntryInfo {
-                        caller: a.caller.clone(),
-                        state: "completed",
-                        status: Some(a.status.as_u16()),
-                        body_bytes: Some(a.body.len()),
-                        expires_in_ms: left,
-                    },
+                        expires_in_ms: left(*until),
+                    });
                 }
-            })
-            .collect()
+            }
+        }
+        for (k, kept) in self.answers.iter() {
+            if wanted(&k) && kept.expires > now {
+                let a = &kept.answer;
+                out.push(EntryInfo {
+                    caller: a.caller.clone(),
+                    state: "completed",
+                    status: Some(a.status.as_u16()),
+                    body_bytes: Some(a.body.len()),
+                    expires_in_ms: left(kept.expires),
+                });
+            }
+        }
+        out
     }
 
     fn remove(&self, prefix: &str, exact: Option<&str>) -> usize {
-        let live = self.live(prefix, exact);
-        for (k, _) in &live {
-            self.cache.invalidate(k.as_str());
+        let now = Instant::now();
+        let wanted = |k: &str| match exact {
+            Some(x) => k == x,
+            None => k.starts_with(prefix),
+        };
+        let mut removed = 0;
+        for shard in self.locks.iter() {
+            let mut locks = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            locks.retain(|k, (_, until)| {
+                let drop = wanted(k);
+                removed += usize::from(drop && *until > now);
+                !drop
+            });
         }
-        live.len()
+        let keys: Vec<Arc<String>> = self
+            .answers
+            .iter()
+            .filter(|(k, kept)| wanted(k) && kept.expires > now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            self.answers.invalidate(k.as_str());
+        }
+        removed + keys.len()
     }
 }
 
@@ -402,14 +397,14 @@ const WIRE_VERSION: u8 = 1;
 enum Wire {
     InFlight {
         token: u64,
-        head: [u8; 32],
+        head: u128,
         caller: String,
         key: String,
         started_ms: u64,
     },
     Done {
         fingerprint: [u8; 32],
-        head: [u8; 32],
+        head: u128,
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
         caller: String,
@@ -708,7 +703,7 @@ mod tests {
     use super::*;
 
     fn lock(head: u8) -> Lock {
-        Lock::new([head; 32], "ip:127.0.0.1".into(), "k1".into())
+        Lock::new(u128::from(head), "ip:127.0.0.1".into(), "k1".into())
     }
 
     fn answer(body: &'static str) -> Arc<Answer> {
@@ -716,7 +711,7 @@ mod tests {
         headers.insert("x-order", HeaderValue::from_static("7"));
         Arc::new(Answer {
             fingerprint: [9; 32],
-            head: [1; 32],
+            head: 1,
             status: http::StatusCode::CREATED,
             headers,
             body: Bytes::from_static(body.as_bytes()),
@@ -737,7 +732,7 @@ mod tests {
         let other = lock(1);
         assert!(matches!(
             m.begin("a", &other, Duration::from_secs(30)),
-            Found::InFlight { head } if head == [1; 32]
+            Found::InFlight { head: 1 }
         ));
         assert!(
             !m.finish("a", &other, answer("x"), Duration::from_secs(60)),
@@ -792,13 +787,15 @@ mod tests {
             m.begin(&key, &l, Duration::from_secs(30));
             m.finish(&key, &l, answer(body), Duration::from_secs(60));
         }
-        m.cache.run_pending_tasks();
-        assert!(
-            m.cache.weighted_size() <= 256 * 1024,
-            "{}",
-            m.cache.weighted_size()
+        m.answers.run_pending_tasks();
+        let size = m.answers.weighted_size();
+        assert!(size <= 256 * 1024, "{size} bytes kept");
+        assert!(m.answers.entry_count() < 5_000);
+        assert_eq!(
+            m.entries("", None).len() as u64,
+            m.answers.entry_count(),
+            "no lock is left behind"
         );
-        assert!(m.cache.entry_count() < 5_000);
     }
 
     #[test]
@@ -812,7 +809,7 @@ mod tests {
         assert_eq!((back.fingerprint, back.head), (a.fingerprint, a.head));
         assert_eq!((info.state, info.body_bytes), ("completed", Some(8)));
         let (found, _) = decode(Bytes::from(encode_lock(&lock(3)))).unwrap();
-        assert!(matches!(found, Found::InFlight { head } if head == [3; 32]));
+        assert!(matches!(found, Found::InFlight { head: 3 }));
         assert!(decode(Bytes::from_static(b"\x02junk")).is_err());
         assert!(decode(Bytes::from_static(b"\x01\xff\xff")).is_err());
         assert!(decode(Bytes::new()).is_err());

@@ -39,8 +39,9 @@ pub enum Admit {
     Plain,
     /// Forward it holding the key.
     Keyed(Keyed),
-    /// A finished request's answer, to replay if the body matches too.
-    Replay(Arc<Answer>),
+    /// A finished request's answer, to replay if the retry's fingerprint
+    /// (head done, body still to read) matches.
+    Replay(Arc<Answer>, BodyDigest),
 }
 
 fn refuse(f: IdempotencyFailure) -> GatewayError {
@@ -73,7 +74,8 @@ pub async fn admit(
     };
     let p = &ex.policy;
     let who = caller(p.consumer.as_deref(), p.claims.is_some(), p.client_ip);
-    let head = head_digest(&parts.method, parts.uri.path(), parts.uri.query());
+    let (method, path, query) = (&parts.method, parts.uri.path(), parts.uri.query());
+    let head = head_digest(method, path, query);
     let store_key = storage_key(&idem.route, &key, &who);
     let lock = Lock::new(head, who, key.into_owned());
     match policy
@@ -83,7 +85,7 @@ pub async fn admit(
     {
         Ok(Found::Taken) => Ok(Admit::Keyed(Keyed {
             claim: Claim::new(idem.clone(), store_key, lock),
-            digest: Arc::default(),
+            digest: Arc::new(fingerprint(method, path, query)),
         })),
         Ok(Found::InFlight { head: first }) if first != head => {
             m.mismatch.inc();
@@ -97,7 +99,7 @@ pub async fn admit(
             m.mismatch.inc();
             Err(refuse(IdempotencyFailure::Mismatch))
         }
-        Ok(Found::Done(answer)) => Ok(Admit::Replay(answer)),
+        Ok(Found::Done(answer)) => Ok(Admit::Replay(answer, fingerprint(method, path, query))),
         Err(e) => {
             m.store_error.inc();
             tracing::warn!(route = %idem.route, policy = %policy.name, error = %e,
@@ -116,11 +118,12 @@ pub async fn admit(
 pub async fn replay(
     idem: &RouteIdempotency,
     answer: Arc<Answer>,
+    digest: BodyDigest,
     body: Incoming,
     limits: &RequestLimits,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let digest = Arc::new(BodyDigest::default());
+    let digest = Arc::new(digest);
     let received = Arc::default();
     ex.bytes_in = Some(Arc::clone(&received));
     let mut body = RequestBody::new(
@@ -142,9 +145,7 @@ pub async fn replay(
         }
     }
     digest.finish();
-    let same = digest
-        .get()
-        .is_some_and(|d| fingerprint(&answer.head, &d) == answer.fingerprint);
+    let same = digest.get().is_some_and(|d| d == answer.fingerprint);
     if !same {
         idem.metrics.mismatch.inc();
         return Err(refuse(IdempotencyFailure::Mismatch));
@@ -168,22 +169,30 @@ fn storable(status: StatusCode) -> bool {
 
 /// The forwarded answer on its way to the client: kept for replay when it may
 /// be, else the key is released now.
-pub fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<ResponseBody> {
+pub async fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<ResponseBody> {
     if !storable(resp.status()) {
         // Dropping the claim releases the key.
         return resp.map(ResponseBody::upstream);
     }
     let (parts, body) = resp.into_parts();
-    let limit = keyed.claim.policy().max_response_bytes;
+    let keeping = Keeping {
+        limit: keyed.claim.policy().max_response_bytes,
+        keyed,
+        status: parts.status,
+        headers: parts.headers.clone(),
+        body: BytesMut::new(),
+    };
+    if body.is_end_stream() {
+        // No body to stream (204, 304, Content-Length: 0): nothing will poll
+        // one, so the answer is stored before its head goes out.
+        if let Some((claim, answer)) = keeping.answer() {
+            claim.complete(answer).await;
+        }
+        return Response::from_parts(parts, ResponseBody::upstream(body));
+    }
     let kept = KeptBody {
         inner: body,
-        keeping: Some(Keeping {
-            keyed,
-            status: parts.status,
-            headers: parts.headers.clone(),
-            body: BytesMut::new(),
-            limit,
-        }),
+        keeping: Some(keeping),
         writing: None,
     };
     Response::from_parts(parts, ResponseBody::kept(Box::new(kept)))
@@ -202,11 +211,11 @@ impl Keeping {
     /// The answer to store, when the request body was read to its end (an
     /// upstream that answered before reading it all leaves no fingerprint).
     fn answer(self) -> Option<(Claim, Answer)> {
-        let body_digest = self.keyed.digest.get()?;
+        let fingerprint = self.keyed.digest.get()?;
         let claim = self.keyed.claim;
         let lock = claim.lock();
         let answer = Answer {
-            fingerprint: fingerprint(&lock.head, &body_digest),
+            fingerprint,
             head: lock.head,
             status: self.status,
             headers: self.headers,

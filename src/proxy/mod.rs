@@ -41,7 +41,7 @@ use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
 use crate::upstream::pool::{BodyErrorKind, SendError, UpstreamBody};
 use crate::upstream::retry::{MAX_REPLAY_BODY, RetryReason};
 use body::ResponseBody;
-use idempotent::{Admit, Keyed};
+use idempotent::Admit;
 use record::RequestRecord;
 
 /// What the gateway knows about one request as it moves through the phases.
@@ -263,8 +263,8 @@ async fn serve(
         Some(idem) => match idempotent::admit(idem, &parts, ex).await? {
             Admit::Plain => None,
             Admit::Keyed(keyed) => Some(keyed),
-            Admit::Replay(answer) => {
-                return idempotent::replay(idem, answer, body, &snap.limits, ex).await;
+            Admit::Replay(answer, digest) => {
+                return idempotent::replay(idem, answer, digest, body, &snap.limits, ex).await;
             }
         },
     };
@@ -290,7 +290,18 @@ async fn serve(
         keyed: keyed.is_some(),
     };
     let resp = forward(parts, body, upstream, attempt, ex).await?;
-    answer(resp, route, upstream, compression, keyed, ex)
+    match (answer(resp, route, upstream, ex)?, keyed) {
+        (Answered::Switched(resp), _) => Ok(resp),
+        (Answered::Upstream(resp), Some(keyed)) => Ok(idempotent::keep(resp, keyed).await),
+        (Answered::Upstream(resp), None) => Ok(compression.respond(resp)),
+    }
+}
+
+/// The upstream's answer after `answer`: a switched upgrade's answer, or
+/// still the upstream's body (to compress, or to keep for replay).
+enum Answered {
+    Switched(Response<ResponseBody>),
+    Upstream(Response<UpstreamBody>),
 }
 
 /// Admission: refuse what must not cost anything more: an ambiguous framing,
@@ -508,16 +519,14 @@ async fn outgoing_body(
 }
 
 /// The upstream's answer on its way to the client: a switched upgrade becomes
-/// the tunnel's answer; anything else loses its hop-by-hop headers, takes the
-/// route's header edits and is compressed when negotiated.
+/// the tunnel's answer; anything else loses its hop-by-hop headers and takes
+/// the route's header edits (then `serve` compresses or keeps it).
 fn answer(
     mut resp: Response<UpstreamBody>,
     route: &Route,
     upstream: &Upstream,
-    compression: compress::Negotiated<'_>,
-    keyed: Option<Keyed>,
     ex: &mut Exchange,
-) -> Result<Response<ResponseBody>, GatewayError> {
+) -> Result<Answered, GatewayError> {
     let switched = match ex.upgrade.as_mut() {
         Some(up) => up.switch(&mut resp, &upstream.name)?,
         None => false,
@@ -525,12 +534,9 @@ fn answer(
     headers::strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
     if switched && let Some(up) = &ex.upgrade {
-        return Ok(up.answer(resp));
+        return Ok(Answered::Switched(up.answer(resp)));
     }
-    if let Some(keyed) = keyed {
-        return Ok(idempotent::keep(resp, keyed));
-    }
-    Ok(compression.respond(resp))
+    Ok(Answered::Upstream(resp))
 }
 
 /// The request body as it goes upstream.
