@@ -19,6 +19,8 @@ mod config_examples;
 mod docs;
 mod edge;
 mod grpc;
+mod idempotency;
+mod idempotency_h2;
 mod jwks;
 mod jwt;
 mod layers;
