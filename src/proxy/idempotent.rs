@@ -28,7 +28,8 @@ use crate::upstream::pool::UpstreamBody;
 /// A request that holds its key while it is forwarded.
 pub struct Keyed {
     claim: Claim,
-    /// The request body's SHA-256, filled in as the body goes upstream.
+    /// The request's fingerprint: SHA-256 over the head, then the body as it
+    /// goes upstream.
     pub digest: Arc<BodyDigest>,
 }
 
@@ -175,12 +176,17 @@ pub async fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<Respon
         return resp.map(ResponseBody::upstream);
     }
     let (parts, body) = resp.into_parts();
+    let limit = keyed.claim.policy().max_response_bytes;
+    // The copy is the stored answer's own allocation (a frame of hyper's
+    // would pin its whole read buffer for the answer's ttl), sized once when
+    // the length is known.
+    let expected = body.size_hint().exact().unwrap_or(0).min(limit);
     let keeping = Keeping {
-        limit: keyed.claim.policy().max_response_bytes,
+        limit,
         keyed,
         status: parts.status,
         headers: parts.headers.clone(),
-        body: BytesMut::new(),
+        body: BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0)),
     };
     if body.is_end_stream() {
         // No body to stream (204, 304, Content-Length: 0): nothing will poll
