@@ -163,18 +163,37 @@ fn unquote(inner: &[u8]) -> Result<Cow<'_, [u8]>, InvalidKey> {
 
 /// Who a key belongs to: the JWT subject or API-key id that authenticated the
 /// request, else its client IP. Keys of different callers never meet.
-pub fn caller(consumer: Option<&str>, jwt: bool, client_ip: IpAddr) -> String {
-    match consumer {
-        Some(sub) if jwt => format!("jwt:{sub}"),
-        Some(id) => format!("key:{id}"),
-        None => {
-            let ip = match client_ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client_ip, IpAddr::V4),
-                v4 => v4,
-            };
-            format!("ip:{ip}")
+pub fn caller(consumer: Option<&str>, jwt: bool, client_ip: IpAddr) -> Arc<str> {
+    let (kind, name) = match consumer {
+        Some(sub) if jwt => ("jwt:", sub),
+        Some(id) => ("key:", id),
+        None => return ip_caller(client_ip),
+    };
+    let mut s = String::with_capacity(kind.len() + name.len());
+    s.push_str(kind);
+    s.push_str(name);
+    s.into()
+}
+
+/// `ip:<address>`, IPv4 written by hand (the formatting machinery costs more
+/// than the rest of the key's bookkeeping).
+fn ip_caller(ip: IpAddr) -> Arc<str> {
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => return format!("ip:{v6}").into(),
+        },
+    };
+    let mut s = String::with_capacity(18);
+    s.push_str("ip:");
+    for (i, octet) in v4.octets().iter().enumerate() {
+        if i > 0 {
+            s.push('.');
         }
+        s.push_str(itoa::Buffer::new().format(*octet));
     }
+    s.into()
 }
 
 /// Where a (route, key) pair's entries live, one per caller (the store adds
@@ -205,7 +224,7 @@ pub fn storage_key(route: &str, key: &str, caller: &str) -> String {
 
 /// What the fingerprint covers before the body: method, path and query, each
 /// delimited (a path holds no NUL: the edge refuses it).
-fn head_bytes(method: &Method, path: &str, query: Option<&str>) -> Vec<u8> {
+pub fn head_bytes(method: &Method, path: &str, query: Option<&str>) -> Vec<u8> {
     let q = query.unwrap_or_default();
     let mut out = Vec::with_capacity(method.as_str().len() + path.len() + q.len() + 4);
     out.extend_from_slice(method.as_str().as_bytes());
@@ -222,15 +241,15 @@ fn head_bytes(method: &Method, path: &str, query: Option<&str>) -> Vec<u8> {
 /// tells a reused key at once (422) without reading the body. It decides no
 /// replay on its own (the SHA-256 `fingerprint` does), so it needs no
 /// resistance to crafted collisions.
-pub fn head_digest(method: &Method, path: &str, query: Option<&str>) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(&head_bytes(method, path, query))
+pub fn head_digest(head: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(head)
 }
 
 /// The request's fingerprint in the making: a SHA-256 over the head, then the
 /// body as it streams (`BodyDigest::get` is the fingerprint once the body
 /// ended). One hash per request, whatever the body's size.
-pub fn fingerprint(method: &Method, path: &str, query: Option<&str>) -> BodyDigest {
-    BodyDigest::seeded(&head_bytes(method, path, query))
+pub fn fingerprint(head: &[u8]) -> BodyDigest {
+    BodyDigest::seeded(head)
 }
 
 /// A request's hold on its key, from `begin` until its answer is stored or
@@ -239,13 +258,13 @@ pub fn fingerprint(method: &Method, path: &str, query: Option<&str>) -> BodyDige
 /// may retry; the release is counted as `not_stored`.
 pub struct Claim {
     route: Arc<RouteIdempotency>,
-    key: String,
+    key: Arc<str>,
     lock: Lock,
     settled: bool,
 }
 
 impl Claim {
-    pub fn new(route: Arc<RouteIdempotency>, key: String, lock: Lock) -> Self {
+    pub fn new(route: Arc<RouteIdempotency>, key: Arc<str>, lock: Lock) -> Self {
         Claim {
             route,
             key,
@@ -352,11 +371,15 @@ mod tests {
     #[test]
     fn callers_are_distinct_by_kind_and_ipv4_mapped_is_ipv4() {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(caller(Some("alice"), true, ip), "jwt:alice");
-        assert_eq!(caller(Some("alice"), false, ip), "key:alice");
-        assert_eq!(caller(None, false, ip), "ip:10.0.0.1");
+        assert_eq!(&*caller(Some("alice"), true, ip), "jwt:alice");
+        assert_eq!(&*caller(Some("alice"), false, ip), "key:alice");
+        assert_eq!(&*caller(None, false, ip), "ip:10.0.0.1");
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(caller(None, false, mapped), "ip:10.0.0.1");
+        assert_eq!(&*caller(None, false, mapped), "ip:10.0.0.1");
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(&*caller(None, false, v6), "ip:2001:db8::7");
+        let edge: IpAddr = "255.0.10.199".parse().unwrap();
+        assert_eq!(&*caller(None, false, edge), "ip:255.0.10.199");
     }
 
     #[test]
@@ -376,7 +399,7 @@ mod tests {
     }
 
     fn fp(m: Method, path: &str, q: Option<&str>, body: &[u8]) -> [u8; 32] {
-        let d = fingerprint(&m, path, q);
+        let d = fingerprint(&head_bytes(&m, path, q));
         d.update(body);
         d.finish();
         d.get().unwrap()
@@ -399,7 +422,7 @@ mod tests {
             fp(Method::POST, "/a", Some(""), b"b"),
             "the query ends before the body"
         );
-        let h = |m: Method, p: &str, q: Option<&str>| head_digest(&m, p, q);
+        let h = |m: Method, p: &str, q: Option<&str>| head_digest(&head_bytes(&m, p, q));
         assert_eq!(h(Method::POST, "/pay", None), h(Method::POST, "/pay", None));
         assert_ne!(
             h(Method::POST, "/pay", None),

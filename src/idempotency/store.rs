@@ -26,13 +26,13 @@ pub struct Lock {
     pub token: u64,
     /// `head_digest` of the request that holds the key.
     pub head: u128,
-    pub caller: String,
-    pub key: String,
+    pub caller: Arc<str>,
+    pub key: Arc<str>,
     pub started_ms: u64,
 }
 
 impl Lock {
-    pub fn new(head: u128, caller: String, key: String) -> Self {
+    pub fn new(head: u128, caller: Arc<str>, key: Arc<str>) -> Self {
         Lock {
             token: fastrand::u64(..),
             head,
@@ -52,8 +52,8 @@ pub struct Answer {
     pub status: http::StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
-    pub caller: String,
-    pub key: String,
+    pub caller: Arc<str>,
+    pub key: Arc<str>,
     pub stored_ms: u64,
 }
 
@@ -107,7 +107,7 @@ impl Store {
     /// Takes `key` for `lock` unless a live entry holds it; says which.
     pub async fn begin(
         &self,
-        key: &str,
+        key: &Arc<str>,
         lock: &Lock,
         lock_timeout: Duration,
     ) -> Result<Found, StoreError> {
@@ -120,7 +120,7 @@ impl Store {
     /// Replaces `lock` with `answer` for `ttl`; false when the lock is gone.
     pub async fn finish(
         &self,
-        key: &str,
+        key: &Arc<str>,
         lock: &Lock,
         answer: Arc<Answer>,
         ttl: Duration,
@@ -133,7 +133,7 @@ impl Store {
 
     /// Frees `key` if `lock` still holds it: at once in memory, in a task for
     /// Redis (the request that gives up does not wait for it).
-    pub fn release_soon(&self, policy: Arc<Policy>, key: String, lock: Lock) {
+    pub fn release_soon(&self, policy: Arc<Policy>, key: Arc<str>, lock: Lock) {
         match self {
             Store::Memory(m) => m.release(&key, &lock),
             Store::Redis(_) => {
@@ -194,8 +194,8 @@ fn millis(d: Duration) -> u64 {
 /// decided on tokio's clock (exact under paused time); moka's per-entry expiry
 /// only returns the memory of answers past their `ttl`.
 pub struct MemoryStore {
-    locks: Box<[Mutex<HashMap<String, (Lock, Instant)>>]>,
-    answers: moka::sync::Cache<String, Kept>,
+    locks: Box<[Mutex<HashMap<Arc<str>, (Lock, Instant)>>]>,
+    answers: moka::sync::Cache<Arc<str>, Kept>,
 }
 
 /// An answer in the memory store, with its deadline.
@@ -220,8 +220,13 @@ fn answer_weight(key: &str, a: &Answer) -> u32 {
 
 struct ByTtl;
 
-impl moka::Expiry<String, Kept> for ByTtl {
-    fn expire_after_create(&self, _: &String, v: &Kept, _: std::time::Instant) -> Option<Duration> {
+impl moka::Expiry<Arc<str>, Kept> for ByTtl {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        v: &Kept,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(v.ttl)
     }
 }
@@ -232,13 +237,13 @@ impl MemoryStore {
             locks: (0..LOCK_SHARDS).map(|_| Mutex::default()).collect(),
             answers: moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|k: &String, v: &Kept| answer_weight(k, &v.answer))
+                .weigher(|k: &Arc<str>, v: &Kept| answer_weight(k, &v.answer))
                 .expire_after(ByTtl)
                 .build(),
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, (Lock, Instant)>> {
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<Arc<str>, (Lock, Instant)>> {
         let i = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize % LOCK_SHARDS;
         self.locks[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -250,10 +255,10 @@ impl MemoryStore {
             .map(|k| k.answer)
     }
 
-    fn begin(&self, key: &str, lock: &Lock, lock_timeout: Duration) -> Found {
+    fn begin(&self, key: &Arc<str>, lock: &Lock, lock_timeout: Duration) -> Found {
         let now = Instant::now();
         let mut locks = self.shard(key);
-        if let Some((held, until)) = locks.get(key)
+        if let Some((held, until)) = locks.get(&**key)
             && *until > now
         {
             return Found::InFlight { head: held.head };
@@ -261,26 +266,26 @@ impl MemoryStore {
         if let Some(answer) = self.live_answer(key, now) {
             return Found::Done(answer);
         }
-        locks.insert(key.to_string(), (lock.clone(), now + lock_timeout));
+        locks.insert(key.clone(), (lock.clone(), now + lock_timeout));
         Found::Taken
     }
 
-    fn finish(&self, key: &str, lock: &Lock, answer: Arc<Answer>, ttl: Duration) -> bool {
+    fn finish(&self, key: &Arc<str>, lock: &Lock, answer: Arc<Answer>, ttl: Duration) -> bool {
         let now = Instant::now();
         let mut locks = self.shard(key);
-        match locks.get(key) {
+        match locks.get(&**key) {
             Some((held, until)) if held.token == lock.token && *until > now => {}
             _ => return false,
         }
         self.answers.insert(
-            key.to_string(),
+            key.clone(),
             Kept {
                 answer,
                 expires: now + ttl,
                 ttl,
             },
         );
-        locks.remove(key);
+        locks.remove(&**key);
         true
     }
 
@@ -307,7 +312,7 @@ impl MemoryStore {
             for (k, (l, until)) in locks.iter() {
                 if wanted(k) && *until > now {
                     out.push(EntryInfo {
-                        caller: l.caller.clone(),
+                        caller: l.caller.to_string(),
                         state: "in_flight",
                         status: None,
                         body_bytes: None,
@@ -320,7 +325,7 @@ impl MemoryStore {
             if wanted(&k) && kept.expires > now {
                 let a = &kept.answer;
                 out.push(EntryInfo {
-                    caller: a.caller.clone(),
+                    caller: a.caller.to_string(),
                     state: "completed",
                     status: Some(a.status.as_u16()),
                     body_bytes: Some(a.body.len()),
@@ -346,14 +351,14 @@ impl MemoryStore {
                 !drop
             });
         }
-        let keys: Vec<Arc<String>> = self
+        let keys: Vec<Arc<Arc<str>>> = self
             .answers
             .iter()
             .filter(|(k, kept)| wanted(k) && kept.expires > now)
             .map(|(k, _)| k)
             .collect();
         for k in &keys {
-            self.answers.invalidate(k.as_str());
+            self.answers.invalidate(&**k);
         }
         removed + keys.len()
     }
@@ -398,8 +403,8 @@ enum Wire {
     InFlight {
         token: u64,
         head: u128,
-        caller: String,
-        key: String,
+        caller: Box<str>,
+        key: Box<str>,
         started_ms: u64,
     },
     Done {
@@ -407,8 +412,8 @@ enum Wire {
         head: u128,
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
-        caller: String,
-        key: String,
+        caller: Box<str>,
+        key: Box<str>,
         stored_ms: u64,
     },
 }
@@ -427,8 +432,8 @@ fn encode_lock(lock: &Lock) -> Vec<u8> {
         &Wire::InFlight {
             token: lock.token,
             head: lock.head,
-            caller: lock.caller.clone(),
-            key: lock.key.clone(),
+            caller: Box::from(&*lock.caller),
+            key: Box::from(&*lock.key),
             started_ms: lock.started_ms,
         },
         &[],
@@ -447,8 +452,8 @@ fn encode_answer(a: &Answer) -> Vec<u8> {
             head: a.head,
             status: a.status.as_u16(),
             headers,
-            caller: a.caller.clone(),
-            key: a.key.clone(),
+            caller: Box::from(&*a.caller),
+            key: Box::from(&*a.key),
             stored_ms: a.stored_ms,
         },
         &a.body,
@@ -468,7 +473,7 @@ fn decode(value: Bytes) -> Result<(Found, EntryInfo), StoreError> {
         Wire::InFlight { head, caller, .. } => (
             Found::InFlight { head },
             EntryInfo {
-                caller,
+                caller: caller.into(),
                 state: "in_flight",
                 status: None,
                 body_bytes: None,
@@ -492,8 +497,9 @@ fn decode(value: Bytes) -> Result<(Found, EntryInfo), StoreError> {
                 let value = HeaderValue::from_bytes(&v).map_err(|e| corrupt(&e.to_string()))?;
                 map.append(name, value);
             }
+            let caller: Arc<str> = caller.into();
             let info = EntryInfo {
-                caller: caller.clone(),
+                caller: caller.to_string(),
                 state: "completed",
                 status: Some(status.as_u16()),
                 body_bytes: Some(body.len()),
@@ -506,7 +512,7 @@ fn decode(value: Bytes) -> Result<(Found, EntryInfo), StoreError> {
                 headers: map,
                 body,
                 caller,
-                key,
+                key: key.into(),
                 stored_ms,
             };
             (Found::Done(Arc::new(answer)), info)
@@ -726,26 +732,34 @@ mod tests {
         let m = MemoryStore::new(1 << 20);
         let l = lock(1);
         assert!(matches!(
-            m.begin("a", &l, Duration::from_secs(30)),
+            m.begin(&"a".into(), &l, Duration::from_secs(30)),
             Found::Taken
         ));
         let other = lock(1);
         assert!(matches!(
-            m.begin("a", &other, Duration::from_secs(30)),
+            m.begin(&"a".into(), &other, Duration::from_secs(30)),
             Found::InFlight { head: 1 }
         ));
         assert!(
-            !m.finish("a", &other, answer("x"), Duration::from_secs(60)),
+            !m.finish(&"a".into(), &other, answer("x"), Duration::from_secs(60)),
             "not its lock"
         );
-        assert!(m.finish("a", &l, answer("{\"id\":7}"), Duration::from_secs(60)));
-        match m.begin("a", &other, Duration::from_secs(30)) {
+        assert!(m.finish(
+            &"a".into(),
+            &l,
+            answer("{\"id\":7}"),
+            Duration::from_secs(60)
+        ));
+        match m.begin(&"a".into(), &other, Duration::from_secs(30)) {
             Found::Done(a) => assert_eq!(a.body, "{\"id\":7}"),
             f => panic!("{f:?}"),
         }
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(
-            matches!(m.begin("a", &other, Duration::from_secs(30)), Found::Taken),
+            matches!(
+                m.begin(&"a".into(), &other, Duration::from_secs(30)),
+                Found::Taken
+            ),
             "ttl passed"
         );
     }
@@ -754,25 +768,25 @@ mod tests {
     async fn memory_lock_expires_after_lock_timeout_and_the_late_owner_cannot_store() {
         let m = MemoryStore::new(1 << 20);
         let first = lock(1);
-        m.begin("a", &first, Duration::from_secs(30));
+        m.begin(&"a".into(), &first, Duration::from_secs(30));
         tokio::time::advance(Duration::from_secs(31)).await;
         let second = lock(1);
         assert!(matches!(
-            m.begin("a", &second, Duration::from_secs(30)),
+            m.begin(&"a".into(), &second, Duration::from_secs(30)),
             Found::Taken
         ));
-        assert!(!m.finish("a", &first, answer("late"), Duration::from_secs(60)));
+        assert!(!m.finish(&"a".into(), &first, answer("late"), Duration::from_secs(60)));
         m.release("a", &first);
         assert!(
             matches!(
-                m.begin("a", &lock(1), Duration::from_secs(30)),
+                m.begin(&"a".into(), &lock(1), Duration::from_secs(30)),
                 Found::InFlight { .. }
             ),
             "a stale release leaves the new owner's lock"
         );
         m.release("a", &second);
         assert!(matches!(
-            m.begin("a", &lock(1), Duration::from_secs(30)),
+            m.begin(&"a".into(), &lock(1), Duration::from_secs(30)),
             Found::Taken
         ));
     }
@@ -782,7 +796,7 @@ mod tests {
         let m = MemoryStore::new(256 * 1024);
         let body: &'static str = Box::leak("x".repeat(1000).into_boxed_str());
         for i in 0..5_000 {
-            let key = format!("r:{i}:c");
+            let key: Arc<str> = format!("r:{i}:c").into();
             let l = lock(1);
             m.begin(&key, &l, Duration::from_secs(30));
             m.finish(&key, &l, answer(body), Duration::from_secs(60));

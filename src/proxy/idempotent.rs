@@ -20,7 +20,7 @@ use crate::body::{BodyDigest, BodyError, RequestBody};
 use crate::error::{GatewayError, IdempotencyFailure};
 use crate::idempotency::{
     Answer, Claim, Found, IDEMPOTENT_REPLAYED, Lock, RouteIdempotency, applies_to, caller,
-    fingerprint, head_digest, read_key, storage_key,
+    fingerprint, head_bytes, head_digest, read_key, storage_key,
 };
 use crate::snapshot::RequestLimits;
 use crate::upstream::pool::UpstreamBody;
@@ -75,10 +75,10 @@ pub async fn admit(
     };
     let p = &ex.policy;
     let who = caller(p.consumer.as_deref(), p.claims.is_some(), p.client_ip);
-    let (method, path, query) = (&parts.method, parts.uri.path(), parts.uri.query());
-    let head = head_digest(method, path, query);
-    let store_key = storage_key(&idem.route, &key, &who);
-    let lock = Lock::new(head, who, key.into_owned());
+    let head_bytes = head_bytes(&parts.method, parts.uri.path(), parts.uri.query());
+    let head = head_digest(&head_bytes);
+    let store_key: Arc<str> = storage_key(&idem.route, &key, &who).into();
+    let lock = Lock::new(head, who, key.into());
     match policy
         .store
         .begin(&store_key, &lock, policy.lock_timeout)
@@ -86,7 +86,7 @@ pub async fn admit(
     {
         Ok(Found::Taken) => Ok(Admit::Keyed(Keyed {
             claim: Claim::new(idem.clone(), store_key, lock),
-            digest: Arc::new(fingerprint(method, path, query)),
+            digest: Arc::new(fingerprint(&head_bytes)),
         })),
         Ok(Found::InFlight { head: first }) if first != head => {
             m.mismatch.inc();
@@ -100,7 +100,7 @@ pub async fn admit(
             m.mismatch.inc();
             Err(refuse(IdempotencyFailure::Mismatch))
         }
-        Ok(Found::Done(answer)) => Ok(Admit::Replay(answer, fingerprint(method, path, query))),
+        Ok(Found::Done(answer)) => Ok(Admit::Replay(answer, fingerprint(&head_bytes))),
         Err(e) => {
             m.store_error.inc();
             tracing::warn!(route = %idem.route, policy = %policy.name, error = %e,
