@@ -282,18 +282,35 @@ impl Claim {
     }
 
     /// Stores `answer` under the key, if this request still holds it (a lock
-    /// that expired and was taken by another request is left alone).
-    pub async fn complete(mut self, answer: Answer) {
-        let route = self.route.clone();
-        let r = &*route;
-        let result = r
-            .policy
-            .store
-            .finish(&self.key, &self.lock, Arc::new(answer), r.policy.ttl)
-            .await;
-        // Dropped before this point (the client went away mid-write), the
-        // claim releases the key: a no-op if the answer was stored.
+    /// that expired and was taken by another request is left alone). In
+    /// memory that is done before this returns; a Redis write runs in a task
+    /// of its own, so it neither delays the answer's last bytes nor stops when
+    /// the client goes away: a retry that arrives while it is on its way finds
+    /// the key still in flight (409, `Retry-After: 1`), then the answer.
+    pub fn complete(mut self, answer: Answer) {
+        let answer = Arc::new(answer);
+        if let Store::Memory(m) = &self.route.policy.store {
+            let stored = m.finish(&self.key, &self.lock, answer, self.route.policy.ttl);
+            self.settled(Ok(stored));
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let r = self.route.clone();
+            let result = r
+                .policy
+                .store
+                .finish(&self.key, &self.lock, answer, r.policy.ttl)
+                .await;
+            self.settled(result);
+        });
+    }
+
+    fn settled(&mut self, result: Result<bool, StoreError>) {
         self.settled = true;
+        let r = &*self.route;
         match result {
             Ok(true) => r.metrics.stored.inc(),
             Ok(false) => {

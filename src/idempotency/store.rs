@@ -1,5 +1,5 @@
 //! Where keys live: `memory` (one instance; locks in sharded maps, answers in
-//! a bounded moka cache) or `redis` (shared by every instance; each step one Lua
+//! a bounded quick_cache cache) or `redis` (shared by every instance; each step one Lua
 //! script, so taking a key is one round trip and atomic across instances).
 //!
 //! An entry is either a lock (a request with the key is in flight; it expires
@@ -185,61 +185,59 @@ fn millis(d: Duration) -> u64 {
 
 // ── memory ──────────────────────────────────────────────────────────────────
 
-/// Locks in sharded maps, answers in a moka cache bounded by weight. Every
-/// change to a key happens under its shard's lock, so taking a key (no lock,
-/// no answer: insert a lock) is atomic; the shard lock is held for a map
-/// operation and a cache lookup, never across an await. Locks are few (one
-/// per keyed request in flight) and always removed by their `Claim`; answers
-/// are what needs a bound and eviction, which moka does well. Expiry is
-/// decided on tokio's clock (exact under paused time); moka's per-entry expiry
-/// only returns the memory of answers past their `ttl`.
+/// Locks in sharded maps, answers in a quick_cache cache bounded by weight
+/// (bytes). Every change to a key happens under its shard's lock, so taking a
+/// key (no lock, no answer: insert a lock) is atomic; the shard lock is held
+/// for a map operation and a cache lookup, never across an await. Locks are
+/// few (one per keyed request in flight) and always removed by their `Claim`;
+/// answers are what needs a bound and eviction, which the cache does (S3-FIFO,
+/// no background thread). Expiry is decided on tokio's clock (exact under
+/// paused time): an answer past its `ttl` is never returned, is removed when a
+/// request meets it, and otherwise waits to be evicted within the bound.
 pub struct MemoryStore {
     locks: Box<[Mutex<HashMap<Arc<str>, (Lock, Instant)>>]>,
-    answers: moka::sync::Cache<Arc<str>, Kept>,
+    answers: quick_cache::sync::Cache<Arc<str>, Kept, ByWeight>,
 }
 
-/// An answer in the memory store, with its deadline.
+/// An answer in the memory store, with its deadline and its weight.
 #[derive(Clone)]
 struct Kept {
     answer: Arc<Answer>,
     expires: Instant,
-    ttl: Duration,
+    weight: u64,
 }
 
 const LOCK_SHARDS: usize = 16;
 
-fn answer_weight(key: &str, a: &Answer) -> u32 {
+/// The bytes an answer holds: body, headers, strings and bookkeeping.
+fn answer_weight(key: &str, a: &Answer) -> u64 {
     let headers: usize = a
         .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 32)
         .sum();
-    let size = key.len() + a.body.len() + a.caller.len() + a.key.len() + headers + 160;
-    u32::try_from(size).unwrap_or(u32::MAX)
+    (key.len() + a.body.len() + a.caller.len() + a.key.len() + headers + 160) as u64
 }
 
-struct ByTtl;
+/// An entry's weight, computed once when it is made.
+#[derive(Clone)]
+struct ByWeight;
 
-impl moka::Expiry<Arc<str>, Kept> for ByTtl {
-    fn expire_after_create(
-        &self,
-        _: &Arc<str>,
-        v: &Kept,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(v.ttl)
+impl quick_cache::Weighter<Arc<str>, Kept> for ByWeight {
+    fn weight(&self, _: &Arc<str>, v: &Kept) -> u64 {
+        v.weight
     }
 }
 
+/// What the cache sizes its tables for: a guess of small answers.
+const TYPICAL_ANSWER_BYTES: u64 = 1024;
+
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
+        let items = usize::try_from(max_bytes / TYPICAL_ANSWER_BYTES).unwrap_or(usize::MAX);
         MemoryStore {
             locks: (0..LOCK_SHARDS).map(|_| Mutex::default()).collect(),
-            answers: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|k: &Arc<str>, v: &Kept| answer_weight(k, &v.answer))
-                .expire_after(ByTtl)
-                .build(),
+            answers: quick_cache::sync::Cache::with_weighter(items.max(64), max_bytes, ByWeight),
         }
     }
 
@@ -248,11 +246,14 @@ impl MemoryStore {
         self.locks[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The answer under `key` unless it expired (then it is dropped now).
     fn live_answer(&self, key: &str, now: Instant) -> Option<Arc<Answer>> {
-        self.answers
-            .get(key)
-            .filter(|k| k.expires > now)
-            .map(|k| k.answer)
+        let kept = self.answers.get(key)?;
+        if kept.expires > now {
+            return Some(kept.answer);
+        }
+        self.answers.remove(key);
+        None
     }
 
     fn begin(&self, key: &Arc<str>, lock: &Lock, lock_timeout: Duration) -> Found {
@@ -270,19 +271,26 @@ impl MemoryStore {
         Found::Taken
     }
 
-    fn finish(&self, key: &Arc<str>, lock: &Lock, answer: Arc<Answer>, ttl: Duration) -> bool {
+    pub(super) fn finish(
+        &self,
+        key: &Arc<str>,
+        lock: &Lock,
+        answer: Arc<Answer>,
+        ttl: Duration,
+    ) -> bool {
         let now = Instant::now();
         let mut locks = self.shard(key);
         match locks.get(&**key) {
             Some((held, until)) if held.token == lock.token && *until > now => {}
             _ => return false,
         }
+        let weight = answer_weight(key, &answer);
         self.answers.insert(
             key.clone(),
             Kept {
                 answer,
                 expires: now + ttl,
-                ttl,
+                weight,
             },
         );
         locks.remove(&**key);
@@ -351,14 +359,14 @@ impl MemoryStore {
                 !drop
             });
         }
-        let keys: Vec<Arc<Arc<str>>> = self
+        let keys: Vec<Arc<str>> = self
             .answers
             .iter()
             .filter(|(k, kept)| wanted(k) && kept.expires > now)
             .map(|(k, _)| k)
             .collect();
         for k in &keys {
-            self.answers.invalidate(&**k);
+            self.answers.remove(&**k);
         }
         removed + keys.len()
     }
@@ -801,13 +809,12 @@ mod tests {
             m.begin(&key, &l, Duration::from_secs(30));
             m.finish(&key, &l, answer(body), Duration::from_secs(60));
         }
-        m.answers.run_pending_tasks();
-        let size = m.answers.weighted_size();
+        let size = m.answers.weight();
         assert!(size <= 256 * 1024, "{size} bytes kept");
-        assert!(m.answers.entry_count() < 5_000);
+        assert!(m.answers.len() < 5_000);
         assert_eq!(
-            m.entries("", None).len() as u64,
-            m.answers.entry_count(),
+            m.entries("", None).len(),
+            m.answers.len(),
             "no lock is left behind"
         );
     }

@@ -2,9 +2,8 @@
 //! the key and takes it in the store (or finds the request in flight, or its
 //! stored answer); `replay` answers a retry from the store once its body proved
 //! it is the same request; `keep` wraps a forwarded answer in `KeptBody`, which
-//! streams it to the client and stores it before the client gets its last byte.
+//! streams it to the client and stores it when its last frame arrives.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -170,7 +169,7 @@ fn storable(status: StatusCode) -> bool {
 
 /// The forwarded answer on its way to the client: kept for replay when it may
 /// be, else the key is released now.
-pub async fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<ResponseBody> {
+pub fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<ResponseBody> {
     if !storable(resp.status()) {
         // Dropping the claim releases the key.
         return resp.map(ResponseBody::upstream);
@@ -191,15 +190,12 @@ pub async fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<Respon
     if body.is_end_stream() {
         // No body to stream (204, 304, Content-Length: 0): nothing will poll
         // one, so the answer is stored before its head goes out.
-        if let Some((claim, answer)) = keeping.answer() {
-            claim.complete(answer).await;
-        }
+        keeping.store();
         return Response::from_parts(parts, ResponseBody::upstream(body));
     }
     let kept = KeptBody {
         inner: body,
         keeping: Some(keeping),
-        writing: None,
     };
     Response::from_parts(parts, ResponseBody::kept(Box::new(kept)))
 }
@@ -214,10 +210,13 @@ struct Keeping {
 }
 
 impl Keeping {
-    /// The answer to store, when the request body was read to its end (an
-    /// upstream that answered before reading it all leaves no fingerprint).
-    fn answer(self) -> Option<(Claim, Answer)> {
-        let fingerprint = self.keyed.digest.get()?;
+    /// Stores the answer, when the request body was read to its end (an
+    /// upstream that answered before reading it all leaves no fingerprint,
+    /// and dropping the claim releases the key).
+    fn store(self) {
+        let Some(fingerprint) = self.keyed.digest.get() else {
+            return;
+        };
         let claim = self.keyed.claim;
         let lock = claim.lock();
         let answer = Answer {
@@ -230,33 +229,17 @@ impl Keeping {
             key: lock.key.clone(),
             stored_ms: crate::idempotency::store::unix_ms(),
         };
-        Some((claim, answer))
+        claim.complete(answer);
     }
 }
 
-type Writing = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// The upstream body, copied aside as it streams. At its end the copy is
-/// stored, and only then does the client get the last frame: a client that
-/// retries the moment its answer is complete finds it stored, on any instance.
-/// An answer over `max_response_bytes`, an upstream error, or a client that
-/// goes away gives the key back instead.
+/// The upstream body, copied aside as it streams. At its last frame the copy
+/// is stored (in memory before that frame goes out; to Redis alongside it).
+/// An answer over `max_response_bytes`, trailers, an upstream error, or a
+/// client that goes away before the end gives the key back instead.
 pub struct KeptBody {
     inner: UpstreamBody,
     keeping: Option<Keeping>,
-    /// The store write, with the frame held back until it is done.
-    writing: Option<(Writing, Option<Frame<Bytes>>)>,
-}
-
-impl KeptBody {
-    /// Starts storing; the write is polled before `held` goes out.
-    fn start_writing(&mut self, held: Option<Frame<Bytes>>) {
-        if let Some((claim, answer)) = self.keeping.take().and_then(Keeping::answer) {
-            self.writing = Some((Box::pin(claim.complete(answer)), held));
-        } else {
-            self.writing = Some((Box::pin(std::future::ready(())), held));
-        }
-    }
 }
 
 impl Body for KeptBody {
@@ -268,47 +251,37 @@ impl Body for KeptBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        loop {
-            if let Some((write, held)) = &mut this.writing {
-                ready!(write.as_mut().poll(cx));
-                let held = held.take();
-                this.writing = None;
-                return Poll::Ready(held.map(Ok));
-            }
-            let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-            let Some(keeping) = this.keeping.as_mut() else {
-                return Poll::Ready(polled);
-            };
-            match polled {
-                Some(Ok(frame)) => {
-                    match frame.data_ref() {
-                        Some(data) if (keeping.body.len() + data.len()) as u64 <= keeping.limit => {
-                            keeping.body.extend_from_slice(data);
-                        }
-                        // Too large to keep, or trailers (not stored): give
-                        // the key back and stream the rest as it comes.
-                        _ => {
-                            this.keeping = None;
-                            return Poll::Ready(Some(Ok(frame)));
-                        }
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Some(keeping) = this.keeping.as_mut() else {
+            return Poll::Ready(polled);
+        };
+        match &polled {
+            Some(Ok(frame)) => match frame.data_ref() {
+                Some(data) if (keeping.body.len() + data.len()) as u64 <= keeping.limit => {
+                    keeping.body.extend_from_slice(data);
+                    if this.inner.is_end_stream()
+                        && let Some(done) = this.keeping.take()
+                    {
+                        done.store();
                     }
-                    if !this.inner.is_end_stream() {
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                    this.start_writing(Some(frame));
                 }
-                None => this.start_writing(None),
-                Some(Err(e)) => {
-                    this.keeping = None;
-                    return Poll::Ready(Some(Err(e)));
+                // Too large to keep, or trailers (not stored): give the key
+                // back and stream the rest as it comes.
+                _ => this.keeping = None,
+            },
+            None => {
+                if let Some(done) = this.keeping.take() {
+                    done.store();
                 }
             }
+            Some(Err(_)) => this.keeping = None,
         }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
         // Not over while an answer remains to be stored, even an empty one.
-        self.keeping.is_none() && self.writing.is_none() && self.inner.is_end_stream()
+        self.keeping.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

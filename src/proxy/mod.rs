@@ -292,7 +292,7 @@ async fn serve(
     let resp = forward(parts, body, upstream, attempt, ex).await?;
     match (answer(resp, route, upstream, ex)?, keyed) {
         (Answered::Switched(resp), _) => Ok(resp),
-        (Answered::Upstream(resp), Some(keyed)) => Ok(idempotent::keep(resp, keyed).await),
+        (Answered::Upstream(resp), Some(keyed)) => Ok(idempotent::keep(resp, keyed)),
         (Answered::Upstream(resp), None) => Ok(compression.respond(resp)),
     }
 }
