@@ -195,9 +195,12 @@ fn millis(d: Duration) -> u64 {
 /// paused time): an answer past its `ttl` is never returned, is removed when a
 /// request meets it, and otherwise waits to be evicted within the bound.
 pub struct MemoryStore {
-    locks: Box<[Mutex<HashMap<Arc<str>, (Lock, Instant)>>]>,
+    locks: Box<[Mutex<LockTable>]>,
     answers: quick_cache::sync::Cache<Arc<str>, Kept, ByWeight>,
 }
+
+/// The locks of one shard, with their deadlines.
+type LockTable = HashMap<Arc<str>, (Lock, Instant)>;
 
 /// An answer in the memory store, with its deadline and its weight.
 #[derive(Clone)]
@@ -241,7 +244,7 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<Arc<str>, (Lock, Instant)>> {
+    fn shard(&self, key: &str) -> MutexGuard<'_, LockTable> {
         let i = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize % LOCK_SHARDS;
         self.locks[i].lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -406,15 +406,13 @@ impl Call {
 /// `Retry-After: 1`, never a second run upstream. Retries until the answer
 /// is there; returns it and how many 409s came first.
 async fn retry_at_once(make: impl Fn() -> Call) -> (Resp, u32) {
-    let mut conflicts = 0;
-    for _ in 0..200 {
+    for conflicts in 0..200 {
         let r = make().send().await;
         if r.status != 409 {
             return (r, conflicts);
         }
         r.assert_error(409, "idempotency_key_in_use");
         assert_eq!(r.header("retry-after"), Some("1"));
-        conflicts += 1;
         tokio::task::yield_now().await;
     }
     panic!("the key stayed in flight through 200 retries");
