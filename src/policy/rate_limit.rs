@@ -2,15 +2,15 @@
 //! token buckets per key, computed as GCRA.
 //!
 //! `store: local` uses governor's GCRA over a memory-bounded store (`BoundedStore`:
-//! sharded LRU maps, so a flood of new keys evicts the least recently used ones
-//! instead of growing without bound). `store: redis` runs the same GCRA in Redis,
+//! sharded bounded caches, so a flood of new keys evicts keys instead of
+//! growing without bound). `store: redis` runs the same GCRA in Redis,
 //! atomically in one Lua script, so several gateway instances share one bucket
 //! per key. Limiter state lives in `Carryover`, so buckets survive a reload for
 //! policies whose definition did not change.
 
 use std::hash::Hasher;
 use std::net::IpAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,7 +20,6 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use http::request::Parts;
-use lru::LruCache;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::schema;
@@ -108,26 +107,30 @@ impl Clock for TokioClock {
     }
 }
 
-/// Key -> theoretical arrival time, in sharded LRU maps: at most `capacity`
-/// keys, the least recently used dropped first. A shard lock is held only for
+/// Key -> theoretical arrival time, in sharded bounded caches (quick_cache's
+/// S3-FIFO): at most `capacity` keys. A key seen once goes to a small
+/// probation queue first, so a flood of one-off keys evicts mostly its own
+/// kind, not the buckets of returning clients. A shard lock is held only for
 /// one GCRA step, and requests spread over the shards by key.
 pub struct BoundedStore {
-    shards: Box<[Mutex<LruCache<u64, Nanos>>]>,
+    shards: Box<[Mutex<KeyCache>]>,
 }
+
+type KeyCache = quick_cache::unsync::Cache<u64, Nanos>;
 
 const SHARDS: usize = 64;
 
 impl BoundedStore {
     pub fn new(capacity: usize) -> Self {
-        let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
         BoundedStore {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .map(|_| Mutex::new(KeyCache::new(per_shard)))
                 .collect(),
         }
     }
 
-    fn shard(&self, key: u64) -> &Mutex<LruCache<u64, Nanos>> {
+    fn shard(&self, key: u64) -> &Mutex<KeyCache> {
         // The key is a hash already; its top bits pick the shard.
         &self.shards[(key >> 58) as usize % SHARDS]
     }
@@ -149,14 +152,7 @@ impl BoundedStore {
     pub fn sweep(&self, now: Nanos) {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            let idle: Vec<u64> = map
-                .iter()
-                .filter(|(_, tat)| **tat <= now)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in idle {
-                map.pop(&k);
-            }
+            map.retain(|_, tat| *tat > now);
         }
     }
 }
@@ -177,7 +173,7 @@ impl StateStore for SharedStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let (out, tat) = f(map.get(key).copied())?;
-        map.put(*key, tat);
+        map.insert(*key, tat);
         Ok(out)
     }
 }
@@ -516,6 +512,26 @@ mod tests {
                 "RSS grew from {before} KiB to {after} KiB"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_one_off_keys_keeps_a_returning_clients_bucket() {
+        // 1/m with a burst of 2: the client uses its bucket up.
+        let l = limiter("1/m", 2, false, 6_400);
+        let client = 0xC1_1E47u64;
+        assert!(l.check(client).allowed);
+        assert!(l.check(client).allowed);
+        assert!(!l.check(client).allowed);
+        // Ten times the store's capacity in keys seen once: an LRU would
+        // have dropped the client's bucket (and so refilled it) long ago.
+        for k in 1..=64_000u64 {
+            l.check(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        assert!(l.keys() <= 6_400 + SHARDS);
+        assert!(
+            !l.check(client).allowed,
+            "the flood reset the client's bucket"
+        );
     }
 
     #[tokio::test(start_paused = true)]
