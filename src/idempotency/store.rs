@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::Policy;
+use crate::store_breaker::{StoreBreaker, redis_probe};
 
 /// A request's lock on a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +89,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("the stored entry could not be read: {0}")]
     Corrupt(String),
+    #[error("redis failed repeatedly; skipped until a probe succeeds")]
+    Skipped,
 }
 
 pub enum Store {
@@ -534,6 +537,8 @@ fn decode(value: Bytes) -> Result<(Found, EntryInfo), StoreError> {
 /// Keys in Redis under `prefix`, shared by every gateway instance.
 pub struct RedisStore {
     conn: redis::aio::ConnectionManager,
+    /// Skips Redis on the request path while it keeps failing.
+    breaker: Arc<StoreBreaker>,
     prefix: String,
     timeout: Duration,
     begin: redis::Script,
@@ -557,6 +562,10 @@ impl RedisStore {
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| format!("redis: {e}"))?;
         Ok(RedisStore {
+            breaker: StoreBreaker::new(
+                format!("idempotency store {prefix}"),
+                redis_probe(&conn, timeout),
+            ),
             conn,
             prefix: prefix.to_string(),
             timeout,
@@ -583,7 +592,25 @@ impl RedisStore {
             .map_err(|_| StoreError::Timeout(limit))??)
     }
 
+    /// Takes or reads the key; `Skipped` at once while the breaker is open.
     async fn begin(
+        &self,
+        key: &str,
+        lock: &Lock,
+        lock_timeout: Duration,
+    ) -> Result<Found, StoreError> {
+        if self.breaker.is_open() {
+            return Err(StoreError::Skipped);
+        }
+        let found = self.take(key, lock, lock_timeout).await;
+        match &found {
+            Ok(_) | Err(StoreError::Corrupt(_)) => self.breaker.succeeded(),
+            Err(_) => self.breaker.failed(),
+        }
+        found
+    }
+
+    async fn take(
         &self,
         key: &str,
         lock: &Lock,

@@ -24,6 +24,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::schema;
 use crate::config::values::KeyKind;
+use crate::store_breaker::{StoreBreaker, redis_probe};
 
 /// The facts a key is taken from.
 pub struct KeySource<'a> {
@@ -313,6 +314,8 @@ pub struct RedisLimiter {
     interval_us: u64,
     burst: u32,
     timeout: Duration,
+    /// Skips Redis while it keeps failing (`store_breaker`).
+    breaker: Arc<StoreBreaker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +326,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis answered something unexpected")]
     BadReply,
+    #[error("redis failed repeatedly; skipped until a probe succeeds")]
+    Skipped,
 }
 
 impl RedisLimiter {
@@ -338,7 +343,12 @@ impl RedisLimiter {
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| format!("redis: {e}"))?;
         let interval = quota.replenish_interval();
+        let breaker = StoreBreaker::new(
+            format!("rate limit policy {policy}"),
+            redis_probe(&conn, timeout),
+        );
         Ok(RedisLimiter {
+            breaker,
             conn,
             script: redis::Script::new(GCRA_LUA),
             prefix: format!("tollgate:rl:{policy}:"),
@@ -350,7 +360,20 @@ impl RedisLimiter {
         })
     }
 
+    /// The verdict from Redis; `Skipped` at once while the breaker is open.
     pub async fn check(&self, key: u64) -> Result<Verdict, StoreError> {
+        if self.breaker.is_open() {
+            return Err(StoreError::Skipped);
+        }
+        let verdict = self.call(key).await;
+        match &verdict {
+            Ok(_) => self.breaker.succeeded(),
+            Err(_) => self.breaker.failed(),
+        }
+        verdict
+    }
+
+    async fn call(&self, key: u64) -> Result<Verdict, StoreError> {
         let mut conn = self.conn.clone();
         let mut redis_key = String::with_capacity(self.prefix.len() + 16);
         redis_key.push_str(&self.prefix);
@@ -413,7 +436,10 @@ impl RateLimitPolicy {
             Store::Redis(r) => match r.check(key).await {
                 Ok(v) => Ok(Outcome::Decided(v)),
                 Err(e) => {
-                    tracing::warn!(policy = %self.name, error = %e, deny = self.deny_on_store_error, "rate-limit store failed");
+                    // While the breaker skips the store, it logged once.
+                    if !matches!(e, StoreError::Skipped) {
+                        tracing::warn!(policy = %self.name, error = %e, deny = self.deny_on_store_error, "rate-limit store failed");
+                    }
                     if self.deny_on_store_error {
                         self.store_errors[1].inc();
                         Err(e)

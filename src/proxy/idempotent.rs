@@ -18,8 +18,8 @@ use super::body::ResponseBody;
 use crate::body::{BodyDigest, BodyError, RequestBody};
 use crate::error::{GatewayError, IdempotencyFailure};
 use crate::idempotency::{
-    Answer, Claim, Found, IDEMPOTENT_REPLAYED, Lock, RouteIdempotency, applies_to, caller,
-    fingerprint, head_bytes, head_digest, read_key, storage_key,
+    Answer, Claim, Found, IDEMPOTENT_REPLAYED, Lock, RouteIdempotency, StoreError, applies_to,
+    caller, fingerprint, head_bytes, head_digest, read_key, storage_key,
 };
 use crate::snapshot::RequestLimits;
 use crate::upstream::pool::UpstreamBody;
@@ -102,8 +102,11 @@ pub async fn admit(
         Ok(Found::Done(answer)) => Ok(Admit::Replay(answer, fingerprint(&head_bytes))),
         Err(e) => {
             m.store_error.inc();
-            tracing::warn!(route = %idem.route, policy = %policy.name, error = %e,
-                pass = policy.pass_on_store_error, "idempotency store failed");
+            // While the store is skipped (`store_breaker`), that was logged once.
+            if !matches!(e, StoreError::Skipped) {
+                tracing::warn!(route = %idem.route, policy = %policy.name, error = %e,
+                    pass = policy.pass_on_store_error, "idempotency store failed");
+            }
             if policy.pass_on_store_error {
                 Ok(Admit::Plain)
             } else {

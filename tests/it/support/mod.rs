@@ -730,6 +730,17 @@ impl Gateway {
     }
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`, ...) to process `pid` with kill(1): a
+/// stopped Redis keeps its socket open and answers nothing, the way a hung
+/// server looks to its clients.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {signal} {pid}");
+}
+
 /// Replaces a config file the way editors and deploy tools do: write a
 /// temporary file beside it, then rename it over the original.
 pub fn replace_file(path: &std::path::Path, text: &str) {
