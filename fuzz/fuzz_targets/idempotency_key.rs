@@ -17,7 +17,9 @@ fn key_of(values: &[&HeaderValue]) -> Result<Option<String>, ()> {
     for v in values {
         h.append(IDEMPOTENCY_KEY.clone(), (*v).clone());
     }
-    read_key(&h).map(|k| k.map(|k| k.into_owned())).map_err(|_| ())
+    read_key(&h)
+        .map(|k| k.map(|k| k.into_owned()))
+        .map_err(|_| ())
 }
 
 fuzz_target!(|data: &[u8]| {
