@@ -364,39 +364,30 @@ async fn redis_down_follows_on_store_error_and_recovers() {
     gw.shutdown().await;
 }
 
-/// A Redis that accepts and never answers (the process stopped with SIGSTOP:
-/// its socket stays open) costs each request the store timeout only until the
-/// breaker opens: after three timeouts, requests are decided by
-/// `on_store_error` at once, and a background probe puts the store back in use
-/// once Redis answers again (docs/guide/rate-limits.md, "When Redis fails").
+/// A Redis that accepts and never answers costs each request the store
+/// timeout only until the breaker opens: after three timeouts, requests are
+/// decided by `on_store_error` at once, and a background probe puts the store
+/// back in use once Redis answers again (docs/guide/rate-limits.md, "When
+/// Redis fails").
 #[tokio::test]
 async fn a_silent_redis_is_skipped_after_three_timeouts_and_probed_back() {
-    let Some(redis) = RedisServer::start().await else {
-        return;
-    };
+    let silent = BlackHole::start().await;
     let up = Upstream::echo("app").await;
     let limits = "  slow:\n    rate: 1/m\n    burst: 2\n    key: client_ip\n    store: redis\n    on_store_error: allow\n";
-    let gw = Gateway::start(
-        &config(limits, "slow", &redis.redis_block()),
-        &[("UP", up.host_port())],
-    )
-    .await;
-    assert_eq!(get(&gw.url("/limited")).await.unwrap().status, 200);
+    let redis = format!(
+        "redis:\n  url: redis://127.0.0.1:{}\n  timeout: 200ms\n",
+        silent.port
+    );
+    let gw = Gateway::start(&config(limits, "slow", &redis), &[("UP", up.host_port())]).await;
 
-    let pid = redis.child.id();
-    signal(pid, "-STOP");
-    let mut slow = 0;
+    let mut took = Vec::new();
     for i in 0..10 {
         let started = Instant::now();
         let r = get(&gw.url("/limited")).await.unwrap();
         assert_eq!(r.status, 200, "request {i}: on_store_error: allow");
-        // The store timeout is 200 ms: a request that waited for Redis took
-        // at least that; one that skipped it took far less.
-        if started.elapsed() >= Duration::from_millis(150) {
-            slow += 1;
-        }
+        took.push(started.elapsed());
     }
-    assert_eq!(slow, 3, "only the calls before the breaker opened waited");
+    assert_only_the_first_three_waited(&took);
     let metrics = gw.metrics().await;
     assert_eq!(
         metric(
@@ -407,9 +398,13 @@ async fn a_silent_redis_is_skipped_after_three_timeouts_and_probed_back() {
         "skipped decisions are counted like failed ones"
     );
 
-    // Redis answers again: a background probe closes the breaker, and the
-    // bucket (one token left of two) decides again.
-    signal(pid, "-CONT");
+    // A real Redis answers on that port now: a background probe closes the
+    // breaker, and the bucket (two tokens) decides again.
+    let port = silent.port;
+    drop(silent);
+    let Some(_redis) = RedisServer::start_on(port).await else {
+        return;
+    };
     wait_until_within(
         Duration::from_secs(10),
         "the store to be used again",
@@ -423,7 +418,10 @@ async fn a_silent_redis_is_skipped_after_three_timeouts_and_probed_back() {
         },
     )
     .await;
-    let r = get(&gw.url("/limited")).await.unwrap();
-    r.assert_error(429, "rate_limited");
+    assert_eq!(get(&gw.url("/limited")).await.unwrap().status, 200);
+    get(&gw.url("/limited"))
+        .await
+        .unwrap()
+        .assert_error(429, "rate_limited");
     gw.shutdown().await;
 }

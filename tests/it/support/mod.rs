@@ -730,15 +730,56 @@ impl Gateway {
     }
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`, ...) to process `pid` with kill(1): a
-/// stopped Redis keeps its socket open and answers nothing, the way a hung
-/// server looks to its clients.
-pub fn signal(pid: u32, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {signal} {pid}");
+/// A TCP server that accepts connections and never answers: what a hung
+/// Redis looks like to its clients (the socket open, no reply). Dropped, it
+/// closes the listener and every connection it took. It listens on a port
+/// below the kernel's ephemeral range (32768+), so that a real server can be
+/// started there after it (`RedisServer::start_on`) without another test's
+/// `127.0.0.1:0` socket taking the port in between.
+pub struct BlackHole {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start() -> BlackHole {
+        let listener = loop {
+            let port = fastrand::u16(20_000..32_000);
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                break l;
+            }
+        };
+        let port = listener.local_addr().expect("local addr").port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        BlackHole { port, task }
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The durations of requests sent one after the other through a store that
+/// never answers (a `BlackHole`, store timeout 200 ms): before the store's
+/// breaker opened, calls waited for it (or failed at once while the client
+/// reconnected); after three failures, no request waits any more.
+pub fn assert_only_the_first_three_waited(took: &[Duration]) {
+    let waited = |d: &Duration| *d >= Duration::from_millis(150);
+    assert!(
+        took[..3].iter().any(waited),
+        "the store was never waited on: {took:?}"
+    );
+    assert!(
+        !took[3..].iter().any(waited),
+        "requests still waited: {took:?}"
+    );
 }
 
 /// Replaces a config file the way editors and deploy tools do: write a
