@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -37,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::support::auth::{Algorithm, SECRET, mint, now};
+use crate::support::redis::{BlackHole, RedisServer, redis_block};
 use crate::support::*;
 
 // ---------------------------------------------------------------------------
@@ -1452,135 +1453,6 @@ async fn keyed_answers_are_never_compressed() {
 // Redis
 // ---------------------------------------------------------------------------
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    /// Starts `redis-server` on a free port below the ephemeral range (so no
-    /// other test's socket takes it while it is stopped), or explains why not.
-    async fn start() -> Option<RedisServer> {
-        let port = (0..200)
-            .map(|_| fastrand::u16(20_000..32_000))
-            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())?;
-        Self::start_on(port).await
-    }
-
-    async fn start_on(port: u16) -> Option<RedisServer> {
-        let child = match Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                println!(
-                    "SKIPPED: redis-server cannot be started ({e}); install it (apt-get install -y redis-server) to run the Redis tests"
-                );
-                return None;
-            }
-        };
-        let server = RedisServer { child, port };
-        wait_until_within(
-            Duration::from_secs(10),
-            format!("redis-server to come up on {port}"),
-            async || server.command(&["PING"]).await.is_ok(),
-        )
-        .await;
-        Some(server)
-    }
-
-    /// One command; the reply as RESP text (simple values) or the bulk
-    /// strings of an array.
-    async fn command(&self, args: &[&str]) -> Result<Vec<String>, String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                if let Some(v) = parse_resp(&buf) {
-                    return Ok(v);
-                }
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return Err("closed".to_string()),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await
-        .map_err(|_| "timeout".to_string())?
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-
-    fn redis_block(&self, timeout: &str) -> String {
-        format!(
-            "redis:\n  url: redis://127.0.0.1:{}\n  timeout: {timeout}\n",
-            self.port
-        )
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A complete RESP reply: `+OK`/`:1` as one string, an array of bulk
-/// strings as its items; `None` while incomplete.
-fn parse_resp(buf: &[u8]) -> Option<Vec<String>> {
-    let text = std::str::from_utf8(buf).ok()?;
-    let mut lines = text.split("\r\n");
-    let head = lines.next()?;
-    if !text.contains("\r\n") {
-        return None;
-    }
-    match head.as_bytes().first()? {
-        b'+' | b':' | b'-' => Some(vec![head.to_string()]),
-        b'*' => {
-            let n: usize = head[1..].parse().ok()?;
-            let mut out = Vec::new();
-            for _ in 0..n {
-                let _len = lines.next()?;
-                out.push(lines.next()?.to_string());
-            }
-            // The last item must be followed by its CRLF.
-            if out.len() == n && (n == 0 || text.ends_with("\r\n")) {
-                Some(out)
-            } else {
-                None
-            }
-        }
-        _ => Some(vec![head.to_string()]),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 8. Two instances on one Redis; the admin endpoints
 // ---------------------------------------------------------------------------
@@ -2462,10 +2334,7 @@ async fn the_memory_store_stays_within_max_bytes() {
 async fn a_silent_redis_is_skipped_after_three_timeouts_and_probed_back() {
     let silent = BlackHole::start().await;
     let up = Scripted::start().await;
-    let top = format!(
-        "redis:\n  url: redis://127.0.0.1:{}\n  timeout: 200ms\n",
-        silent.port
-    );
+    let top = redis_block(silent.port, "200ms");
     let yaml = config_with("", &top, "  p: { store: redis }\n", ROUTES);
     let gw = start(&yaml, &up).await;
 

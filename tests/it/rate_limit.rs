@@ -5,12 +5,9 @@
 //! coming back. The Redis tests start their own `redis-server` on a free
 //! loopback port and are skipped, with a printed reason, when it is absent.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use crate::support::redis::{BlackHole, RedisServer, redis_block};
 use crate::support::*;
 
 fn config(limits: &str, route_limits: &str, redis: &str) -> String {
@@ -157,87 +154,6 @@ async fn bad_rate_limit_config_is_refused_with_suggestions() {
 
 // ---- Redis -------------------------------------------------------------
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    /// Starts `redis-server` on a free port, or explains why it cannot. The
-    /// port is chosen below the kernel's ephemeral range (32768+), so that
-    /// while Redis is stopped mid-test no other test's `127.0.0.1:0` socket can
-    /// take it before Redis restarts there.
-    async fn start() -> Option<RedisServer> {
-        let port = (0..200)
-            .map(|_| fastrand::u16(20_000..32_000))
-            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())?;
-        Self::start_on(port).await
-    }
-
-    async fn start_on(port: u16) -> Option<RedisServer> {
-        let child = match Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                println!(
-                    "SKIPPED: redis-server cannot be started ({e}); install it (apt-get install -y redis-server) to run the Redis tests"
-                );
-                return None;
-            }
-        };
-        let server = RedisServer { child, port };
-        wait_until_within(
-            Duration::from_secs(10),
-            format!("redis-server to come up on {port}"),
-            async || server.pings().await,
-        )
-        .await;
-        Some(server)
-    }
-
-    async fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return false;
-        };
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").await.is_ok()
-            && matches!(tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await, Ok(Ok(n)) if buf[..n].starts_with(b"+PONG"))
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-
-    fn redis_block(&self) -> String {
-        format!(
-            "redis:\n  url: redis://127.0.0.1:{}\n  timeout: 200ms\n",
-            self.port
-        )
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_sharing_redis_admit_what_one_would() {
     let Some(redis) = RedisServer::start().await else {
@@ -246,7 +162,7 @@ async fn two_instances_sharing_redis_admit_what_one_would() {
     let up = Upstream::echo("app").await;
     let (rate, burst) = (20.0, 10.0);
     let limits = "  shared:\n    rate: 20/s\n    burst: 10\n    key: route\n    store: redis\n";
-    let yaml = config(limits, "shared", &redis.redis_block());
+    let yaml = config(limits, "shared", &redis.redis_block("200ms"));
     let vars = [("UP", up.host_port())];
     let a = Gateway::start(&yaml, &vars).await;
     let b = Gateway::start(&yaml, &vars).await;
@@ -305,7 +221,7 @@ async fn redis_down_follows_on_store_error_and_recovers() {
     let limits = "  fail_open:\n    rate: 100/s\n    key: client_ip\n    store: redis\n    on_store_error: allow\n  fail_closed:\n    rate: 100/s\n    key: client_ip\n    store: redis\n    on_store_error: deny\n";
     let yaml = format!(
         "{}  - name: closed\n    match: {{ path_prefix: /closed }}\n    upstream: app\n    rate_limit: [fail_closed]\n",
-        config(limits, "fail_open", &redis.redis_block())
+        config(limits, "fail_open", &redis.redis_block("200ms"))
     );
     let gw = Gateway::start(&yaml, &[("UP", up.host_port())]).await;
     assert_eq!(get(&gw.url("/limited")).await.unwrap().status, 200);
@@ -374,10 +290,7 @@ async fn a_silent_redis_is_skipped_after_three_timeouts_and_probed_back() {
     let silent = BlackHole::start().await;
     let up = Upstream::echo("app").await;
     let limits = "  slow:\n    rate: 1/m\n    burst: 2\n    key: client_ip\n    store: redis\n    on_store_error: allow\n";
-    let redis = format!(
-        "redis:\n  url: redis://127.0.0.1:{}\n  timeout: 200ms\n",
-        silent.port
-    );
+    let redis = redis_block(silent.port, "200ms");
     let gw = Gateway::start(&config(limits, "slow", &redis), &[("UP", up.host_port())]).await;
 
     let mut took = Vec::new();

@@ -5,6 +5,7 @@
 //! Every wait is bounded: a broken gateway makes a test fail, never hang.
 
 pub mod auth;
+pub mod redis;
 /// Shared with the benches, which include it by path.
 pub mod scale;
 
@@ -727,42 +728,6 @@ impl Gateway {
                 .await
                 .expect("shutdown took too long");
         }
-    }
-}
-
-/// A TCP server that accepts connections and never answers: what a hung
-/// Redis looks like to its clients (the socket open, no reply). Dropped, it
-/// closes the listener and every connection it took. It listens on a port
-/// below the kernel's ephemeral range (32768+), so that a real server can be
-/// started there after it (`RedisServer::start_on`) without another test's
-/// `127.0.0.1:0` socket taking the port in between.
-pub struct BlackHole {
-    pub port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl BlackHole {
-    pub async fn start() -> BlackHole {
-        let listener = loop {
-            let port = fastrand::u16(20_000..32_000);
-            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                break l;
-            }
-        };
-        let port = listener.local_addr().expect("local addr").port();
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        BlackHole { port, task }
-    }
-}
-
-impl Drop for BlackHole {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
