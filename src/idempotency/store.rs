@@ -238,6 +238,15 @@ impl quick_cache::Weighter<Arc<str>, Kept> for ByWeight {
 /// What the cache sizes its tables for: a guess of small answers.
 const TYPICAL_ANSWER_BYTES: u64 = 1024;
 
+/// Whether the admin API's selection (one caller's key, or every caller's
+/// under `prefix`) takes the store key `k`.
+fn selected(k: &str, prefix: &str, exact: Option<&str>) -> bool {
+    match exact {
+        Some(x) => k == x,
+        None => k.starts_with(prefix),
+    }
+}
+
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
         let items = usize::try_from(max_bytes / TYPICAL_ANSWER_BYTES).unwrap_or(usize::MAX);
@@ -315,10 +324,7 @@ impl MemoryStore {
 
     fn entries(&self, prefix: &str, exact: Option<&str>) -> Vec<EntryInfo> {
         let now = Instant::now();
-        let wanted = |k: &str| match exact {
-            Some(x) => k == x,
-            None => k.starts_with(prefix),
-        };
+        let wanted = |k: &str| selected(k, prefix, exact);
         let left = |until: Instant| millis(until.saturating_duration_since(now));
         let mut out = Vec::new();
         for shard in self.locks.iter() {
@@ -352,10 +358,7 @@ impl MemoryStore {
 
     fn remove(&self, prefix: &str, exact: Option<&str>) -> usize {
         let now = Instant::now();
-        let wanted = |k: &str| match exact {
-            Some(x) => k == x,
-            None => k.starts_with(prefix),
-        };
+        let wanted = |k: &str| selected(k, prefix, exact);
         let mut removed = 0;
         for shard in self.locks.iter() {
             let mut locks = shard.lock().unwrap_or_else(PoisonError::into_inner);

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::Exchange;
 use super::body::ResponseBody;
-use crate::body::{BodyDigest, BodyError, RequestBody};
+use crate::body::{BodyDigest, RequestBody};
 use crate::error::{GatewayError, IdempotencyFailure};
 use crate::idempotency::{
     Answer, Claim, Found, IDEMPOTENT_REPLAYED, Lock, RouteIdempotency, StoreError, applies_to,
@@ -138,14 +138,7 @@ pub async fn replay(
     .with_digest(digest.clone());
     // Read to the end, keeping nothing but the digest.
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        match frame {
-            Ok(_) => {}
-            Err(BodyError::TooLarge(limit)) => return Err(GatewayError::PayloadTooLarge { limit }),
-            Err(BodyError::Timeout) => return Err(GatewayError::BodyTimeout),
-            Err(BodyError::Client(_)) => {
-                return Err(GatewayError::BadRequest("the request body was cut short"));
-            }
-        }
+        frame.map_err(|e| super::body_error(e, limits.max_body_bytes))?;
     }
     digest.finish();
     let same = digest.get().is_some_and(|d| d == answer.fingerprint);

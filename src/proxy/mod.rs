@@ -563,11 +563,16 @@ struct Attempt {
 async fn read_body(body: RequestBody, limit: u64) -> Result<Bytes, GatewayError> {
     match http_body_util::BodyExt::collect(body).await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(BodyError::TooLarge(_)) => Err(GatewayError::PayloadTooLarge { limit }),
-        Err(BodyError::Timeout) => Err(GatewayError::BodyTimeout),
-        Err(BodyError::Client(_)) => {
-            Err(GatewayError::BadRequest("the request body was cut short"))
-        }
+        Err(e) => Err(body_error(e, limit)),
+    }
+}
+
+/// The answer to a client body that failed while the gateway read it itself.
+fn body_error(e: BodyError, limit: u64) -> GatewayError {
+    match e {
+        BodyError::TooLarge(_) => GatewayError::PayloadTooLarge { limit },
+        BodyError::Timeout => GatewayError::BodyTimeout,
+        BodyError::Client(_) => GatewayError::BadRequest("the request body was cut short"),
     }
 }
 
