@@ -94,35 +94,59 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                         body.len()
                     );
                 }
+                Action::Redirect(r) => {
+                    let _ = writeln!(
+                        out,
+                        "  redirects: {} to {}",
+                        r.status.as_u16(),
+                        redirect_location(r, probe, path)
+                    );
+                }
                 Action::Proxy { upstream } => {
-                    let up = &snap.upstreams[*upstream];
-                    let raw_up = cfg.upstreams.get(&*up.name);
-                    let targets: Vec<String> = up
-                        .targets
+                    describe_upstream(&mut out, snap, cfg, *upstream, route, path);
+                }
+                Action::Split(split) => {
+                    let total: u64 = split.sides().iter().map(|s| u64::from(s.weight)).sum();
+                    let sides: Vec<String> = split
+                        .sides()
                         .iter()
-                        .zip(raw_up.map(|u| u.targets.as_slice()).unwrap_or_default())
-                        .map(|(t, r)| format!("{} (weight {})", t.label, r.weight))
+                        .map(|s| {
+                            format!("{} {} ({:.1}%)", s.name, s.weight, share(s.weight, total))
+                        })
                         .collect();
                     let _ = writeln!(
                         out,
-                        "  upstream: {} [{}] -> {}",
-                        up.name,
-                        raw_up.map_or("round_robin", |u| u.balance.as_str()),
-                        targets.join(", ")
+                        "  split (sticky: {}): {}",
+                        split.sticky(),
+                        sides.join(", ")
                     );
-                    let upstream_path =
-                        route.rewrite.path(path).unwrap_or_else(|| path.to_string());
-                    let _ = writeln!(out, "  upstream path: {upstream_path}");
-                    if let Some(host) = &route.rewrite.host {
-                        let _ = writeln!(out, "  upstream host: {}", host.to_str().unwrap_or("?"));
+                    match split.decided(&probe.headers) {
+                        Some(i) => {
+                            let _ = writeln!(
+                                out,
+                                "  this request: {} (by its sticky key)",
+                                split.sides()[i].name
+                            );
+                        }
+                        None => {
+                            let _ =
+                                writeln!(out, "  this request: a weighted draw (no sticky key)");
+                        }
                     }
-                    let timeout = route.timeout.unwrap_or(up.request_timeout);
-                    let _ = writeln!(
-                        out,
-                        "  timeout: {}",
-                        crate::config::units::Duration(timeout)
-                    );
+                    for side in split.sides() {
+                        describe_upstream(&mut out, snap, cfg, side.upstream, route, path);
+                    }
                 }
+            }
+            if let Some(m) = &route.mirror {
+                let _ = writeln!(
+                    out,
+                    "  mirror: {} ({}% of requests, bodies up to {}, at most {} in flight)",
+                    snap.upstreams[m.upstream].name,
+                    m.percent,
+                    crate::config::units::ByteSize(m.max_body),
+                    m.max_in_flight
+                );
             }
             let _ = writeln!(
                 out,
@@ -165,11 +189,105 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
     out
 }
 
+/// One upstream's line: its balancing and targets, the upstream path and host, the timeout.
+fn describe_upstream(
+    out: &mut String,
+    snap: &Snapshot,
+    cfg: &Config,
+    upstream: usize,
+    route: &crate::snapshot::Route,
+    path: &str,
+) {
+    let up = &snap.upstreams[upstream];
+    let raw_up = cfg.upstreams.get(&*up.name);
+    let targets: Vec<String> = up
+        .targets
+        .iter()
+        .zip(raw_up.map(|u| u.targets.as_slice()).unwrap_or_default())
+        .map(|(t, r)| format!("{} (weight {})", t.label, r.weight))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  upstream: {} [{}] -> {}",
+        up.name,
+        raw_up.map_or("round_robin", |u| u.balance.as_str()),
+        targets.join(", ")
+    );
+    let upstream_path = route.rewrite.path(path).unwrap_or_else(|| path.to_string());
+    let _ = writeln!(out, "  upstream path: {upstream_path}");
+    if let Some(host) = &route.rewrite.host {
+        let _ = writeln!(out, "  upstream host: {}", host.to_str().unwrap_or("?"));
+    }
+    let timeout = route.timeout.unwrap_or(up.request_timeout);
+    let _ = writeln!(
+        out,
+        "  timeout: {}",
+        crate::config::units::Duration(timeout)
+    );
+}
+
+fn share(weight: u32, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        f64::from(weight) * 100.0 / total as f64
+    }
+}
+
+/// Where a redirect route would send the probe (as a plain-HTTP request).
+fn redirect_location(r: &crate::steering::Redirect, probe: &Probe, path: &str) -> String {
+    let query = probe.target.split_once('?').map(|(_, q)| q);
+    let from = crate::steering::Origin {
+        scheme: "http",
+        host: probe.host.as_deref(),
+        path,
+        query,
+    };
+    r.location(&from)
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| "nowhere: the request has no host (400)".to_owned())
+}
+
 fn list_or(items: Option<&[String]>, none: &str) -> String {
     match items {
         Some(v) if !v.is_empty() => v.join(", "),
         _ => none.to_string(),
     }
+}
+
+/// One upstream as `/explain` shows it.
+fn upstream_json(
+    snap: &Snapshot,
+    cfg: &Config,
+    upstream: usize,
+    route: &crate::snapshot::Route,
+    path: &str,
+) -> serde_json::Value {
+    let up = &snap.upstreams[upstream];
+    let raw_up = cfg.upstreams.get(&*up.name);
+    let weights = raw_up.map(|u| u.targets.as_slice()).unwrap_or_default();
+    let targets: Vec<serde_json::Value> = up
+        .targets
+        .iter()
+        .zip(weights)
+        .map(|(t, r)| {
+            serde_json::json!({
+                "url": &*t.url,
+                "target": &*t.label,
+                "weight": r.weight,
+                "in_flight": t.state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let timeout = route.timeout.unwrap_or(up.request_timeout);
+    serde_json::json!({
+        "name": &*up.name,
+        "balance": raw_up.map_or("round_robin", |u| u.balance.as_str()),
+        "targets": targets,
+        "path": route.rewrite.path(path).unwrap_or_else(|| path.to_string()),
+        "host": route.rewrite.host.as_ref().and_then(|h| h.to_str().ok()),
+        "timeout": crate::config::units::Duration(timeout).to_string(),
+    })
 }
 
 /// The same answer as `explain`, as JSON for `GET /explain` on the admin API:
@@ -218,33 +336,48 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
                 out["respond"] = json!({ "status": status.as_u16(), "body_bytes": body.len() });
                 out["upstream"] = Value::Null;
             }
+            Action::Redirect(r) => {
+                out["redirect"] = json!({
+                    "status": r.status.as_u16(),
+                    "location": redirect_location(r, probe, path),
+                });
+                out["upstream"] = Value::Null;
+            }
             Action::Proxy { upstream } => {
-                let up = &snap.upstreams[*upstream];
-                let raw_up = cfg.upstreams.get(&*up.name);
-                let weights = raw_up.map(|u| u.targets.as_slice()).unwrap_or_default();
-                let targets: Vec<Value> = up
-                    .targets
+                out["upstream"] = upstream_json(snap, cfg, *upstream, route, path);
+            }
+            Action::Split(split) => {
+                let total: u64 = split.sides().iter().map(|s| u64::from(s.weight)).sum();
+                let sides: Vec<Value> = split
+                    .sides()
                     .iter()
-                    .zip(weights)
-                    .map(|(t, r)| {
+                    .map(|s| {
                         json!({
-                            "url": &*t.url,
-                            "target": &*t.label,
-                            "weight": r.weight,
-                            "in_flight": t.state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                            "upstream": &*s.name,
+                            "weight": s.weight,
+                            "share_percent": share(s.weight, total),
+                            "detail": upstream_json(snap, cfg, s.upstream, route, path),
                         })
                     })
                     .collect();
-                let timeout = route.timeout.unwrap_or(up.request_timeout);
+                let decided = split.decided(&probe.headers);
                 out["upstream"] = json!({
-                    "name": &*up.name,
-                    "balance": raw_up.map_or("round_robin", |u| u.balance.as_str()),
-                    "targets": targets,
+                    "split": sides,
+                    "sticky": split.sticky().to_string(),
+                    "chosen": decided.map(|i| &*split.sides()[i].name),
+                    "chosen_by": if decided.is_some() { "sticky_key" } else { "weighted_draw" },
                     "path": route.rewrite.path(path).unwrap_or_else(|| path.to_string()),
-                    "host": route.rewrite.host.as_ref().and_then(|h| h.to_str().ok()),
-                    "timeout": crate::config::units::Duration(timeout).to_string(),
                 });
             }
+        }
+        if let Some(m) = &route.mirror {
+            out["mirror"] = json!({
+                "upstream": &*snap.upstreams[m.upstream].name,
+                "percent": m.percent,
+                "max_body": m.max_body,
+                "max_in_flight": m.max_in_flight,
+                "in_flight": m.in_flight(),
+            });
         }
         out
     });

@@ -290,6 +290,29 @@ fn hex_id<const N: usize>() -> [u8; N] {
     out
 }
 
+/// The value of cookie `name` from the `Cookie` header(s) (`a=1; session=xyz`;
+/// HTTP/2 clients may send one header per cookie). Surrounding double quotes
+/// are dropped; an empty value counts as absent.
+pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|header| header.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            if pair[..eq].trim_ascii() != name.as_bytes() {
+                return None;
+            }
+            let value = pair[eq + 1..].trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            Some(value)
+        })
+        .filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

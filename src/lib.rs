@@ -32,6 +32,7 @@ pub mod router;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
+pub mod steering;
 pub mod store_breaker;
 pub mod tls;
 pub mod upstream;

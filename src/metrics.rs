@@ -44,10 +44,28 @@ pub struct Metrics {
     jwks_refreshes_total: IntCounterVec,
     compressed_total: IntCounterVec,
     idempotency_total: IntCounterVec,
+    mirror_total: IntCounterVec,
     jwks_age: GaugeVec,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
     pub spans: crate::otel::SpanMetrics,
+}
+
+/// `tollgate_mirror_requests_total` handles of one route, one per result.
+#[derive(Clone)]
+pub struct MirrorMetrics {
+    /// The shadow answered (below 500).
+    pub ok: IntCounter,
+    /// The shadow answered 5xx.
+    pub http_5xx: IntCounter,
+    /// No connection, a reset, or no usable target of the shadow.
+    pub error: IntCounter,
+    /// The shadow took longer than its request timeout.
+    pub timeout: IntCounter,
+    /// Not mirrored: the body is over `max_body` or of unknown length.
+    pub too_large: IntCounter,
+    /// Not mirrored: `max_in_flight` copies were already on their way.
+    pub overloaded: IntCounter,
 }
 
 /// `tollgate_idempotency_total` handles of one route, one per result.
@@ -339,6 +357,14 @@ impl Metrics {
             &["route", "result"],
         )?;
         registry.register(Box::new(idempotency_total.clone()))?;
+        let mirror_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_mirror_requests_total",
+                "Requests chosen for mirroring, by route and result (ok, 5xx, error, timeout, too_large, overloaded).",
+            ),
+            &["route", "result"],
+        )?;
+        registry.register(Box::new(mirror_total.clone()))?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
                 "tollgate_rate_limited_total",
@@ -410,6 +436,7 @@ impl Metrics {
             jwks_age,
             compressed_total,
             idempotency_total,
+            mirror_total,
             #[cfg(feature = "otel")]
             spans,
         })
@@ -490,6 +517,19 @@ impl Metrics {
             invalid: c("invalid"),
             not_stored: c("not_stored"),
             store_error: c("store_error"),
+        }
+    }
+
+    /// The `tollgate_mirror_requests_total` counters of one route.
+    pub fn mirror(&self, route: &str) -> MirrorMetrics {
+        let c = |result: &str| self.mirror_total.with_label_values(&[route, result]);
+        MirrorMetrics {
+            ok: c("ok"),
+            http_5xx: c("5xx"),
+            error: c("error"),
+            timeout: c("timeout"),
+            too_large: c("too_large"),
+            overloaded: c("overloaded"),
         }
     }
 

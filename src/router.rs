@@ -4,7 +4,7 @@
 //!
 //! Precedence (docs/guide/routing.md, "Matching"): an exact `path` beats a `path_regex`, which
 //! beats the longest `path_prefix`; among routes of equal path specificity, the
-//! one with more constraint kinds (hosts, methods, headers, query) wins; then
+//! one with more constraint kinds (hosts, methods, headers, query, cookies) wins; then
 //! file order. Path lookup is hashed, so it does not grow with the number of
 //! exact or prefix routes.
 //!
@@ -53,14 +53,51 @@ pub struct RouteSpec {
     pub hosts: Vec<String>,
     /// Empty = any method.
     pub methods: Vec<Method>,
-    /// Exact value match; all must hold.
-    pub headers: Vec<(HeaderName, String)>,
+    /// Header conditions; all must hold.
+    pub headers: Vec<(HeaderName, HeaderCond)>,
     /// Exact match of a decoded query parameter; all must hold.
     pub query: Vec<(String, String)>,
+    /// Exact cookie values; all must hold.
+    pub cookies: Vec<(String, String)>,
+}
+
+/// What a `match.headers` entry asks of the header.
+#[derive(Debug, Clone)]
+pub enum HeaderCond {
+    /// Some value equals this one.
+    Exact(String),
+    /// The header is there (`true`) or absent (`false`).
+    Present(bool),
+    /// Some value matches (unanchored unless the pattern anchors itself).
+    Regex(Regex),
+}
+
+impl HeaderCond {
+    fn holds(&self, headers: &HeaderMap, name: &HeaderName) -> bool {
+        match self {
+            HeaderCond::Exact(value) => header_has(headers, name, value),
+            HeaderCond::Present(want) => headers.contains_key(name) == *want,
+            HeaderCond::Regex(re) => headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| re.is_match(v))),
+        }
+    }
+}
+
+impl fmt::Display for HeaderCond {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderCond::Exact(v) => write!(f, "{v:?}"),
+            HeaderCond::Present(true) => f.write_str("present"),
+            HeaderCond::Present(false) => f.write_str("absent"),
+            HeaderCond::Regex(re) => write!(f, "regex {:?}", re.as_str()),
+        }
+    }
 }
 
 impl RouteSpec {
-    /// How many constraint kinds beyond the path this route uses (0..=4); more
+    /// How many constraint kinds beyond the path this route uses (0..=5); more
     /// is more specific.
     fn constraint_kinds(&self) -> usize {
         [
@@ -68,6 +105,7 @@ impl RouteSpec {
             !self.methods.is_empty(),
             !self.headers.is_empty(),
             !self.query.is_empty(),
+            !self.cookies.is_empty(),
         ]
         .into_iter()
         .filter(|&b| b)
@@ -463,11 +501,15 @@ impl Router {
             && spec
                 .headers
                 .iter()
-                .all(|(name, value)| header_has(req.headers, name, value))
+                .all(|(name, cond)| cond.holds(req.headers, name))
             && spec
                 .query
                 .iter()
                 .all(|(key, value)| query_has(req.query, key, value))
+            && spec
+                .cookies
+                .iter()
+                .all(|(name, value)| cookie_is(req.headers, name, value))
     }
 
     fn first_failed_constraint(
@@ -492,14 +534,14 @@ impl Router {
                 allowed: spec.methods.clone(),
             });
         }
-        if let Some((name, value)) = spec
+        if let Some((name, cond)) = spec
             .headers
             .iter()
-            .find(|(name, value)| !header_has(req.headers, name, value))
+            .find(|(name, cond)| !cond.holds(req.headers, name))
         {
             return Some(Miss::Header {
                 name: name.as_str().to_owned(),
-                expected: value.clone(),
+                expected: cond.to_string(),
                 present: req.headers.contains_key(name),
             });
         }
@@ -512,6 +554,17 @@ impl Router {
                 param: key.clone(),
                 expected: value.clone(),
                 present: query_pairs(req.query).any(|(k, _)| decoded_eq(k, key)),
+            });
+        }
+        if let Some((name, value)) = spec
+            .cookies
+            .iter()
+            .find(|(name, value)| !cookie_is(req.headers, name, value))
+        {
+            return Some(Miss::Cookie {
+                name: name.clone(),
+                expected: value.clone(),
+                present: crate::headers::cookie_value(req.headers, name).is_some(),
             });
         }
         None
@@ -604,6 +657,10 @@ fn header_has(headers: &HeaderMap, name: &HeaderName, value: &str) -> bool {
         .any(|v| v.as_bytes() == value.as_bytes())
 }
 
+fn cookie_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
+    crate::headers::cookie_value(headers, name) == Some(value.as_bytes())
+}
+
 /// `key=value` pairs of a raw query string, still encoded. A pair without `=`
 /// has an empty value; empty pairs (`a=1&&b=2`) are skipped.
 fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
@@ -672,7 +729,13 @@ pub enum Miss {
         method: Method,
         allowed: Vec<Method>,
     },
-    /// Header `name` lacked the expected value (or was absent).
+    /// Cookie `name` lacked the expected value (or was absent).
+    Cookie {
+        name: String,
+        expected: String,
+        present: bool,
+    },
+    /// Header `name` did not meet its condition (`expected` describes it).
     Header {
         name: String,
         expected: String,
@@ -708,12 +771,22 @@ impl fmt::Display for Miss {
                 name,
                 expected,
                 present: true,
-            } => write!(f, "header {name} is not {expected:?}"),
+            } => write!(f, "header {name} is not {expected}"),
             Miss::Header {
                 name,
                 expected,
                 present: false,
-            } => write!(f, "header {name} missing (want {expected:?})"),
+            } => write!(f, "header {name} missing (want {expected})"),
+            Miss::Cookie {
+                name,
+                expected,
+                present: true,
+            } => write!(f, "cookie {name} is not {expected:?}"),
+            Miss::Cookie {
+                name,
+                expected,
+                present: false,
+            } => write!(f, "cookie {name} missing (want {expected:?})"),
             Miss::Query {
                 param,
                 expected,
@@ -743,6 +816,7 @@ mod tests {
             methods: vec![],
             headers: vec![],
             query: vec![],
+            cookies: vec![],
         }
     }
     fn exact(name: &str, p: &str) -> RouteSpec {
@@ -1089,8 +1163,14 @@ mod tests {
     fn headers_have_case_insensitive_names_and_exact_values() {
         let mut v2 = prefix("v2", "/");
         v2.headers = vec![
-            (HeaderName::from_static("x-api-version"), "2".into()),
-            (HeaderName::from_static("x-tenant"), "acme".into()),
+            (
+                HeaderName::from_static("x-api-version"),
+                HeaderCond::Exact("2".into()),
+            ),
+            (
+                HeaderName::from_static("x-tenant"),
+                HeaderCond::Exact("acme".into()),
+            ),
         ];
         check(
             vec![v2],
@@ -1187,7 +1267,10 @@ mod tests {
         let mut hosted = prefix("hosted", "/api");
         hosted.hosts = vec!["api.example.com".into()];
         let mut versioned = prefix("versioned", "/api");
-        versioned.headers = vec![(HeaderName::from_static("x-api-version"), "2".into())];
+        versioned.headers = vec![(
+            HeaderName::from_static("x-api-version"),
+            HeaderCond::Exact("2".into()),
+        )];
         let mut beta = prefix("beta", "/api");
         beta.query = vec![("beta".into(), "1".into())];
         let router = Router::new(vec![
@@ -1243,7 +1326,10 @@ mod tests {
     #[test]
     fn explain_reports_missing_header_and_query() {
         let mut both = exact("both", "/");
-        both.headers = vec![(HeaderName::from_static("x-a"), "1".into())];
+        both.headers = vec![(
+            HeaderName::from_static("x-a"),
+            HeaderCond::Exact("1".into()),
+        )];
         let mut q = exact("q", "/");
         q.query = vec![("k".into(), "v".into())];
         let router = Router::new(vec![both, q]).unwrap();
@@ -1257,6 +1343,64 @@ mod tests {
                 "header x-a missing (want \"1\")",
                 "query parameter k missing (want \"v\")"
             ]
+        );
+    }
+
+    #[test]
+    fn header_presence_regex_and_cookies() {
+        let mut canary = prefix("canary", "/orders");
+        canary.headers = vec![
+            (HeaderName::from_static("x-beta"), HeaderCond::Present(true)),
+            (
+                HeaderName::from_static("x-debug"),
+                HeaderCond::Present(false),
+            ),
+            (
+                HeaderName::from_static("x-version"),
+                HeaderCond::Regex(Regex::new("^v[0-9]+$").unwrap()),
+            ),
+        ];
+        let mut tester = prefix("tester", "/orders");
+        tester.cookies = vec![("tg_tester".into(), "yes".into())];
+        let plain = prefix("plain", "/orders");
+        check(
+            vec![plain, canary, tester],
+            &[
+                (req("GET", None, "/orders/1"), Some("plain")),
+                (
+                    req("GET", None, "/orders/1")
+                        .header("x-beta", "")
+                        .header("x-version", "v12"),
+                    Some("canary"),
+                ),
+                (
+                    req("GET", None, "/orders/1")
+                        .header("x-beta", "1")
+                        .header("x-version", "v12")
+                        .header("x-debug", "1"),
+                    Some("plain"),
+                ),
+                (
+                    req("GET", None, "/orders/1")
+                        .header("x-beta", "1")
+                        .header("x-version", "12"),
+                    Some("plain"),
+                ),
+                (
+                    req("GET", None, "/orders/1").header("cookie", "a=1; tg_tester=yes"),
+                    Some("tester"),
+                ),
+                (
+                    req("GET", None, "/orders/1")
+                        .header("cookie", "a=1")
+                        .header("cookie", "tg_tester=\"yes\""),
+                    Some("tester"),
+                ),
+                (
+                    req("GET", None, "/orders/1").header("cookie", "tg_tester=yess"),
+                    Some("plain"),
+                ),
+            ],
         );
     }
 

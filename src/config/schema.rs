@@ -118,6 +118,7 @@ fn default_listeners() -> Vec<Listener> {
         name: "http".into(),
         bind: "0.0.0.0:8080".into(),
         tls: None,
+        redirect_to_https: false,
     }]
 }
 
@@ -132,6 +133,9 @@ pub struct Listener {
     pub bind: String,
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// Answer every request on this (plain) listener with a redirect to https.
+    #[serde(default)]
+    pub redirect_to_https: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -570,11 +574,23 @@ pub struct Route {
     #[serde(rename = "match")]
     pub matcher: Match,
     #[serde(default)]
-    pub upstream: Option<String>,
+    pub upstream: Option<RouteUpstream>,
     #[serde(default)]
     pub respond: Option<Respond>,
+    /// Answer with a redirect instead of proxying.
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    /// Copy requests to a shadow upstream.
+    #[serde(default)]
+    pub mirror: Option<Mirror>,
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
+    /// Overrides `server.limits.max_body_bytes` for this route.
+    #[serde(default)]
+    pub max_body_bytes: Option<ByteSize>,
+    /// Overrides `server.limits.body_read_timeout` for this route.
+    #[serde(default)]
+    pub body_read_timeout: Option<Duration>,
     #[serde(default)]
     pub auth: Option<Vec<String>>,
     #[serde(default)]
@@ -614,9 +630,169 @@ pub struct Match {
     #[serde(default)]
     pub methods: Option<Vec<String>>,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, HeaderMatch>,
     #[serde(default)]
     pub query: BTreeMap<String, String>,
+    /// Exact cookie values.
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
+}
+
+/// A `match.headers` condition: an exact value, `{present: bool}` or `{regex: …}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum HeaderMatch {
+    Exact(String),
+    Present { present: bool },
+    Regex { regex: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderCondition {
+    #[serde(default)]
+    present: Option<bool>,
+    #[serde(default)]
+    regex: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for HeaderMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HeaderMatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a header value, `{present: true|false}` or `{regex: PATTERN}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HeaderMatch, E> {
+                Ok(HeaderMatch::Exact(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HeaderMatch, E> {
+                Ok(HeaderMatch::Exact(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HeaderMatch, E> {
+                Ok(HeaderMatch::Exact(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<HeaderMatch, A::Error> {
+                let c = HeaderCondition::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                match (c.present, c.regex) {
+                    (Some(present), None) => Ok(HeaderMatch::Present { present }),
+                    (None, Some(regex)) => Ok(HeaderMatch::Regex { regex }),
+                    _ => Err(serde::de::Error::custom(
+                        "give exactly one of `present: true|false` or `regex: PATTERN`",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A route's `upstream`: one upstream by name, or a weighted split.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum RouteUpstream {
+    Name(String),
+    Split(Split),
+}
+
+impl RouteUpstream {
+    /// The upstream names this route sends to.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            RouteUpstream::Name(n) => vec![n.as_str()],
+            RouteUpstream::Split(s) => s.split.iter().map(|s| s.upstream.as_str()).collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteUpstream {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RouteUpstream;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an upstream name, or `{split: [{upstream, weight}, …], sticky}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RouteUpstream, E> {
+                Ok(RouteUpstream::Name(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RouteUpstream, A::Error> {
+                Split::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RouteUpstream::Split)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `upstream: {split: […], sticky: …}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    pub split: Vec<SplitSide>,
+    /// `cookie:<name>`, `header:<name>` or `none`.
+    #[serde(default)]
+    pub sticky: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSide {
+    pub upstream: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `mirror:`: copies of a route's requests to a shadow upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    pub upstream: String,
+    #[serde(default = "default_mirror_percent")]
+    pub percent: f64,
+    #[serde(default = "default_mirror_max_body")]
+    pub max_body: ByteSize,
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_mirror_percent() -> f64 {
+    100.0
+}
+fn default_mirror_max_body() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_mirror_in_flight() -> usize {
+    256
+}
+
+/// `redirect:`: the route answers with a redirect built from the request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub strip_query: bool,
+}
+
+fn default_redirect_status() -> u16 {
+    301
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -643,6 +819,17 @@ pub struct Rewrite {
     pub replace_prefix: Option<ReplacePrefix>,
     #[serde(default)]
     pub host: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<PathRegex>,
+}
+
+/// `rewrite.path_regex`: every match of `pattern` in the path replaced by
+/// `replace` (`$1`, `${1}`, `${name}`, `$$`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRegex {
+    pub pattern: String,
+    pub replace: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -176,3 +176,32 @@ mod tests {
         assert!(check_origin("https://*.example.com").is_err());
     }
 }
+
+/// A cookie name is an RFC 6265 token: visible ASCII without separators.
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+/// A split's `sticky:` setting.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StickyKey<'a> {
+    None,
+    Cookie(&'a str),
+    Header(&'a str),
+}
+
+/// `cookie:<name>`, `header:<name>` or `none`.
+pub fn parse_sticky(s: &str) -> Result<StickyKey<'_>, String> {
+    let bad = || format!("expected cookie:<name>, header:<name> or none, got `{s}`");
+    match s.split_once(':') {
+        None if s == "none" => Ok(StickyKey::None),
+        Some(("cookie", name)) if is_cookie_name(name) => Ok(StickyKey::Cookie(name)),
+        Some(("header", name)) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+            Ok(StickyKey::Header(name))
+        }
+        _ => Err(bad()),
+    }
+}

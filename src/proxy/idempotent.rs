@@ -21,7 +21,7 @@ use crate::idempotency::{
     Answer, Claim, Found, IDEMPOTENT_REPLAYED, Lock, RouteIdempotency, StoreError, applies_to,
     caller, fingerprint, head_bytes, head_digest, read_key, storage_key,
 };
-use crate::snapshot::RequestLimits;
+use crate::snapshot::BodyLimits;
 use crate::upstream::pool::UpstreamBody;
 
 /// A request that holds its key while it is forwarded.
@@ -123,22 +123,17 @@ pub async fn replay(
     answer: Arc<Answer>,
     digest: BodyDigest,
     body: Incoming,
-    limits: &RequestLimits,
+    limits: &BodyLimits,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let digest = Arc::new(digest);
     let received = Arc::default();
     ex.bytes_in = Some(Arc::clone(&received));
-    let mut body = RequestBody::new(
-        body,
-        limits.max_body_bytes,
-        limits.body_read_timeout,
-        received,
-    )
-    .with_digest(digest.clone());
+    let mut body = RequestBody::new(body, limits.max_bytes, limits.read_timeout, received)
+        .with_digest(digest.clone());
     // Read to the end, keeping nothing but the digest.
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        frame.map_err(|e| super::body_error(e, limits.max_body_bytes))?;
+        frame.map_err(|e| super::body_error(e, limits.max_bytes))?;
     }
     let same = digest.get().is_some_and(|d| d == answer.fingerprint);
     if !same {

@@ -7,7 +7,7 @@ pub mod body;
 pub mod compress;
 pub mod grpc;
 pub mod idempotent;
-
+pub mod mirror;
 pub mod record;
 pub mod websocket;
 
@@ -34,7 +34,8 @@ use crate::normalize::path::normalize;
 use crate::policy::{Decision, PolicyContext};
 use crate::router::RequestView;
 use crate::shared::Shared;
-use crate::snapshot::{Action, RequestLimits, Route, Snapshot};
+use crate::snapshot::{Action, BodyLimits, Route, Snapshot};
+use crate::steering::{Origin, Redirect};
 use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
@@ -166,8 +167,9 @@ pub async fn handle(
     let mut last = None;
     for (name, value) in rec.ex.policy.response_headers.drain() {
         match name {
-            // Vary lists what the answer depends on: add to the upstream's.
-            Some(name) if name == header::VARY => {
+            // Vary lists what the answer depends on: add to the upstream's;
+            // a cookie of the gateway's (a split's sticky key) joins the upstream's.
+            Some(name) if name == header::VARY || name == header::SET_COOKIE => {
                 headers.append(name.clone(), value);
                 last = Some(name);
             }
@@ -236,12 +238,15 @@ fn read_target<B>(req: &mut Request<B>, rules: &PathNormalization) -> Result<Tar
 async fn serve(
     mut req: Request<Incoming>,
     target: Target,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     shared: &Shared,
     conn: &ConnInfo,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     admit(&req, snap, shared, conn, ex)?;
+    if !snap.https_redirects.is_empty() && snap.https_redirects.contains(&conn.listener) {
+        return https_redirect(&req, conn, ex);
+    }
     ex.upgrade = websocket::detect(&mut req)?;
     let route = route(&req, &target, snap, ex)?;
     let (mut parts, body) = req.into_parts();
@@ -254,7 +259,17 @@ async fn serve(
             headers,
             body,
         } => return Ok(respond_directly(route, *status, headers, body)),
+        Action::Redirect(redirect) => return redirect_answer(redirect, route, &parts, conn, ex),
         Action::Proxy { upstream } => *upstream,
+        Action::Split(split) => {
+            let choice = split.pick(&parts.headers);
+            if let Some(cookie) = choice.set_cookie {
+                ex.policy
+                    .response_headers
+                    .append(header::SET_COOKIE, cookie);
+            }
+            split.sides()[choice.side].upstream
+        }
     };
     // The key is read and taken before anything of the upstream is claimed:
     // a replay or a refusal costs the upstream nothing.
@@ -264,15 +279,29 @@ async fn serve(
             Admit::Plain => None,
             Admit::Keyed(keyed) => Some(keyed),
             Admit::Replay(answer, digest) => {
-                return idempotent::replay(idem, answer, digest, body, &snap.limits, ex).await;
+                return idempotent::replay(idem, answer, digest, body, &route.body_limits, ex)
+                    .await;
             }
         },
     };
     let declared = declared_length(&parts.headers);
-    let upstream = claim_upstream(snap, upstream_idx, declared, ex)?;
+    let limits = &route.body_limits;
+    let upstream = claim_upstream(snap, upstream_idx, limits, declared, ex)?;
     let path_and_query = upstream_request(&mut parts, route, conn, ex)?;
     let digest = keyed.as_ref().map(|k| &k.digest);
-    let body = outgoing_body(body, upstream, &parts, &snap.limits, declared, digest, ex).await?;
+    // A mirrored request's body is read first (when small enough), so that
+    // the copy can carry it.
+    let mirror = route
+        .mirror
+        .as_ref()
+        .filter(|m| ex.upgrade.is_none() && m.sampled())
+        .and_then(|m| mirror::admit(m, &body, declared));
+    let whole = mirror.is_some();
+    let body = outgoing_body(body, upstream, &parts, limits, declared, digest, whole, ex).await?;
+    if let (Some(slot), Outgoing::Replayable(bytes)) = (mirror, &body) {
+        let copy = mirror::Copy::new(&parts, &path_and_query, bytes.clone(), ex);
+        tokio::spawn(mirror::send(Arc::clone(snap), route_index(ex), copy, slot));
+    }
     // A gRPC client's deadline caps the route's timeout (and still goes upstream).
     let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
     // A keyed answer is stored as the upstream made it, so a replay is the
@@ -286,7 +315,7 @@ async fn serve(
             .timeout
             .unwrap_or(upstream.request_timeout)
             .min(grpc_deadline.unwrap_or(Duration::MAX)),
-        body_limit: snap.limits.max_body_bytes,
+        body_limit: limits.max_bytes,
         keyed: keyed.is_some(),
     };
     let resp = forward(parts, body, upstream, attempt, ex).await?;
@@ -365,6 +394,62 @@ async fn apply_policies(
     route.policies.check(parts, &mut ex.policy).await
 }
 
+/// The index of the route `route` chose.
+fn route_index(ex: &Exchange) -> usize {
+    ex.route.unwrap_or_default()
+}
+
+/// A `redirect:` route's answer: the status, the `Location` built from the
+/// request, the route's response header edits, no body.
+fn redirect_answer(
+    redirect: &Redirect,
+    route: &Route,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+    ex: &Exchange,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let from = origin(parts.uri.path(), parts.uri.query(), conn, ex);
+    let location = redirect.location(&from).ok_or(NO_HOST)?;
+    let mut resp = redirected(redirect.status, location);
+    route.response_headers.apply(resp.headers_mut());
+    Ok(resp)
+}
+
+/// The answer of a `redirect_to_https` listener, before any route.
+fn https_redirect(
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+    ex: &Exchange,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let from = origin(req.uri().path(), req.uri().query(), conn, ex);
+    let (status, location) = crate::steering::to_https(req.method(), &from).ok_or(NO_HOST)?;
+    Ok(redirected(status, location))
+}
+
+const NO_HOST: GatewayError = GatewayError::BadRequest("the request has no host to redirect to");
+
+fn redirected(status: http::StatusCode, location: HeaderValue) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::new()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
+/// What a redirect keeps of the request.
+fn origin<'a>(
+    path: &'a str,
+    query: Option<&'a str>,
+    conn: &ConnInfo,
+    ex: &'a Exchange,
+) -> Origin<'a> {
+    Origin {
+        scheme: if conn.tls { "https" } else { "http" },
+        host: ex.host.as_ref().and_then(|h| h.to_str().ok()),
+        path,
+        query,
+    }
+}
+
 /// A `respond:` route's answer.
 fn respond_directly(
     route: &Route,
@@ -393,10 +478,11 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 fn claim_upstream<'s>(
     snap: &'s Snapshot,
     upstream_idx: usize,
+    limits: &BodyLimits,
     declared: Option<u64>,
     ex: &mut Exchange,
 ) -> Result<&'s Upstream, GatewayError> {
-    let limit = snap.limits.max_body_bytes;
+    let limit = limits.max_bytes;
     if declared.is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
@@ -473,14 +559,18 @@ fn upstream_request(
 
 /// The body as it goes upstream. A small body is read once and kept, so that a
 /// retry can send it again; anything else streams (and is then never retried).
-/// A keyed request's body is hashed on the way (`digest`).
+/// A keyed request's body is hashed on the way (`digest`). `whole`: a body
+/// of declared length is read in full whatever the retries (a mirrored
+/// request's, for its copy; `mirror::admit` checked its size).
+#[allow(clippy::too_many_arguments)]
 async fn outgoing_body(
     body: Incoming,
     upstream: &Upstream,
     parts: &http::request::Parts,
-    limits: &RequestLimits,
+    limits: &BodyLimits,
     declared: Option<u64>,
     digest: Option<&Arc<BodyDigest>>,
+    whole: bool,
     ex: &mut Exchange,
 ) -> Result<Outgoing, GatewayError> {
     // An upgrade request has no body: what follows its head is the tunnel's.
@@ -497,14 +587,10 @@ async fn outgoing_body(
         .is_some_and(|r| r.allows_method(&parts.method) || digest.is_some());
     let received = Arc::new(AtomicU64::new(0));
     ex.bytes_in = Some(received.clone());
-    let body = RequestBody::new(
-        body,
-        limits.max_body_bytes,
-        limits.body_read_timeout,
-        received,
-    );
-    if retryable && declared.is_some_and(|len| len <= MAX_REPLAY_BODY) {
-        let bytes = read_body(body, limits.max_body_bytes).await?;
+    let body = RequestBody::new(body, limits.max_bytes, limits.read_timeout, received);
+    let replayable = retryable && declared.is_some_and(|len| len <= MAX_REPLAY_BODY);
+    if replayable || (whole && declared.is_some()) {
+        let bytes = read_body(body, limits.max_bytes).await?;
         if let Some(d) = digest {
             d.update(&bytes);
             d.finish();

@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use crate::compression::Compression;
 use crate::config::LoadedConfig;
 use crate::config::schema;
+use crate::config::schema::{HeaderMatch, RouteUpstream};
 use crate::config::values::Encoding;
 use crate::config::values::{KeyKind, parse_net};
 use crate::idempotency::RouteIdempotency;
@@ -22,9 +23,10 @@ use crate::policy::rate_limit::{
     LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
 };
 use crate::policy::{NamedPolicies, RouteLimit, RoutePolicies};
-use crate::router::{PathSpec, RouteSpec, Router};
+use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::snapshot::carryover::Carryover;
-use crate::snapshot::{Action, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
+use crate::snapshot::{Action, BodyLimits, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
+use crate::steering::{MirrorPolicy, Redirect, Split, Sticky};
 use crate::upstream::balancer::{Balancer, Strategy};
 use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
 use crate::upstream::health::{DEFAULT_EXPECT, HealthSettings};
@@ -126,22 +128,43 @@ pub fn compile(
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         specs.push(route_spec(r, &path)?);
+        let known = |name: &str, at: String| {
+            upstream_index(name).ok_or_else(|| err(at, format!("unknown upstream `{name}`")))
+        };
         let action = match (&r.upstream, &r.respond) {
-            (Some(up), _) => Action::Proxy {
-                upstream: upstream_index(up).ok_or_else(|| {
-                    err(
-                        format!("{path}.upstream"),
-                        format!("unknown upstream `{up}`"),
-                    )
-                })?,
+            (Some(RouteUpstream::Name(up)), _) => Action::Proxy {
+                upstream: known(up, format!("{path}.upstream"))?,
             },
+            (Some(RouteUpstream::Split(split)), _) => {
+                let sides = split
+                    .split
+                    .iter()
+                    .enumerate()
+                    .map(|(j, side)| {
+                        let at = format!("{path}.upstream.split[{j}].upstream");
+                        let idx = known(&side.upstream, at)?;
+                        Ok((idx, upstreams[idx].name.clone(), side.weight))
+                    })
+                    .collect::<Result<_, CompileError>>()?;
+                let sticky = Sticky::parse(split.sticky.as_deref().unwrap_or("none"))
+                    .map_err(|m| err(format!("{path}.upstream.sticky"), m))?;
+                Action::Split(Box::new(Split::new(sides, sticky)))
+            }
             (None, Some(resp)) => Action::Respond {
                 status: StatusCode::from_u16(resp.status)
                     .map_err(|e| err(format!("{path}.respond.status"), e))?,
                 headers: header_map(&resp.headers, &format!("{path}.respond.headers"))?,
                 body: Bytes::from(resp.body.clone()),
             },
-            (None, None) => return Err(err(path, "a route needs `upstream` or `respond`")),
+            (None, None) => match &r.redirect {
+                Some(rd) => Action::Redirect(redirect(rd, &path)?),
+                None => {
+                    return Err(err(
+                        path,
+                        "a route needs `upstream`, `respond` or `redirect`",
+                    ));
+                }
+            },
         };
         let rewrite = match &r.rewrite {
             None => Rewrite::default(),
@@ -157,13 +180,47 @@ pub fn compile(
                     .map(HeaderValue::from_str)
                     .transpose()
                     .map_err(|e| err(format!("{path}.rewrite.host"), e))?,
+                regex: rw
+                    .path_regex
+                    .as_ref()
+                    .map(|p| {
+                        regex::Regex::new(&p.pattern)
+                            .map(|re| (re, p.replace.clone()))
+                            .map_err(|e| err(format!("{path}.rewrite.path_regex.pattern"), e))
+                    })
+                    .transpose()?,
             },
         };
+        let mirror = r
+            .mirror
+            .as_ref()
+            .map(|m| {
+                let upstream = known(&m.upstream, format!("{path}.mirror.upstream"))?;
+                Ok(MirrorPolicy::new(
+                    upstream,
+                    m.percent,
+                    m.max_body.0,
+                    m.max_in_flight,
+                    metrics.mirror(&r.name),
+                ))
+            })
+            .transpose()?;
         routes.push(Route {
             name: r.name.as_str().into(),
             action,
             rewrite,
             timeout: r.timeout.map(|t| t.get()),
+            body_limits: BodyLimits {
+                max_bytes: r
+                    .max_body_bytes
+                    .unwrap_or(cfg.server.limits.max_body_bytes)
+                    .0,
+                read_timeout: r
+                    .body_read_timeout
+                    .unwrap_or(cfg.server.limits.body_read_timeout)
+                    .get(),
+            },
+            mirror,
             policies: {
                 let mut policies = RoutePolicies::compile(r, &path, &named, metrics)
                     .map_err(|(p, m)| err(p, m))?;
@@ -253,6 +310,36 @@ pub fn compile(
         jwks: named.jwks_sources(),
         #[cfg(feature = "otel")]
         spans: span_exporter(cfg, metrics, carry)?,
+        https_redirects: cfg
+            .server
+            .listeners
+            .iter()
+            .filter(|l| l.redirect_to_https)
+            .map(|l| l.name.as_str().into())
+            .collect(),
+    })
+}
+
+/// A route's `redirect:` as the request path uses it.
+fn redirect(rd: &crate::config::schema::Redirect, path: &str) -> Result<Redirect, CompileError> {
+    let scheme = match rd.scheme.as_deref() {
+        None => None,
+        Some("http") => Some("http"),
+        Some("https") => Some("https"),
+        Some(other) => {
+            return Err(err(
+                format!("{path}.redirect.scheme"),
+                format!("expected http or https, got `{other}`"),
+            ));
+        }
+    };
+    Ok(Redirect {
+        scheme,
+        host: rd.host.clone(),
+        path: rd.path.clone(),
+        status: StatusCode::from_u16(rd.status)
+            .map_err(|e| err(format!("{path}.redirect.status"), e))?,
+        strip_query: rd.strip_query,
     })
 }
 
@@ -510,11 +597,18 @@ fn route_spec(r: &schema::Route, path: &str) -> Result<RouteSpec, CompileError> 
         .headers
         .iter()
         .map(|(k, v)| {
-            HeaderName::from_bytes(k.as_bytes())
-                .map(|n| (n, v.clone()))
-                .map_err(|e| err(format!("{path}.match.headers.{k}"), e))
+            let at = || format!("{path}.match.headers.{k}");
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| err(at(), e))?;
+            let cond = match v {
+                HeaderMatch::Exact(v) => HeaderCond::Exact(v.clone()),
+                HeaderMatch::Present { present } => HeaderCond::Present(*present),
+                HeaderMatch::Regex { regex } => {
+                    HeaderCond::Regex(regex::Regex::new(regex).map_err(|e| err(at(), e))?)
+                }
+            };
+            Ok((name, cond))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, CompileError>>()?;
     Ok(RouteSpec {
         name: r.name.clone(),
         path: path_spec,
@@ -528,6 +622,11 @@ fn route_spec(r: &schema::Route, path: &str) -> Result<RouteSpec, CompileError> 
         headers,
         query: m
             .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        cookies: m
+            .cookies
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),

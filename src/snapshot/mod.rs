@@ -19,6 +19,7 @@ use crate::policy::RoutePolicies;
 use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::router::Router;
+use crate::steering::{MirrorPolicy, Redirect, Split};
 use crate::upstream::Upstream;
 
 pub struct Snapshot {
@@ -47,6 +48,8 @@ pub struct Snapshot {
     /// OTLP span export (`tracing.otlp_endpoint`), when configured.
     #[cfg(feature = "otel")]
     pub spans: Option<Arc<crate::otel::SpanExporter>>,
+    /// The listeners with `redirect_to_https` (usually none).
+    pub https_redirects: Vec<Arc<str>>,
 }
 
 /// Per-request limits from `server.limits`.
@@ -60,11 +63,22 @@ pub struct RequestLimits {
     pub idle_timeout: Duration,
 }
 
+/// How much of a request body a route reads, and how patiently: the route's
+/// `max_body_bytes` / `body_read_timeout`, else `server.limits`'.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: u64,
+    pub read_timeout: Duration,
+}
+
 pub struct Route {
     pub name: Arc<str>,
     pub action: Action,
     pub rewrite: Rewrite,
     pub timeout: Option<Duration>,
+    pub body_limits: BodyLimits,
+    /// `mirror:`: copies of some requests to a shadow upstream.
+    pub mirror: Option<MirrorPolicy>,
     pub policies: RoutePolicies,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -78,6 +92,10 @@ pub struct Route {
 pub enum Action {
     /// Forward to `snapshot.upstreams[upstream]`.
     Proxy { upstream: usize },
+    /// Forward to one side of a weighted split.
+    Split(Box<Split>),
+    /// Answer with a redirect built from the request.
+    Redirect(Redirect),
     /// Answer directly, without an upstream.
     Respond {
         status: StatusCode,
@@ -93,11 +111,24 @@ pub struct Rewrite {
     pub prefix: Option<(String, String)>,
     /// The upstream Host header; the client's when absent.
     pub host: Option<HeaderValue>,
+    /// `path_regex`: every match of the pattern replaced by the template.
+    pub regex: Option<(regex::Regex, String)>,
 }
 
 impl Rewrite {
     /// The upstream path for `path`, or `None` when it is unchanged.
     pub fn path(&self, path: &str) -> Option<String> {
+        if let Some((re, replace)) = &self.regex {
+            let out = match re.replace_all(path, replace.as_str()) {
+                std::borrow::Cow::Borrowed(_) => return None,
+                std::borrow::Cow::Owned(out) => out,
+            };
+            return Some(if out.starts_with('/') {
+                out
+            } else {
+                format!("/{out}")
+            });
+        }
         let (from, to) = self.prefix.as_ref()?;
         let rest = strip_segments(path, from)?;
         let on_boundary = from.ends_with('/') || rest.is_empty() || rest.starts_with('/');
@@ -178,7 +209,23 @@ mod tests {
         Rewrite {
             prefix: Some((from.into(), to.into())),
             host: None,
+            regex: None,
         }
+    }
+
+    #[test]
+    fn regex_rewrites_replace_every_match_and_keep_other_paths() {
+        let rw = |pattern: &str, replace: &str| Rewrite {
+            regex: Some((regex::Regex::new(pattern).unwrap(), replace.into())),
+            ..Rewrite::default()
+        };
+        let users = rw("^/v1/users/([0-9]+)$", "/users/$1");
+        assert_eq!(users.path("/v1/users/42").as_deref(), Some("/users/42"));
+        assert_eq!(users.path("/v1/users/x"), None);
+        let braces = rw("^/a/(?P<id>[^/]+)/b$", "/b/${id}x");
+        assert_eq!(braces.path("/a/7/b").as_deref(), Some("/b/7x"));
+        assert_eq!(rw("-", "_").path("/a-b/c-d").as_deref(), Some("/a_b/c_d"));
+        assert_eq!(rw("^/api", "").path("/api").as_deref(), Some("/"));
     }
 
     #[test]

@@ -20,9 +20,10 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::header::COOKIE;
 use http::{HeaderMap, HeaderName};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::headers::cookie_value;
 
 /// The longest precomputed round-robin sequence. Weights whose (gcd-reduced)
 /// sum exceeds it are scaled down proportionally, trading a little precision
@@ -76,12 +77,7 @@ impl FromStr for Strategy {
                 .map_err(|_| ParseStrategyError::BadHeaderName(name.to_owned()));
         }
         if let Some(name) = s.strip_prefix("cookie_hash:") {
-            // A cookie name is an RFC 6265 token: visible ASCII without separators.
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-            return if valid {
+            return if crate::config::values::is_cookie_name(name) {
                 Ok(Strategy::CookieHash(name.to_owned()))
             } else {
                 Err(ParseStrategyError::BadCookieName(name.to_owned()))
@@ -336,7 +332,7 @@ fn scan_from(start: usize, n: usize) -> impl Iterator<Item = usize> {
 /// The weighted rendezvous score `w / -ln(u)` with `u` uniform in (0, 1):
 /// the target with the highest score is then chosen with probability
 /// proportional to its weight.
-fn weighted_score(hash: u64, weight: u32) -> f64 {
+pub(crate) fn weighted_score(hash: u64, weight: u32) -> f64 {
     // The top 53 bits as a float strictly inside (0, 1).
     let u = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     f64::from(weight) / -u.ln()
@@ -348,29 +344,6 @@ fn ip_key(ip: IpAddr) -> u64 {
         IpAddr::V4(v4) => xxh3_64(&v4.octets()),
         IpAddr::V6(v6) => xxh3_64(&v6.octets()),
     }
-}
-
-/// The value of cookie `name` from the `Cookie` header(s) (`a=1; session=xyz`;
-/// HTTP/2 clients may send one header per cookie). Surrounding double quotes
-/// are dropped; an empty value counts as absent.
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|header| header.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            if pair[..eq].trim_ascii() != name.as_bytes() {
-                return None;
-            }
-            let value = pair[eq + 1..].trim_ascii();
-            let value = value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(value);
-            Some(value)
-        })
-        .filter(|v| !v.is_empty())
 }
 
 /// NGINX's smooth weighted round robin, unrolled into a sequence once so

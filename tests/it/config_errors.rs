@@ -111,7 +111,7 @@ routes:
     assert_eq!(
         all[3].to_string(),
         "tollgate.yaml:13:7: routes[0].match.pat: unknown key `pat`; expected one of hosts, \
-         path, path_prefix, path_regex, methods, headers, query (did you mean `path`?)"
+         path, path_prefix, path_regex, methods, headers, query, cookies (did you mean `path`?)"
     );
 }
 

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "policy",
             "upstream",
             "idempotency",
+            "steering",
         ],
     ),
     ("state", &["snapshot", "shared"]),

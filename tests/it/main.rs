@@ -28,6 +28,7 @@ mod lifecycle;
 mod limits;
 mod observability;
 // OTLP export is the cargo feature `otel` (off by default).
+mod mirror;
 #[cfg(feature = "otel")]
 mod otel;
 mod proxy;
@@ -35,6 +36,8 @@ mod rate_limit;
 mod reload;
 mod reload_scale;
 mod resilience;
+mod steering;
+mod steering_config;
 mod streaming;
 mod tls;
 mod upstream_failures;

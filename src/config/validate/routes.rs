@@ -6,7 +6,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::{Checker, MANAGED_HEADERS, check_method};
 use crate::config::positions::{child, item};
-use crate::config::schema::{Config, HeaderOps, Match, Route};
+use crate::config::schema::{Config, HeaderMatch, HeaderOps, Match, Route, RouteUpstream};
 use crate::config::suggest;
 use crate::config::values::Encoding;
 
@@ -208,7 +208,27 @@ impl Checker {
         }
         let headers = child(at, "headers");
         for (name, value) in &m.headers {
-            self.header(&headers, name, Some(value));
+            match value {
+                HeaderMatch::Exact(v) => self.header(&headers, name, Some(v)),
+                HeaderMatch::Present { .. } => self.header(&headers, name, None),
+                HeaderMatch::Regex { regex } => {
+                    self.header(&headers, name, None);
+                    if let Err(e) = regex::Regex::new(regex) {
+                        self.err(
+                            child(&child(&headers, name), "regex"),
+                            format!("invalid regex: {}", regex_reason(&e)),
+                        );
+                    }
+                }
+            }
+        }
+        for name in m.cookies.keys() {
+            if !crate::config::values::is_cookie_name(name) {
+                self.err(
+                    child(&child(at, "cookies"), name),
+                    format!("`{name}` is not a valid cookie name"),
+                );
+            }
         }
         for name in m.query.keys() {
             if name.is_empty() {
@@ -217,49 +237,83 @@ impl Checker {
         }
     }
 
-    /// Where the route sends the request: exactly one of `upstream` or `respond`.
+    /// Where the route sends the request: exactly one of `upstream`,
+    /// `respond` or `redirect`; then what only a proxied route may have.
     pub(super) fn action(&mut self, at: &str, route: &Route, config: &Config) {
-        match (&route.upstream, &route.respond) {
-            (Some(_), Some(_)) => {
-                self.err(at, "give either `upstream` or `respond`, not both");
+        let given: Vec<&str> = [
+            ("upstream", route.upstream.is_some()),
+            ("respond", route.respond.is_some()),
+            ("redirect", route.redirect.is_some()),
+        ]
+        .iter()
+        .filter(|k| k.1)
+        .map(|k| k.0)
+        .collect();
+        match given.len() {
+            0 => self.err(
+                at,
+                "needs one of `upstream` (proxy), `respond` (direct response) or `redirect`",
+            ),
+            1 => {}
+            _ => self.err(
+                at,
+                format!(
+                    "give one of upstream, respond or redirect; got {}",
+                    given.join(" and ")
+                ),
+            ),
+        }
+        match &route.upstream {
+            Some(RouteUpstream::Name(name)) => {
+                self.upstream_name(&child(at, "upstream"), name, config);
             }
-            (None, None) => {
+            Some(RouteUpstream::Split(split)) => self.split(&child(at, "upstream"), split, config),
+            None => {}
+        }
+        if let Some(respond) = &route.respond {
+            let respond_at = child(at, "respond");
+            if !(100..=599).contains(&respond.status) {
                 self.err(
-                    at,
-                    "needs either `upstream` (proxy) or `respond` (direct response)",
+                    child(&respond_at, "status"),
+                    format!(
+                        "must be an HTTP status from 100 to 599, got {}",
+                        respond.status
+                    ),
                 );
             }
-            (Some(name), None) => {
-                if !config.upstreams.contains_key(name) {
-                    let hint = suggest::hint(name, config.upstreams.keys().map(String::as_str));
+            let headers = child(&respond_at, "headers");
+            for (name, value) in &respond.headers {
+                self.header(&headers, name, Some(value));
+                if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                     self.err(
-                        child(at, "upstream"),
-                        format!("unknown upstream `{name}`{hint}"),
+                        child(&headers, name),
+                        format!("`{name}` is managed by the gateway and cannot be set"),
                     );
                 }
             }
-            (None, Some(respond)) => {
-                let respond_at = child(at, "respond");
-                if !(100..=599).contains(&respond.status) {
-                    self.err(
-                        child(&respond_at, "status"),
-                        format!(
-                            "must be an HTTP status from 100 to 599, got {}",
-                            respond.status
-                        ),
-                    );
-                }
-                let headers = child(&respond_at, "headers");
-                for (name, value) in &respond.headers {
-                    self.header(&headers, name, Some(value));
-                    if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                        self.err(
-                            child(&headers, name),
-                            format!("`{name}` is managed by the gateway and cannot be set"),
-                        );
-                    }
-                }
+        }
+        if let Some(redirect) = &route.redirect {
+            self.redirect(&child(at, "redirect"), redirect);
+        }
+        if let Some(mirror) = &route.mirror {
+            self.mirror(&child(at, "mirror"), mirror, route, config);
+        }
+        for (key, set) in [
+            ("max_body_bytes", route.max_body_bytes.is_some()),
+            ("body_read_timeout", route.body_read_timeout.is_some()),
+        ] {
+            if set && route.upstream.is_none() {
+                self.err(
+                    child(at, key),
+                    format!("{key} only applies to routes with an `upstream` (the body is read only to forward it)"),
+                );
             }
+        }
+        if route.max_body_bytes.is_some_and(|b| b.0 == 0) {
+            self.err(child(at, "max_body_bytes"), "must be above zero");
+        }
+        if route.body_read_timeout.is_some_and(|t| t.get().is_zero()) {
+            self.err(child(at, "body_read_timeout"), "must be above zero");
         }
 
         let Some(rewrite) = &route.rewrite else {
@@ -300,6 +354,152 @@ impl Checker {
                 child(&rewrite_at, "host"),
                 format!("expected a host name, optionally with a port, got `{host}`"),
             );
+        }
+        if let Some(pr) = &rewrite.path_regex {
+            let pr_at = child(&rewrite_at, "path_regex");
+            if rewrite.strip_prefix.is_some() || rewrite.replace_prefix.is_some() {
+                self.err(
+                    &pr_at,
+                    "give one path rewrite: path_regex, strip_prefix or replace_prefix",
+                );
+            }
+            match regex::Regex::new(&pr.pattern) {
+                Err(e) => self.err(
+                    child(&pr_at, "pattern"),
+                    format!("invalid regex: {}", regex_reason(&e)),
+                ),
+                Ok(re) => {
+                    if let Err(e) = check_replacement(&re, &pr.replace) {
+                        self.err(child(&pr_at, "replace"), e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An upstream a route names: it must exist.
+    fn upstream_name(&mut self, at: &str, name: &str, config: &Config) {
+        if !config.upstreams.contains_key(name) {
+            let hint = suggest::hint(name, config.upstreams.keys().map(String::as_str));
+            self.err(at, format!("unknown upstream `{name}`{hint}"));
+        }
+    }
+
+    /// `upstream: {split, sticky}`: known upstreams, each once, weights above zero in sum.
+    fn split(&mut self, at: &str, split: &crate::config::schema::Split, config: &Config) {
+        let sides = child(at, "split");
+        if split.split.is_empty() {
+            self.err(
+                &sides,
+                "list at least one side: {upstream: NAME, weight: N}",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, side) in split.split.iter().enumerate() {
+            let side_at = item(&sides, i);
+            self.upstream_name(&child(&side_at, "upstream"), &side.upstream, config);
+            if !seen.insert(side.upstream.as_str()) {
+                self.err(
+                    child(&side_at, "upstream"),
+                    format!(
+                        "`{}` is already a side of this split; give it one weight",
+                        side.upstream
+                    ),
+                );
+            }
+        }
+        if !split.split.is_empty() && split.split.iter().all(|s| s.weight == 0) {
+            self.err(
+                &sides,
+                "the weights add up to 0: give at least one side a weight above 0",
+            );
+        }
+        if let Some(sticky) = &split.sticky
+            && let Err(e) = crate::config::values::parse_sticky(sticky)
+        {
+            self.err(child(at, "sticky"), e);
+        }
+    }
+
+    /// `redirect:`: a known scheme and status, and something to change.
+    fn redirect(&mut self, at: &str, r: &crate::config::schema::Redirect) {
+        if let Some(scheme) = &r.scheme
+            && scheme != "http"
+            && scheme != "https"
+        {
+            let hint = suggest::hint(scheme, ["http", "https"]);
+            self.err(
+                child(at, "scheme"),
+                format!("expected http or https, got `{scheme}`{hint}"),
+            );
+        }
+        if ![301, 302, 303, 307, 308].contains(&r.status) {
+            self.err(
+                child(at, "status"),
+                format!(
+                    "a redirect status is 301, 302, 303, 307 or 308, got {}",
+                    r.status
+                ),
+            );
+        }
+        if let Some(host) = &r.host
+            && (host.parse::<http::uri::Authority>().is_err() || host.contains('@'))
+        {
+            self.err(
+                child(at, "host"),
+                format!("expected a host name, optionally with a port, got `{host}`"),
+            );
+        }
+        if let Some(path) = &r.path
+            && (!path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err())
+        {
+            self.err(
+                child(at, "path"),
+                format!("must be a path starting with `/`, got `{path}`"),
+            );
+        }
+        if r.scheme.is_none() && r.host.is_none() && r.path.is_none() && !r.strip_query {
+            self.err(
+                at,
+                "the redirect changes nothing: give a scheme, host or path (or strip_query: true)",
+            );
+        }
+    }
+
+    /// `mirror:`: another known upstream than the route's own, a share of 0-100.
+    fn mirror(
+        &mut self,
+        at: &str,
+        m: &crate::config::schema::Mirror,
+        route: &Route,
+        config: &Config,
+    ) {
+        let Some(up) = &route.upstream else {
+            self.err(at, "mirror only applies to routes with an `upstream`");
+            return;
+        };
+        self.upstream_name(&child(at, "upstream"), &m.upstream, config);
+        if up.names().contains(&m.upstream.as_str()) {
+            let what = match up {
+                RouteUpstream::Name(_) => "the route's own upstream",
+                RouteUpstream::Split(_) => "a side of this route's split",
+            };
+            self.err(
+                child(at, "upstream"),
+                format!(
+                    "`{}` is {what}: a mirror copies traffic to another upstream",
+                    m.upstream
+                ),
+            );
+        }
+        if !(m.percent > 0.0 && m.percent <= 100.0) {
+            self.err(
+                child(at, "percent"),
+                format!("must be above 0 and at most 100, got {}", m.percent),
+            );
+        }
+        if m.max_in_flight == 0 {
+            self.err(child(at, "max_in_flight"), "must be above zero");
         }
     }
 
@@ -365,6 +565,66 @@ pub(super) fn check_host_pattern(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Every group a `path_regex.replace` names exists in the pattern. The
+/// regex crate reads `$name` greedily (`$1a` is the group `1a`), so such a
+/// slip is named with the `${1}a` spelling that was meant (`$${1}a` in the
+/// file, where `${…}` alone is an environment variable).
+pub(super) fn check_replacement(re: &regex::Regex, replace: &str) -> Result<(), String> {
+    let bytes = replace.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        if bytes.get(i + 1) == Some(&b'$') {
+            i += 2;
+            continue;
+        }
+        let (name, braced, next) = if bytes.get(i + 1) == Some(&b'{') {
+            match replace[i + 2..].find('}') {
+                Some(end) => (&replace[i + 2..i + 2 + end], true, i + 3 + end),
+                None => return Err(format!("`${{` at byte {i} is not closed with `}}`")),
+            }
+        } else {
+            let len = replace[i + 1..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            (&replace[i + 1..i + 1 + len], false, i + 1 + len)
+        };
+        if name.is_empty() {
+            return Err(format!(
+                "`$` at byte {i} names no group; write `$$` for a literal `$`"
+            ));
+        }
+        let exists = match name.parse::<usize>() {
+            Ok(n) => n < re.captures_len(),
+            Err(_) => re.capture_names().flatten().any(|n| n == name),
+        };
+        if !exists {
+            let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+            let hint = if !braced && digits > 0 && digits < name.len() {
+                // `${` is environment substitution in the file: `$${` is its escape.
+                format!(
+                    " (did you mean `$${{{}}}{}`? `${{…}}` alone is an environment variable)",
+                    &name[..digits],
+                    &name[digits..]
+                )
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "no group `{name}` in the pattern (it has {} numbered group{}){hint}",
+                re.captures_len() - 1,
+                if re.captures_len() == 2 { "" } else { "s" }
+            ));
+        }
+        i = next;
+    }
+    Ok(())
+}
+
 /// The regex crate's message without its multi-line ASCII-art pointer.
 pub(super) fn regex_reason(e: &regex::Error) -> String {
     let text = e.to_string();
@@ -393,6 +653,29 @@ mod tests {
                 .contains("did you mean `GET`")
         );
         assert!(check_method("GE T").is_err());
+    }
+
+    #[test]
+    fn replacement_groups_must_exist() {
+        let re = regex::Regex::new("^/v1/users/([0-9]+)(?P<rest>/.*)?$").unwrap();
+        for ok in [
+            "/users/$1",
+            "/u/${1}x",
+            "$rest",
+            "${rest}",
+            "/$$1",
+            "/plain",
+            "$0",
+        ] {
+            assert!(check_replacement(&re, ok).is_ok(), "{ok}");
+        }
+        let e = check_replacement(&re, "/users/$3").unwrap_err();
+        assert!(e.contains("no group `3`"), "{e}");
+        let e = check_replacement(&re, "/users/$1a").unwrap_err();
+        assert!(e.contains("did you mean `$${1}a`"), "{e}");
+        assert!(check_replacement(&re, "/x/${1").is_err());
+        assert!(check_replacement(&re, "/x/$").is_err());
+        assert!(check_replacement(&re, "/x/${nope}").is_err());
     }
 
     #[test]

@@ -28,6 +28,12 @@ impl Checker {
                 );
             }
             self.bind(&child(&at, "bind"), &l.bind);
+            if l.redirect_to_https && l.tls.is_some() {
+                self.err(
+                    child(&at, "redirect_to_https"),
+                    "this listener already serves TLS; redirect_to_https is for a plain one (port 80)",
+                );
+            }
             if let Some(tls) = &l.tls {
                 self.listener_tls(&child(&at, "tls"), tls);
             }

@@ -948,6 +948,26 @@ impl Conn {
     }
 
     /// `GET path` with this `Host` header, on the kept-alive connection.
+    /// `GET path` with these headers (a `Host` of the gateway's address unless
+    /// one is given); panics when no answer comes in time.
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut b = Request::get(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header(http::header::HOST, self.authority.as_str());
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(empty()).expect("request");
+        tokio::time::timeout(WAIT, async {
+            self.sender.ready().await.expect("connection ready");
+            let resp = self.sender.send_request(req).await.expect("request");
+            collect(resp).await.expect("response body")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: no response in time"))
+    }
+
     pub async fn get_host(&mut self, path: &str, host: &str) -> Result<Resp, String> {
         let req = Request::get(path)
             .header(http::header::HOST, host)
@@ -1039,6 +1059,26 @@ impl RawReply {
 }
 
 /// Connects, sends `bytes`, and reads until the server closes or `wait` passes.
+/// POSTs to `path` a head announcing 100 body bytes, sends 10 and stalls:
+/// asserts that the answer is 408 `request_timeout` after at least `limit`
+/// (and well before the 3 s the client waits).
+pub async fn assert_stalled_body_times_out(addr: SocketAddr, path: &str, limit: Duration) {
+    let started = std::time::Instant::now();
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789");
+    let reply = raw(addr, head.as_bytes(), Duration::from_secs(3)).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status(), Some(408), "{}", reply.text());
+    assert!(
+        reply.text().contains("\"request_timeout\""),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        took >= limit && took < limit + Duration::from_millis(1200),
+        "{took:?}"
+    );
+}
+
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> RawReply {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(bytes).await.expect("write");
