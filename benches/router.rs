@@ -28,6 +28,7 @@ fn route(name: String, path: PathSpec) -> RouteSpec {
         methods: vec![],
         headers: vec![],
         query: vec![],
+        cookies: vec![],
     }
 }
 
