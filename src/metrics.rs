@@ -45,6 +45,7 @@ pub struct Metrics {
     compressed_total: IntCounterVec,
     idempotency_total: IntCounterVec,
     mirror_total: IntCounterVec,
+    outlier_ejections: IntCounterVec,
     jwks_age: GaugeVec,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
@@ -365,6 +366,14 @@ impl Metrics {
             &["route", "result"],
         )?;
         registry.register(Box::new(mirror_total.clone()))?;
+        let outlier_ejections = IntCounterVec::new(
+            Opts::new(
+                "tollgate_outlier_ejections_total",
+                "Targets ejected by passive health, by upstream, target and reason (5xx, connect_error).",
+            ),
+            &["upstream", "target", "reason"],
+        )?;
+        registry.register(Box::new(outlier_ejections.clone()))?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
                 "tollgate_rate_limited_total",
@@ -437,6 +446,7 @@ impl Metrics {
             compressed_total,
             idempotency_total,
             mirror_total,
+            outlier_ejections,
             #[cfg(feature = "otel")]
             spans,
         })
@@ -518,6 +528,15 @@ impl Metrics {
             not_stored: c("not_stored"),
             store_error: c("store_error"),
         }
+    }
+
+    /// The `tollgate_outlier_ejections_total` counters of one target: [5xx, connect_error].
+    pub fn ejections(&self, upstream: &str, target: &str) -> [IntCounter; 2] {
+        let c = |reason: &str| {
+            self.outlier_ejections
+                .with_label_values(&[upstream, target, reason])
+        };
+        [c("5xx"), c("connect_error")]
     }
 
     /// The `tollgate_mirror_requests_total` counters of one route.

@@ -224,6 +224,33 @@ pub struct Upstream {
     pub circuit_breaker: Option<CircuitBreaker>,
     #[serde(default)]
     pub retries: Option<Retries>,
+    /// Passive health: eject targets that fail real traffic.
+    #[serde(default)]
+    pub outlier: Option<Outlier>,
+}
+
+/// `upstreams.<name>.outlier`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    #[serde(default = "default_outlier_5xx")]
+    pub consecutive_5xx: u32,
+    #[serde(default = "default_outlier_connect")]
+    pub consecutive_connect_errors: u32,
+    #[serde(default = "default_open_for")]
+    pub base_ejection: Duration,
+    #[serde(default = "default_outlier_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_outlier_5xx() -> u32 {
+    5
+}
+fn default_outlier_connect() -> u32 {
+    3
+}
+fn default_outlier_percent() -> u32 {
+    50
 }
 
 fn default_balance() -> String {

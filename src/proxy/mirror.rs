@@ -21,6 +21,7 @@ use crate::snapshot::Snapshot;
 use crate::steering::{MirrorPolicy, MirrorSlot, shadow_host};
 use crate::upstream::balancer::PickContext;
 use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
+use crate::upstream::outlier::Seen;
 use crate::upstream::{Target, Upstream};
 
 /// Whether a sampled request can be mirrored: its body is empty or of a
@@ -156,7 +157,12 @@ async fn exchange(up: &Upstream, copy: Copy) -> Sent {
             } else {
                 Outcome::Success
             });
-            up.record_attempt(idx, Some(failed), done);
+            let seen = if status >= 500 {
+                Seen::Http5xx
+            } else {
+                Seen::Success
+            };
+            up.record_attempt(idx, Some(failed), seen, done);
             let mut body = resp.into_body();
             while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
                 if frame.is_err() {
@@ -166,11 +172,14 @@ async fn exchange(up: &Upstream, copy: Copy) -> Sent {
             Sent::Answered(status)
         }
         Err(e) => {
-            target.metrics.record(match e {
-                crate::upstream::pool::SendError::Connect(_) => Outcome::ConnectError,
-                _ => Outcome::Reset,
-            });
-            up.record_attempt(idx, Some(true), done);
+            let (outcome, seen) = match e {
+                crate::upstream::pool::SendError::Connect(_) => {
+                    (Outcome::ConnectError, Seen::ConnectError)
+                }
+                _ => (Outcome::Reset, Seen::Other),
+            };
+            target.metrics.record(outcome);
+            up.record_attempt(idx, Some(true), seen, done);
             Sent::Failed
         }
     }

@@ -39,6 +39,7 @@ use crate::steering::{Origin, Redirect};
 use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
+use crate::upstream::outlier::Seen;
 use crate::upstream::pool::{BodyErrorKind, SendError, UpstreamBody};
 use crate::upstream::retry::{MAX_REPLAY_BODY, RetryReason};
 use body::ResponseBody;
@@ -750,19 +751,24 @@ async fn forward(
                 } else {
                     Outcome::Success
                 });
-                upstream.record_attempt(idx, Some(failure_status(status)), done);
+                let seen = if status >= 500 {
+                    Seen::Http5xx
+                } else {
+                    Seen::Success
+                };
+                upstream.record_attempt(idx, Some(failure_status(status)), seen, done);
                 (Ok(resp), RetryReason::Status(status))
             }
             Ok(Err(SendError::ClientBody(kind))) => {
-                upstream.record_attempt(idx, None, done);
+                upstream.record_attempt(idx, None, Seen::Other, done);
                 return Err(client_body_error(kind, at.body_limit));
             }
             Ok(Err(e)) => {
-                let reason = match &e {
-                    SendError::Connect(_) => RetryReason::ConnectError,
-                    _ => RetryReason::Reset,
+                let (reason, seen) = match &e {
+                    SendError::Connect(_) => (RetryReason::ConnectError, Seen::ConnectError),
+                    _ => (RetryReason::Reset, Seen::Other),
                 };
-                upstream.record_attempt(idx, Some(true), done);
+                upstream.record_attempt(idx, Some(true), seen, done);
                 (
                     Err(send_error(e, &upstream.name, target, parts.uri.path())),
                     reason,
@@ -770,7 +776,7 @@ async fn forward(
             }
             Err(_elapsed) => {
                 target.metrics.record(Outcome::Timeout);
-                upstream.record_attempt(idx, Some(true), done);
+                upstream.record_attempt(idx, Some(true), Seen::Other, done);
                 let err = GatewayError::UpstreamTimeout {
                     upstream: upstream.name.to_string(),
                     timeout_ms: duration_ms(limit),

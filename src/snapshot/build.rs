@@ -30,6 +30,7 @@ use crate::steering::{MirrorPolicy, Redirect, Split, Sticky};
 use crate::upstream::balancer::{Balancer, Strategy};
 use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
 use crate::upstream::health::{DEFAULT_EXPECT, HealthSettings};
+use crate::upstream::outlier::OutlierSettings;
 use crate::upstream::pool::{PoolSettings, Protocol, TlsSettings};
 use crate::upstream::retry::{
     DEFAULT_BACKOFF, DEFAULT_BUDGET_PERCENT, DEFAULT_METHODS, DEFAULT_ON, RetryPolicy,
@@ -429,6 +430,7 @@ fn compile_upstream(
             .set(state.circuit.state().gauge());
         targets.push(Target {
             url: t.url.as_str().into(),
+            ejections: up.outlier.as_ref().map(|_| metrics.ejections(name, &label)),
             metrics: target_metrics,
             state,
             endpoint: client.endpoint(&scheme, &authority),
@@ -458,6 +460,13 @@ fn compile_upstream(
             open_for: c.open_for.get(),
             half_open_max_requests: c.half_open_max_requests,
         }),
+        outlier: up.outlier.as_ref().map(|o| OutlierSettings {
+            consecutive_5xx: o.consecutive_5xx,
+            consecutive_connect_errors: o.consecutive_connect_errors,
+            base_ejection: o.base_ejection.get(),
+            max_ejection_percent: o.max_ejection_percent,
+        }),
+        eject_lock: Default::default(),
         retry: up
             .retries
             .as_ref()

@@ -9,6 +9,7 @@ pub mod balancer;
 pub mod circuit;
 pub mod h2;
 pub mod health;
+pub mod outlier;
 pub mod pool;
 pub mod report;
 pub mod retry;
@@ -26,6 +27,7 @@ use crate::metrics::TargetMetrics;
 use balancer::{Balancer, PickContext};
 use circuit::{Circuit, CircuitSettings, CircuitState};
 use health::HealthSettings;
+use outlier::{Outlier, OutlierSettings, Seen};
 use pool::{PoolSettings, UpstreamClient};
 use retry::{RetryBudget, RetryPolicy};
 
@@ -41,6 +43,8 @@ pub struct TargetState {
     /// timeout, reset, 5xx), for `/upstreams`.
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Passive health (`outlier`); ignored when the upstream has none.
+    pub outlier: Outlier,
 }
 
 impl Default for TargetState {
@@ -51,6 +55,7 @@ impl Default for TargetState {
             circuit: Circuit::default(),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            outlier: Outlier::default(),
         }
     }
 }
@@ -70,6 +75,10 @@ pub struct Upstream {
     /// Active health checks; `None` = every target counts as healthy.
     pub health: Option<HealthSettings>,
     pub circuit: Option<CircuitSettings>,
+    /// Passive health; `None` = no target is ever ejected.
+    pub outlier: Option<OutlierSettings>,
+    /// Held while an ejection is decided, so the cap holds under races.
+    pub eject_lock: std::sync::Mutex<()>,
     pub retry: Option<RetryPolicy>,
     /// Shared with other config versions of the same upstream name.
     pub budget: Arc<RetryBudget>,
@@ -88,6 +97,9 @@ pub struct Target {
     /// Carried across reloads (see `state`).
     pub state: Arc<TargetState>,
     pub metrics: TargetMetrics,
+    /// `tollgate_outlier_ejections_total` by reason (5xx, connect_error), when
+    /// the upstream has `outlier`.
+    pub ejections: Option<[prometheus::IntCounter; 2]>,
 }
 
 impl Upstream {
@@ -109,6 +121,11 @@ impl Upstream {
         ignore_health
             || self.health.is_none()
             || self.targets[target].state.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive health lets `target` take traffic.
+    fn not_ejected(&self, target: usize, now: Instant) -> bool {
+        self.outlier.is_none() || self.targets[target].state.outlier.ejection(now).is_none()
     }
 
     fn circuit_admits(&self, target: usize, now: Instant) -> bool {
@@ -137,6 +154,7 @@ impl Upstream {
         loop {
             let usable = |i: usize| {
                 self.passes_health(i, fail_open)
+                    && self.not_ejected(i, now)
                     && self.circuit_admits(i, now)
                     && !refused.contains(&i)
             };
@@ -187,11 +205,15 @@ impl Upstream {
     /// Feeds the outcome of an attempt on `target` to its circuit breaker and
     /// counters. `failure` follows the breaker's classification (`None` when
     /// the attempt says nothing about the target, e.g. the client's body failed).
-    pub fn record_attempt(&self, target: usize, failure: Option<bool>, now: Instant) {
+    /// `seen` feeds passive health.
+    pub fn record_attempt(&self, target: usize, failure: Option<bool>, seen: Seen, now: Instant) {
         let t = &self.targets[target];
         let Some(failed) = failure else {
             return;
         };
+        if let Some(s) = &self.outlier {
+            self.observe(target, s, seen, now);
+        }
         t.state.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             t.state.failures.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +223,46 @@ impl Upstream {
         {
             t.circuit_changed(&self.name, state);
         }
+    }
+}
+
+impl Upstream {
+    /// Feeds passive health; ejects when a streak is long enough and the cap
+    /// allows one more target out.
+    fn observe(&self, target: usize, s: &OutlierSettings, seen: Seen, now: Instant) {
+        let t = &self.targets[target];
+        let mut guard = None;
+        let may_eject = || {
+            let g = self
+                .eject_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Flags only (no other target's lock while this one's is held); a
+            // flag not yet cleared after its ejection ended counts as out,
+            // which errs on the side of the cap.
+            let out = self
+                .targets
+                .iter()
+                .filter(|t| t.state.outlier.flagged())
+                .count();
+            guard = Some(g);
+            out < s.max_ejected(self.targets.len())
+        };
+        let Some(e) = t.state.outlier.record(s, seen, now, may_eject) else {
+            return;
+        };
+        drop(guard);
+        if let Some(c) = &t.ejections {
+            c[usize::from(e.reason == outlier::Reason::ConnectError)].inc();
+        }
+        tracing::warn!(
+            upstream = %self.name,
+            target = %t.label,
+            reason = e.reason.as_str(),
+            ejection = e.count,
+            for_s = (e.until - now).as_secs(),
+            "target ejected"
+        );
     }
 }
 
@@ -263,12 +325,12 @@ routes:
         assert!(up.pick(&ctx(&h), &[0, 1], now).is_ok());
 
         // Target 0's circuit opens: only target 1 is picked.
-        up.record_attempt(0, Some(true), now);
+        up.record_attempt(0, Some(true), Seen::Other, now);
         for _ in 0..4 {
             assert_eq!(up.pick(&ctx(&h), &[], now).unwrap(), 1);
         }
         // Both open: circuit_open.
-        up.record_attempt(1, Some(true), now);
+        up.record_attempt(1, Some(true), Seen::Other, now);
         let e = up.pick(&ctx(&h), &[], now).unwrap_err();
         assert_eq!(e.code(), "circuit_open");
         // Both unhealthy: no_healthy_upstream, whatever the circuits.

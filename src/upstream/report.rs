@@ -10,6 +10,7 @@ use super::Upstream;
 
 /// `version` is the config version the upstreams belong to.
 pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
+    let now = tokio::time::Instant::now();
     let list: Vec<Value> = upstreams
         .iter()
         .map(|u| {
@@ -18,7 +19,15 @@ pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
                 .iter()
                 .map(|t| {
                     let s = &t.state;
+                    let ejected = u.outlier.as_ref().and_then(|_| s.outlier.ejection(now)).map(|e| {
+                        json!({
+                            "reason": e.reason.as_str(),
+                            "remaining_ms": u64::try_from((e.until - now).as_millis()).unwrap_or(u64::MAX),
+                            "ejections_in_a_row": e.count,
+                        })
+                    });
                     json!({
+                        "ejected": ejected,
                         "url": &*t.url,
                         "target": &*t.label,
                         "healthy": u.health.is_none() || s.healthy.load(Ordering::Relaxed),
@@ -39,6 +48,7 @@ pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
                 "max_concurrent_requests": (u.max_concurrent > 0).then_some(u.max_concurrent),
                 "health_check": u.health.is_some(),
                 "circuit_breaker": u.circuit.is_some(),
+                "outlier": u.outlier.is_some(),
                 "retries": u.retry.is_some(),
                 "targets": targets,
             })

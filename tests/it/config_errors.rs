@@ -423,3 +423,63 @@ fn embedded_text_loads_with_the_process_environment() {
     let loaded = load_str(&text, "<demo>").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.source, "<demo>");
 }
+
+#[test]
+fn outlier_settings_out_of_range_are_refused_where_they_are() {
+    let text = "\
+upstreams:
+  users:
+    targets: [{ url: http://127.0.0.1:9001 }]
+    outlier:
+      consecutive_5xx: 0
+      consecutive_connect_errors: 0
+      base_ejection: 0s
+      max_ejection_percent: 101
+routes:
+  - { name: r, match: { path_prefix: / }, upstream: users }
+";
+    let all = errors(text);
+    let got: Vec<(usize, &str, &str)> = all
+        .iter()
+        .map(|e| (e.line, e.path.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                5,
+                "upstreams.users.outlier.consecutive_5xx",
+                "must be at least 1"
+            ),
+            (
+                6,
+                "upstreams.users.outlier.consecutive_connect_errors",
+                "must be at least 1"
+            ),
+            (
+                7,
+                "upstreams.users.outlier.base_ejection",
+                "must be above zero"
+            ),
+            (
+                8,
+                "upstreams.users.outlier.max_ejection_percent",
+                "a share of the targets, 0 to 100, got 101"
+            ),
+        ]
+    );
+    let e = one_error(
+        &text
+            .replace("base_ejection: 0s", "base_ejecton: 1s")
+            .replace(
+                "      consecutive_5xx: 0\n      consecutive_connect_errors: 0\n",
+                "",
+            )
+            .replace("101", "50"),
+    );
+    assert!(
+        e.message.contains("did you mean `base_ejection`"),
+        "{}",
+        e.message
+    );
+}

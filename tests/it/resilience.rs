@@ -594,3 +594,96 @@ upstreams:
     }
     assert_eq!(got.len(), expect.len(), "{got:#?}");
 }
+
+// --- Passive health (outlier detection) ---
+
+/// Sends `n` GETs and returns how many each of `a` and `b` answered.
+async fn spread(gw: &Gateway, a: &Upstream, b: &Upstream, n: usize) -> (usize, usize, Vec<u16>) {
+    let (a0, b0) = (a.hits(), b.hits());
+    let mut statuses = Vec::with_capacity(n);
+    for _ in 0..n {
+        statuses.push(get(&gw.url("/x")).await.expect("answer").status);
+    }
+    (a.hits() - a0, b.hits() - b0, statuses)
+}
+
+#[tokio::test]
+async fn a_target_answering_500s_is_ejected_after_exactly_n_and_comes_back() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let yaml = two_targets(
+        "    outlier: { consecutive_5xx: 3, base_ejection: 400ms, max_ejection_percent: 50 }\n",
+        "",
+    );
+    let gw = Gateway::start(&yaml, &vars(&a, &b)).await;
+    // Round robin alternates: B's next three answers are 500s.
+    b.control.fail(3, 500);
+    let (_, to_b, statuses) = spread(&gw, &a, &b, 6).await;
+    assert_eq!(to_b, 3, "B took its turns until the third 500");
+    assert_eq!(statuses.iter().filter(|&&s| s == 500).count(), 3);
+    let report = gw.upstreams().await;
+    let t = target_of(&report, &b.host_port());
+    assert_eq!(t["ejected"]["reason"], "5xx", "{t}");
+    assert_eq!(t["ejected"]["ejections_in_a_row"], 1);
+    assert!(t["ejected"]["remaining_ms"].as_u64().unwrap() <= 400);
+    assert!(target_of(&report, &a.host_port())["ejected"].is_null());
+    // Ejected: every request goes to A.
+    let (to_a, to_b, statuses) = spread(&gw, &a, &b, 10).await;
+    assert_eq!((to_a, to_b), (10, 0));
+    assert!(statuses.iter().all(|&s| s == 200));
+    let m = gw.metrics().await;
+    let series = format!(
+        "tollgate_outlier_ejections_total{{reason=\"5xx\",target=\"{}\",upstream=\"svc\"}}",
+        b.host_port()
+    );
+    assert_eq!(metric(&m, &series), Some(1.0), "{m}");
+    // After the ejection B takes traffic again.
+    wait_until("B back in", async || {
+        let (_, to_b, _) = spread(&gw, &a, &b, 2).await;
+        to_b > 0
+    })
+    .await;
+    assert!(target_of(&gw.upstreams().await, &b.host_port())["ejected"].is_null());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_errors_eject_and_the_cap_keeps_the_last_target_in() {
+    let a = Upstream::echo("a").await;
+    let dead = dead_addr().await;
+    let yaml = format!(
+        "{}upstreams:\n  svc:\n    targets: [{{ url: 'http://${{A}}' }}, {{ url: 'http://{dead}' }}]\n    outlier: {{ consecutive_connect_errors: 2, base_ejection: 30s }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+        server_block("")
+    );
+    let gw = Gateway::start(&yaml, &[("A", a.host_port())]).await;
+    let mut failed = 0;
+    for _ in 0..20 {
+        if get(&gw.url("/x")).await.expect("answer").status == 502 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 2, "two connect errors, then the dead target is out");
+    let t = target_of(&gw.upstreams().await, &dead.to_string());
+    assert_eq!(t["ejected"]["reason"], "connect_error", "{t}");
+
+    // Both targets failing, cap 50% of 2: only one is ever out.
+    let b = Upstream::echo("b").await;
+    let yaml = two_targets(
+        "    outlier: { consecutive_5xx: 2, base_ejection: 30s, max_ejection_percent: 50 }\n",
+        "",
+    );
+    gw.reload(&yaml, &vars(&a, &b)).await;
+    a.control.fail(100, 503);
+    b.control.fail(100, 503);
+    spread(&gw, &a, &b, 12).await;
+    let report = gw.upstreams().await;
+    let out = [&a, &b]
+        .iter()
+        .filter(|u| !target_of(&report, &u.host_port())["ejected"].is_null())
+        .count();
+    assert_eq!(out, 1, "{report}");
+    let (to_a, to_b, _) = spread(&gw, &a, &b, 6).await;
+    assert_eq!(to_a + to_b, 6, "the one left in takes everything");
+    assert!(to_a == 0 || to_b == 0);
+    gw.shutdown().await;
+}

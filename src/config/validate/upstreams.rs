@@ -84,7 +84,7 @@ impl Checker {
         }
     }
 
-    /// `health_check`, `circuit_breaker` and `retries` of an upstream.
+    /// `health_check`, `outlier`, `circuit_breaker` and `retries` of an upstream.
     pub(super) fn resilience(&mut self, at: &str, u: &Upstream) {
         if let Some(h) = &u.health_check {
             let hc = child(at, "health_check");
@@ -113,6 +113,29 @@ impl Checker {
                 if v == 0 {
                     self.err(child(&hc, key), "must be at least 1");
                 }
+            }
+        }
+        if let Some(o) = &u.outlier {
+            let at = child(at, "outlier");
+            for (key, n) in [
+                ("consecutive_5xx", o.consecutive_5xx),
+                ("consecutive_connect_errors", o.consecutive_connect_errors),
+            ] {
+                if n == 0 {
+                    self.err(child(&at, key), "must be at least 1");
+                }
+            }
+            if o.base_ejection.get().is_zero() {
+                self.err(child(&at, "base_ejection"), "must be above zero");
+            }
+            if o.max_ejection_percent > 100 {
+                self.err(
+                    child(&at, "max_ejection_percent"),
+                    format!(
+                        "a share of the targets, 0 to 100, got {}",
+                        o.max_ejection_percent
+                    ),
+                );
             }
         }
         if let Some(cb) = &u.circuit_breaker {
