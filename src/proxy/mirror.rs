@@ -20,7 +20,6 @@ use crate::metrics::Outcome;
 use crate::snapshot::Snapshot;
 use crate::steering::{MirrorPolicy, MirrorSlot, shadow_host};
 use crate::upstream::balancer::PickContext;
-use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
 use crate::upstream::outlier::Seen;
 use crate::upstream::{Target, Upstream};
 
@@ -148,21 +147,7 @@ async fn exchange(up: &Upstream, copy: Copy) -> Sent {
     match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let failed = match &up.circuit {
-                Some(c) => c.is_failure_status(status),
-                None => DEFAULT_FAILURE_STATUSES.contains(&status),
-            };
-            target.metrics.record(if status >= 500 {
-                Outcome::Http5xx
-            } else {
-                Outcome::Success
-            });
-            let seen = if status >= 500 {
-                Seen::Http5xx
-            } else {
-                Seen::Success
-            };
-            up.record_attempt(idx, Some(failed), seen, done);
+            up.record_answer(idx, status, done);
             let mut body = resp.into_body();
             while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
                 if frame.is_err() {

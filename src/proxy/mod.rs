@@ -38,7 +38,6 @@ use crate::snapshot::{Action, BodyLimits, Route, Snapshot};
 use crate::steering::{Origin, Redirect};
 use crate::upstream::Upstream;
 use crate::upstream::balancer::PickContext;
-use crate::upstream::circuit::DEFAULT_FAILURE_STATUSES;
 use crate::upstream::outlier::Seen;
 use crate::upstream::pool::{BodyErrorKind, SendError, UpstreamBody};
 use crate::upstream::retry::{MAX_REPLAY_BODY, RetryReason};
@@ -738,25 +737,11 @@ async fn forward(
         ex.upstream_ms = Some(upstream_time.as_secs_f64() * 1000.0);
         target.metrics.duration.observe(took.as_secs_f64());
 
-        let failure_status = |status: u16| match &upstream.circuit {
-            Some(c) => c.is_failure_status(status),
-            None => DEFAULT_FAILURE_STATUSES.contains(&status),
-        };
         let done = TokioInstant::now();
         let (outcome, reason) = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                target.metrics.record(if resp.status().is_server_error() {
-                    Outcome::Http5xx
-                } else {
-                    Outcome::Success
-                });
-                let seen = if status >= 500 {
-                    Seen::Http5xx
-                } else {
-                    Seen::Success
-                };
-                upstream.record_attempt(idx, Some(failure_status(status)), seen, done);
+                upstream.record_answer(idx, status, done);
                 (Ok(resp), RetryReason::Status(status))
             }
             Ok(Err(SendError::ClientBody(kind))) => {

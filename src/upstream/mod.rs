@@ -202,6 +202,22 @@ impl Upstream {
         }
     }
 
+    /// An attempt on `target` that got an answer with `status`: its outcome
+    /// metric, and the breaker's and passive health's verdicts.
+    pub fn record_answer(&self, target: usize, status: u16, now: Instant) {
+        let failed = match &self.circuit {
+            Some(c) => c.is_failure_status(status),
+            None => circuit::DEFAULT_FAILURE_STATUSES.contains(&status),
+        };
+        let (outcome, seen) = if status >= 500 {
+            (crate::metrics::Outcome::Http5xx, Seen::Http5xx)
+        } else {
+            (crate::metrics::Outcome::Success, Seen::Success)
+        };
+        self.targets[target].metrics.record(outcome);
+        self.record_attempt(target, Some(failed), seen, now);
+    }
+
     /// Feeds the outcome of an attempt on `target` to its circuit breaker and
     /// counters. `failure` follows the breaker's classification (`None` when
     /// the attempt says nothing about the target, e.g. the client's body failed).
@@ -231,6 +247,8 @@ impl Upstream {
     /// allows one more target out.
     fn observe(&self, target: usize, s: &OutlierSettings, seen: Seen, now: Instant) {
         let t = &self.targets[target];
+        // The lock taken by `may_eject` is held until `record` has set the
+        // flag, so the count and the ejection are one step under the cap.
         let mut guard = None;
         let may_eject = || {
             let g = self
