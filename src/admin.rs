@@ -110,7 +110,7 @@ async fn answer(
                 // A JWT policy whose keys never loaded would answer 503.
                 text(StatusCode::SERVICE_UNAVAILABLE, "waiting for JWKS\n")
             } else {
-                text(StatusCode::OK, "ready\n")
+                readiness(&shared.snapshot.load())
             }
         }
         "/metrics" => {
@@ -267,8 +267,47 @@ async fn idempotency_key(
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+/// Ready once every dns / srv source has been looked up. An upstream left
+/// without targets does not hold the gateway back (its routes answer 503),
+/// but the answer names it.
+fn readiness(snap: &crate::snapshot::Snapshot) -> Response<Full<Bytes>> {
+    let mut detail = String::new();
+    for up in &snap.upstreams {
+        let crate::upstream::Targets::Discovered(d) = &up.targets else {
+            continue;
+        };
+        if !d.settled() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("waiting for DNS (upstream {})\n", up.name),
+            );
+        }
+        if d.current().is_empty() {
+            let why: Vec<String> = d
+                .sources()
+                .iter()
+                .zip(d.status())
+                .map(|(s, st)| {
+                    format!(
+                        "{} {}: {}",
+                        s.kind(),
+                        s.label(),
+                        st.last_error.as_deref().unwrap_or("no addresses")
+                    )
+                })
+                .collect();
+            detail.push_str(&format!(
+                "upstream {} has no targets ({})\n",
+                up.name,
+                why.join("; ")
+            ));
+        }
+    }
+    text(StatusCode::OK, format!("ready\n{detail}"))
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -9,6 +9,8 @@ use crate::config::schema::Config;
 use crate::normalize::path::{PathError, normalize};
 use crate::router::{Explanation, RequestView};
 use crate::snapshot::{Action, Snapshot};
+use crate::upstream::discovery::SourceStatus;
+use crate::upstream::{Origin, Targets};
 
 pub struct Probe {
     pub method: Method,
@@ -103,7 +105,7 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                     );
                 }
                 Action::Proxy { upstream } => {
-                    describe_upstream(&mut out, snap, cfg, *upstream, route, path);
+                    describe_upstream(&mut out, snap, *upstream, route, path);
                 }
                 Action::Split(split) => {
                     let total: u64 = split.sides().iter().map(|s| u64::from(s.weight)).sum();
@@ -134,7 +136,7 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                         }
                     }
                     for side in split.sides() {
-                        describe_upstream(&mut out, snap, cfg, side.upstream, route, path);
+                        describe_upstream(&mut out, snap, side.upstream, route, path);
                     }
                 }
             }
@@ -193,26 +195,42 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
 fn describe_upstream(
     out: &mut String,
     snap: &Snapshot,
-    cfg: &Config,
     upstream: usize,
     route: &crate::snapshot::Route,
     path: &str,
 ) {
     let up = &snap.upstreams[upstream];
-    let raw_up = cfg.upstreams.get(&*up.name);
-    let targets: Vec<String> = up
+    let set = up.current();
+    let targets: Vec<String> = set
         .targets
         .iter()
-        .zip(raw_up.map(|u| u.targets.as_slice()).unwrap_or_default())
-        .map(|(t, r)| format!("{} (weight {})", t.label, r.weight))
+        .map(|t| match &t.origin {
+            Origin::Url => format!("{} (weight {})", t.label, t.weight),
+            o => format!("{} (weight {}, {})", t.label, t.weight, o.describe()),
+        })
         .collect();
     let _ = writeln!(
         out,
         "  upstream: {} [{}] -> {}",
         up.name,
-        raw_up.map_or("round_robin", |u| u.balance.as_str()),
-        targets.join(", ")
+        up.strategy,
+        if targets.is_empty() {
+            "no targets (503 no_healthy_upstream)".to_string()
+        } else {
+            targets.join(", ")
+        }
     );
+    if let Targets::Discovered(d) = &up.targets {
+        for (source, status) in d.sources().iter().zip(d.status()) {
+            let _ = writeln!(
+                out,
+                "    {} {}: {}",
+                source.kind(),
+                source.label(),
+                source_state(&status)
+            );
+        }
+    }
     let upstream_path = route.rewrite.path(path).unwrap_or_else(|| path.to_string());
     let _ = writeln!(out, "  upstream path: {upstream_path}");
     if let Some(host) = &route.rewrite.host {
@@ -224,6 +242,17 @@ fn describe_upstream(
         "  timeout: {}",
         crate::config::units::Duration(timeout)
     );
+}
+
+/// A source's state in one phrase: its addresses, or why it has none.
+fn source_state(s: &SourceStatus) -> String {
+    let found = s.found.len();
+    match (&s.last_error, s.looked_up) {
+        (_, false) => "not looked up yet".to_string(),
+        (None, true) => format!("{found} address(es)"),
+        (Some(e), true) if found > 0 => format!("{found} address(es) kept; last lookup: {e}"),
+        (Some(e), true) => format!("no addresses ({e})"),
+    }
 }
 
 fn share(weight: u32, total: u64) -> f64 {
@@ -258,23 +287,21 @@ fn list_or(items: Option<&[String]>, none: &str) -> String {
 /// One upstream as `/explain` shows it.
 fn upstream_json(
     snap: &Snapshot,
-    cfg: &Config,
     upstream: usize,
     route: &crate::snapshot::Route,
     path: &str,
 ) -> serde_json::Value {
     let up = &snap.upstreams[upstream];
-    let raw_up = cfg.upstreams.get(&*up.name);
-    let weights = raw_up.map(|u| u.targets.as_slice()).unwrap_or_default();
-    let targets: Vec<serde_json::Value> = up
+    let set = up.current();
+    let targets: Vec<serde_json::Value> = set
         .targets
         .iter()
-        .zip(weights)
-        .map(|(t, r)| {
+        .map(|t| {
             serde_json::json!({
                 "url": &*t.url,
                 "target": &*t.label,
-                "weight": r.weight,
+                "weight": t.weight,
+                "from": t.origin.describe(),
                 "in_flight": t.state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             })
         })
@@ -282,8 +309,9 @@ fn upstream_json(
     let timeout = route.timeout.unwrap_or(up.request_timeout);
     serde_json::json!({
         "name": &*up.name,
-        "balance": raw_up.map_or("round_robin", |u| u.balance.as_str()),
+        "balance": up.strategy.to_string(),
         "targets": targets,
+        "discovery": crate::upstream::report::discovery(up),
         "path": route.rewrite.path(path).unwrap_or_else(|| path.to_string()),
         "host": route.rewrite.host.as_ref().and_then(|h| h.to_str().ok()),
         "timeout": crate::config::units::Duration(timeout).to_string(),
@@ -344,7 +372,7 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
                 out["upstream"] = Value::Null;
             }
             Action::Proxy { upstream } => {
-                out["upstream"] = upstream_json(snap, cfg, *upstream, route, path);
+                out["upstream"] = upstream_json(snap, *upstream, route, path);
             }
             Action::Split(split) => {
                 let total: u64 = split.sides().iter().map(|s| u64::from(s.weight)).sum();
@@ -356,7 +384,7 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
                             "upstream": &*s.name,
                             "weight": s.weight,
                             "share_percent": share(s.weight, total),
-                            "detail": upstream_json(snap, cfg, s.upstream, route, path),
+                            "detail": upstream_json(snap, s.upstream, route, path),
                         })
                     })
                     .collect();

@@ -159,6 +159,12 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
                 let metrics = tollgate::metrics::Metrics::new()?;
                 let carry = tollgate::snapshot::carryover::Carryover::default();
                 let snap = tollgate::snapshot::build::compile(&loaded, &metrics, &carry)?;
+                // dns and srv targets: show what the name servers answer.
+                for up in &snap.upstreams {
+                    if let tollgate::upstream::Targets::Discovered(d) = &up.targets {
+                        d.settle(std::time::Duration::from_secs(5)).await;
+                    }
+                }
                 anyhow::Ok(explain::explain(&snap, &loaded.config, &probe))
             });
             print!("{}", text.map_err(usage)?);

@@ -46,6 +46,7 @@ pub struct Metrics {
     idempotency_total: IntCounterVec,
     mirror_total: IntCounterVec,
     outlier_ejections: IntCounterVec,
+    dns_lookups: IntCounterVec,
     jwks_age: GaugeVec,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
@@ -208,6 +209,51 @@ pub struct TargetMetrics {
     pub healthy: IntGauge,
     /// `tollgate_circuit_state` (0 closed, 1 open, 2 half-open).
     pub circuit_state: IntGauge,
+}
+
+/// The metric families of upstream targets (clones share the registry's).
+#[derive(Clone)]
+pub struct TargetFamilies {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    healthy: IntGaugeVec,
+    circuit_state: IntGaugeVec,
+    ejections: IntCounterVec,
+}
+
+impl TargetFamilies {
+    pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        let outcome = |o: &str| self.requests.with_label_values(&[upstream, target, o]);
+        TargetMetrics {
+            outcomes: [
+                outcome("success"),
+                outcome("http_5xx"),
+                outcome("connect_error"),
+                outcome("timeout"),
+                outcome("reset"),
+            ],
+            duration: self.duration.with_label_values(&[upstream]),
+            healthy: self.healthy.with_label_values(&[upstream, target]),
+            circuit_state: self.circuit_state.with_label_values(&[upstream, target]),
+        }
+    }
+
+    /// Drops the series of a target that is gone.
+    pub fn forget(&self, upstream: &str, target: &str) {
+        remove_matching(&self.requests, "upstream", upstream, &[("target", target)]);
+        remove_matching(&self.ejections, "upstream", upstream, &[("target", target)]);
+        let _ = self.healthy.remove_label_values(&[upstream, target]);
+        let _ = self.circuit_state.remove_label_values(&[upstream, target]);
+    }
+
+    /// `tollgate_outlier_ejections_total` of one target: [5xx, connect_error].
+    pub fn ejections(&self, upstream: &str, target: &str) -> [IntCounter; 2] {
+        let c = |reason: &str| {
+            self.ejections
+                .with_label_values(&[upstream, target, reason])
+        };
+        [c("5xx"), c("connect_error")]
+    }
 }
 
 impl TargetMetrics {
@@ -374,6 +420,14 @@ impl Metrics {
             &["upstream", "target", "reason"],
         )?;
         registry.register(Box::new(outlier_ejections.clone()))?;
+        let dns_lookups = IntCounterVec::new(
+            Opts::new(
+                "tollgate_dns_lookups_total",
+                "Lookups of dns and srv targets, by upstream, source and result (ok, empty, failed).",
+            ),
+            &["upstream", "source", "result"],
+        )?;
+        registry.register(Box::new(dns_lookups.clone()))?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
                 "tollgate_rate_limited_total",
@@ -447,6 +501,7 @@ impl Metrics {
             idempotency_total,
             mirror_total,
             outlier_ejections,
+            dns_lookups,
             #[cfg(feature = "otel")]
             spans,
         })
@@ -492,22 +547,28 @@ impl Metrics {
     }
 
     pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
-        let outcome = |o: &str| {
-            self.upstream_requests_total
-                .with_label_values(&[upstream, target, o])
-        };
-        TargetMetrics {
-            outcomes: [
-                outcome("success"),
-                outcome("http_5xx"),
-                outcome("connect_error"),
-                outcome("timeout"),
-                outcome("reset"),
-            ],
-            duration: self.upstream_duration.with_label_values(&[upstream]),
-            healthy: self.upstream_healthy.with_label_values(&[upstream, target]),
-            circuit_state: self.circuit_state.with_label_values(&[upstream, target]),
+        self.target_families().target(upstream, target)
+    }
+
+    /// The families per-target handles come from, for targets made after
+    /// the config compiled (DNS discovery).
+    pub fn target_families(&self) -> TargetFamilies {
+        TargetFamilies {
+            requests: self.upstream_requests_total.clone(),
+            duration: self.upstream_duration.clone(),
+            healthy: self.upstream_healthy.clone(),
+            circuit_state: self.circuit_state.clone(),
+            ejections: self.outlier_ejections.clone(),
         }
+    }
+
+    /// The `tollgate_dns_lookups_total` counters of one source: [ok, empty, failed].
+    pub fn dns_lookups(&self, upstream: &str, source: &str) -> [IntCounter; 3] {
+        let c = |result: &str| {
+            self.dns_lookups
+                .with_label_values(&[upstream, source, result])
+        };
+        [c("ok"), c("empty"), c("failed")]
     }
 
     /// The `tollgate_compressed_responses_total` counter of one (route, encoding).
@@ -532,11 +593,7 @@ impl Metrics {
 
     /// The `tollgate_outlier_ejections_total` counters of one target: [5xx, connect_error].
     pub fn ejections(&self, upstream: &str, target: &str) -> [IntCounter; 2] {
-        let c = |reason: &str| {
-            self.outlier_ejections
-                .with_label_values(&[upstream, target, reason])
-        };
-        [c("5xx"), c("connect_error")]
+        self.target_families().ejections(upstream, target)
     }
 
     /// The `tollgate_mirror_requests_total` counters of one route.
@@ -623,16 +680,7 @@ impl Metrics {
 
     /// Drops the series of a target (`host:port`) of `upstream`.
     pub fn forget_target(&self, upstream: &str, target: &str) {
-        remove_matching(
-            &self.upstream_requests_total,
-            "upstream",
-            upstream,
-            &[("target", target)],
-        );
-        let _ = self
-            .upstream_healthy
-            .remove_label_values(&[upstream, target]);
-        let _ = self.circuit_state.remove_label_values(&[upstream, target]);
+        self.target_families().forget(upstream, target);
     }
 
     /// Drops the series of an upstream that no longer exists.

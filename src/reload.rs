@@ -499,8 +499,9 @@ fn forget_stale(metrics: &crate::metrics::Metrics, old: &Snapshot, new: &Snapsho
         match upstreams.get(&*u.name) {
             None => metrics.forget_upstream(&u.name),
             Some(n) => {
-                for t in &u.targets {
-                    if !n.targets.iter().any(|nt| nt.label == t.label) {
+                let (old_set, new_set) = (u.current(), n.current());
+                for t in &old_set.targets {
+                    if !new_set.targets.iter().any(|nt| nt.label == t.label) {
                         metrics.forget_target(&u.name, &t.label);
                     }
                 }

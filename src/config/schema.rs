@@ -33,6 +33,10 @@ pub struct Config {
     /// Span export settings (docs/reference/config.md, `tracing`).
     #[serde(default)]
     pub tracing: Option<Tracing>,
+    /// Name servers for `dns` / `srv` targets (`ip` or `ip:port`); without
+    /// it, those of /etc/resolv.conf.
+    #[serde(default)]
+    pub resolvers: Option<Vec<String>>,
 }
 
 /// `tracing:` — W3C trace context is always propagated; this section only
@@ -227,6 +231,25 @@ pub struct Upstream {
     /// Passive health: eject targets that fail real traffic.
     #[serde(default)]
     pub outlier: Option<Outlier>,
+    /// A target that joins ramps from 10 % to its full weight over this time.
+    #[serde(default)]
+    pub slow_start: Option<Duration>,
+    /// Skip a target that answers 503 or 429 with `Retry-After`.
+    #[serde(default)]
+    pub retry_after: Option<RetryAfter>,
+}
+
+/// `upstreams.<name>.retry_after`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryAfter {
+    /// The longest a target is skipped for, whatever it asked.
+    #[serde(default = "default_retry_after_max")]
+    pub max: Duration,
+}
+
+fn default_retry_after_max() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `upstreams.<name>.outlier`.
@@ -264,9 +287,24 @@ fn default_protocol() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    pub url: String,
+    /// A fixed target: `http(s)://host:port`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Discovered targets: every A/AAAA address of `host:port`.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// Discovered targets: the SRV records of a name (priority, weight, port).
+    #[serde(default)]
+    pub srv: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// How often `dns` / `srv` is looked up again (shorter when the records'
+    /// TTL is).
+    #[serde(default)]
+    pub refresh: Option<Duration>,
+    /// How long an empty answer keeps the last addresses.
+    #[serde(default)]
+    pub keep_stale: Option<Duration>,
 }
 
 fn default_weight() -> u32 {

@@ -205,3 +205,54 @@ pub fn parse_sticky(s: &str) -> Result<StickyKey<'_>, String> {
         _ => Err(bad()),
     }
 }
+
+/// The `host:port` of a `dns:` target: a DNS name (not an IP address) and a
+/// port.
+pub fn parse_dns_target(s: &str) -> Result<(String, u16), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "expected host:port like orders.svc.cluster.local:8080 (the port is needed), got `{s}`"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("expected a port from 1 to 65535 after the colon, got `{s}`"))?;
+    check_dns_name(host)?;
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+/// A DNS name to look up: dot-separated labels of letters, digits, `-` and `_`
+/// (SRV names start with `_service._proto`), at most 253 characters. An IP
+/// address is refused: it needs no lookup (use `url:`).
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.parse::<std::net::IpAddr>().is_ok() || bare.starts_with('[') {
+        return Err(format!(
+            "`{name}` is an IP address, which needs no lookup: use url: http://{name}:<port>"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(format!(
+            "expected a DNS name (letters, digits, - and _ in dot-separated labels), got `{name}`"
+        ));
+    }
+    Ok(())
+}
+
+/// One entry of `resolvers:`: `ip` (port 53) or `ip:port` (`[v6]:port`).
+pub fn parse_resolver(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse().map_err(|_| {
+        format!("expected a name server address like 10.0.0.2 or 10.0.0.2:53, got `{s}`")
+    })
+}

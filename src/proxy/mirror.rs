@@ -122,10 +122,11 @@ async fn exchange(up: &Upstream, copy: Copy) -> Sent {
         client_ip: copy.client_ip,
         headers: &copy.headers,
     };
-    let Ok(idx) = up.pick(&ctx, &[], Instant::now()) else {
+    let set = up.current();
+    let Ok(idx) = up.pick(&set, &ctx, &[], Instant::now()) else {
         return Sent::Failed;
     };
-    let target = &up.targets[idx];
+    let target = &set.targets[idx];
     let _in_flight = InFlight(target);
     let body = if copy.body.is_empty() {
         RequestBody::empty()
@@ -147,7 +148,7 @@ async fn exchange(up: &Upstream, copy: Copy) -> Sent {
     match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            up.record_answer(idx, status, done);
+            up.record_answer(&set, idx, status, resp.headers(), done);
             let mut body = resp.into_body();
             while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
                 if frame.is_err() {
@@ -164,7 +165,7 @@ async fn exchange(up: &Upstream, copy: Copy) -> Sent {
                 _ => (Outcome::Reset, Seen::Other),
             };
             target.metrics.record(outcome);
-            up.record_attempt(idx, Some(true), seen, done);
+            up.record_attempt(&set, idx, Some(true), seen, done);
             Sent::Failed
         }
     }

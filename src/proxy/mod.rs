@@ -55,8 +55,8 @@ pub struct Exchange {
     /// The Host the client asked for (HTTP/2: the authority).
     pub host: Option<HeaderValue>,
     pub route: Option<usize>,
-    /// (upstream index, target index) once a target was chosen.
-    pub target: Option<(usize, usize)>,
+    /// The target once one was chosen.
+    pub target: Option<crate::upstream::Picked>,
     pub upstream_ms: Option<f64>,
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub retries: u32,
@@ -693,6 +693,8 @@ async fn forward(
     if upstream.retry.is_some() {
         upstream.budget.record_request(started);
     }
+    // One set for every attempt: indices stay meaningful while DNS moves on.
+    let set = upstream.current();
     let mut tried: Vec<usize> = Vec::new();
     let mut upstream_time = Duration::ZERO;
     let mut attempt = 1;
@@ -702,9 +704,13 @@ async fn forward(
             client_ip: ex.policy.client_ip,
             headers: &parts.headers,
         };
-        let idx = upstream.pick(&pick, &tried, now)?;
-        ex.target = Some((at.upstream_idx, idx));
-        let target = &upstream.targets[idx];
+        let idx = upstream.pick(&set, &pick, &tried, now)?;
+        ex.target = Some(crate::upstream::Picked {
+            upstream: at.upstream_idx,
+            target: idx,
+            set: set.keep(),
+        });
+        let target = &set.targets[idx];
 
         let more = attempt < max_attempts;
         let body = match streamed.take() {
@@ -741,11 +747,11 @@ async fn forward(
         let (outcome, reason) = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                upstream.record_answer(idx, status, done);
+                upstream.record_answer(&set, idx, status, resp.headers(), done);
                 (Ok(resp), RetryReason::Status(status))
             }
             Ok(Err(SendError::ClientBody(kind))) => {
-                upstream.record_attempt(idx, None, Seen::Other, done);
+                upstream.record_attempt(&set, idx, None, Seen::Other, done);
                 return Err(client_body_error(kind, at.body_limit));
             }
             Ok(Err(e)) => {
@@ -753,7 +759,7 @@ async fn forward(
                     SendError::Connect(_) => (RetryReason::ConnectError, Seen::ConnectError),
                     _ => (RetryReason::Reset, Seen::Other),
                 };
-                upstream.record_attempt(idx, Some(true), seen, done);
+                upstream.record_attempt(&set, idx, Some(true), seen, done);
                 (
                     Err(send_error(e, &upstream.name, target, parts.uri.path())),
                     reason,
@@ -761,7 +767,7 @@ async fn forward(
             }
             Err(_elapsed) => {
                 target.metrics.record(Outcome::Timeout);
-                upstream.record_attempt(idx, Some(true), Seen::Other, done);
+                upstream.record_attempt(&set, idx, Some(true), Seen::Other, done);
                 let err = GatewayError::UpstreamTimeout {
                     upstream: upstream.name.to_string(),
                     timeout_ms: duration_ms(limit),

@@ -80,7 +80,10 @@ impl RequestRecord {
         let Some(ctx) = self.ex.trace else { return };
         let snap = &*self.snapshot;
         let ex = &self.ex;
-        let target = ex.target.map(|(u, t)| &snap.upstreams[u].targets[t]);
+        let target = ex
+            .target
+            .as_ref()
+            .map(|p| p.target(&snap.upstreams[p.upstream]));
         exporter.export(crate::otel::FinishedSpan {
             ctx,
             start: self.ts,
@@ -92,7 +95,10 @@ impl RequestRecord {
             client_ip: ex.policy.client_ip,
             listener: self.conn.listener.clone(),
             route: ex.route.map(|i| snap.routes[i].name.clone()),
-            upstream: ex.target.map(|(u, _)| snap.upstreams[u].name.clone()),
+            upstream: ex
+                .target
+                .as_ref()
+                .map(|p| snap.upstreams[p.upstream].name.clone()),
             target: target.map(|t| t.label.clone()),
             status: self.status.as_u16(),
             error,
@@ -143,9 +149,9 @@ impl Drop for RequestRecord {
                 snap.unmatched.duration.observe(latency);
             }
         }
-        let target = ex.target.map(|(u, t)| {
-            let upstream = &snap.upstreams[u];
-            let target = &upstream.targets[t];
+        let target = ex.target.as_ref().map(|p| {
+            let upstream = &snap.upstreams[p.upstream];
+            let target = p.target(upstream);
             target.state.in_flight.fetch_sub(1, Ordering::Relaxed);
             (&*upstream.name, &*target.label)
         });

@@ -27,15 +27,16 @@ use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::snapshot::carryover::Carryover;
 use crate::snapshot::{Action, BodyLimits, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
 use crate::steering::{MirrorPolicy, Redirect, Split, Sticky};
-use crate::upstream::balancer::{Balancer, Strategy};
+use crate::upstream::balancer::Strategy;
 use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
+use crate::upstream::discovery::{self, Discovered, Query, Source};
 use crate::upstream::health::{DEFAULT_EXPECT, HealthSettings};
 use crate::upstream::outlier::OutlierSettings;
 use crate::upstream::pool::{PoolSettings, Protocol, TlsSettings};
 use crate::upstream::retry::{
     DEFAULT_BACKOFF, DEFAULT_BUDGET_PERCENT, DEFAULT_METHODS, DEFAULT_ON, RetryPolicy,
 };
-use crate::upstream::{Target, Upstream};
+use crate::upstream::{Origin, Target, TargetSet, Targets, Upstream};
 
 /// A config that validated but still could not be built. Validation is meant to
 /// catch all of these first; this is the backstop, never a panic.
@@ -83,11 +84,20 @@ pub fn compile(
 ) -> Result<Snapshot, CompileError> {
     let cfg = &loaded.config;
 
+    let resolvers = cfg.resolvers.as_ref().map(|list| {
+        list.iter()
+            .filter_map(|r| crate::config::values::parse_resolver(r).ok())
+            .collect::<Vec<_>>()
+    });
     let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
     for (name, up) in &cfg.upstreams {
-        upstreams.push(compile_upstream(name, up, metrics, carry, &|p| {
-            loaded.resolve(p)
-        })?);
+        let ctx = UpstreamContext {
+            metrics,
+            carry,
+            resolve: &|p| loaded.resolve(p),
+            resolvers: resolvers.as_deref(),
+        };
+        upstreams.push(compile_upstream(name, up, &ctx)?);
     }
     let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
     for (name, rl) in &cfg.rate_limits {
@@ -394,19 +404,27 @@ fn upstream_tls(
     })
 }
 
+/// What compiling an upstream needs besides its section.
+struct UpstreamContext<'a> {
+    metrics: &'a Metrics,
+    carry: &'a Carryover,
+    resolve: &'a dyn Fn(&str) -> PathBuf,
+    /// `resolvers:`, for dns and srv targets.
+    resolvers: Option<&'a [std::net::SocketAddr]>,
+}
+
 fn compile_upstream(
     name: &str,
     up: &schema::Upstream,
-    metrics: &Metrics,
-    carry: &Carryover,
-    resolve: &dyn Fn(&str) -> PathBuf,
+    ctx: &UpstreamContext<'_>,
 ) -> Result<Upstream, CompileError> {
+    let UpstreamContext { metrics, carry, .. } = *ctx;
     let path = format!("upstreams.{name}");
     let pool_settings = PoolSettings {
         connect_timeout: up.timeouts.connect.get(),
         idle_timeout: up.timeouts.idle.get(),
         max_idle_per_target: up.pool.max_idle_per_target,
-        tls: upstream_tls(name, up, resolve, &path)?,
+        tls: upstream_tls(name, up, ctx.resolve, &path)?,
         protocol: match up.protocol.as_str() {
             "h2" => Protocol::H2,
             _ => Protocol::Http1,
@@ -415,12 +433,18 @@ fn compile_upstream(
     let client = carry
         .pool(name, pool_settings.clone())
         .map_err(|m| err(&path, m))?;
-    let mut targets = Vec::with_capacity(up.targets.len());
+    let mut fixed = Vec::with_capacity(up.targets.len());
+    let mut sources = Vec::new();
     for (i, t) in up.targets.iter().enumerate() {
-        let (scheme, authority) =
-            target_authority(&t.url).map_err(|m| err(format!("{path}.targets[{i}].url"), m))?;
+        let at = format!("{path}.targets[{i}]");
+        if let Some(source) = discovery_source(t, &at)? {
+            sources.push(source);
+            continue;
+        }
+        let url = t.url.as_deref().unwrap_or_default();
+        let (scheme, authority) = target_authority(url).map_err(|m| err(format!("{at}.url"), m))?;
         let label: Arc<str> = authority.as_str().into();
-        let state = carry.target(name, &t.url);
+        let state = carry.target(name, url);
         let target_metrics = metrics.target(name, &label);
         target_metrics.healthy.set(i64::from(
             up.health_check.is_none() || state.healthy.load(Ordering::Relaxed),
@@ -428,8 +452,8 @@ fn compile_upstream(
         target_metrics
             .circuit_state
             .set(state.circuit.state().gauge());
-        targets.push(Target {
-            url: t.url.as_str().into(),
+        fixed.push(Target {
+            url: url.into(),
             ejections: up.outlier.as_ref().map(|_| metrics.ejections(name, &label)),
             metrics: target_metrics,
             state,
@@ -437,18 +461,40 @@ fn compile_upstream(
             scheme,
             authority,
             label,
+            weight: t.weight,
+            priority: 0,
+            origin: Origin::Url,
         });
     }
     let strategy: Strategy = up
         .balance
         .parse()
         .map_err(|e| err(format!("{path}.balance"), e))?;
-    // Targets are identified by URL, so removing one from the middle of the list
-    // does not remap the hash keys of the others.
-    let balancer = Balancer::with_ids(
-        strategy,
-        up.targets.iter().map(|t| (t.url.as_str(), t.weight)),
-    );
+    let targets = if sources.is_empty() {
+        Targets::Fixed(TargetSet::new(strategy.clone(), fixed))
+    } else {
+        let lookups = sources
+            .iter()
+            .map(|s| metrics.dns_lookups(name, &s.label()))
+            .collect();
+        let builder = discovery::Builder {
+            upstream: name.into(),
+            strategy: strategy.clone(),
+            fixed,
+            client: client.clone(),
+            metrics: metrics.target_families(),
+            health: up.health_check.is_some(),
+            outlier: up.outlier.is_some(),
+        };
+        let previous = carry.discovered(name);
+        Targets::Discovered(Discovered::new(
+            builder,
+            sources,
+            ctx.resolvers.map(<[_]>::to_vec),
+            lookups,
+            previous.as_deref(),
+        ))
+    };
     Ok(Upstream {
         health: health_settings(up, &path)?,
         circuit: up.circuit_breaker.as_ref().map(|c| CircuitSettings {
@@ -467,6 +513,8 @@ fn compile_upstream(
             max_ejection_percent: o.max_ejection_percent,
         }),
         eject_lock: Default::default(),
+        slow_start: up.slow_start.map(|d| d.get()),
+        retry_after_max: up.retry_after.as_ref().map(|r| r.max.get()),
         retry: up
             .retries
             .as_ref()
@@ -475,13 +523,36 @@ fn compile_upstream(
         budget: carry.budget(name),
         name: name.into(),
         targets,
-        balancer,
+        strategy,
         client,
         pool_settings,
         request_timeout: up.timeouts.request.get(),
         max_concurrent: up.max_concurrent_requests.unwrap_or(0),
         in_flight: Default::default(),
     })
+}
+
+/// The lookup a `dns:` or `srv:` entry asks for (`None` for a `url:` one).
+fn discovery_source(t: &schema::Target, at: &str) -> Result<Option<Source>, CompileError> {
+    let query = match (&t.dns, &t.srv) {
+        (Some(dns), _) => {
+            let (host, port) = crate::config::values::parse_dns_target(dns)
+                .map_err(|m| err(format!("{at}.dns"), m))?;
+            Query::Dns { host, port }
+        }
+        (None, Some(srv)) => Query::Srv {
+            name: srv.to_ascii_lowercase(),
+        },
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Source {
+        query,
+        weight: t.weight,
+        refresh: t.refresh.map_or(discovery::DEFAULT_REFRESH, |d| d.get()),
+        keep_stale: t
+            .keep_stale
+            .map_or(discovery::DEFAULT_KEEP_STALE, |d| d.get()),
+    }))
 }
 
 fn health_settings(

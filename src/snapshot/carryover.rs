@@ -20,10 +20,11 @@ use crate::policy::jwks::JwksSource;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::snapshot::Snapshot;
 
-use crate::upstream::TargetState;
+use crate::upstream::discovery::Discovered;
 use crate::upstream::health::{self, HealthKey};
 use crate::upstream::pool::{PoolSettings, UpstreamClient};
 use crate::upstream::retry::RetryBudget;
+use crate::upstream::{TargetState, Targets};
 
 /// (upstream name, target URL)
 type TargetKey = (String, String);
@@ -43,6 +44,9 @@ pub struct Carryover {
     /// JWKS sources by (policy name, the policy's definition as JSON): an
     /// unchanged policy keeps its keys and its refresh loop across reloads.
     jwks: Mutex<HashMap<(String, String), Arc<JwksSource>>>,
+    /// The DNS discovery of each upstream in the running config: the next
+    /// version of the upstream starts from its answers.
+    discovered: Mutex<HashMap<String, std::sync::Weak<Discovered>>>,
     /// The span exporter of the running config, while a snapshot holds it.
     #[cfg(feature = "otel")]
     spans: Mutex<Option<std::sync::Weak<crate::otel::SpanExporter>>>,
@@ -67,6 +71,15 @@ impl Carryover {
         map.entry((upstream.to_string(), url.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// The discovery of `upstream` in the running config, if it has one.
+    pub fn discovered(&self, upstream: &str) -> Option<Arc<Discovered>> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(upstream)
+            .and_then(std::sync::Weak::upgrade)
     }
 
     /// The pool of `upstream`: kept (with its idle connections) while its
@@ -210,9 +223,20 @@ impl Carryover {
         targets.retain(|(up, url), _| {
             snap.upstreams
                 .iter()
-                .any(|u| &*u.name == up && u.targets.iter().any(|t| &*t.url == url))
+                .any(|u| &*u.name == up && u.current().targets.iter().any(|t| &*t.url == url))
         });
         drop(targets);
+        let mut discovered = self
+            .discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        discovered.clear();
+        for u in &snap.upstreams {
+            if let Targets::Discovered(d) = &u.targets {
+                discovered.insert(u.name.to_string(), Arc::downgrade(d));
+            }
+        }
+        drop(discovered);
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         pools.retain(|up, (settings, _)| {
             snap.upstreams
@@ -285,7 +309,7 @@ routes:
     fn a_reload_keeps_state_and_pools_by_name() {
         let (metrics, carry) = (Metrics::new().unwrap(), Carryover::default());
         let first = snapshot(BASE, &metrics, &carry);
-        first.upstreams[0].targets[1]
+        first.upstreams[0].current().targets[1]
             .state
             .in_flight
             .store(7, std::sync::atomic::Ordering::Relaxed);
@@ -298,8 +322,8 @@ routes:
             &second.upstreams[0].client
         ));
         assert!(Arc::ptr_eq(
-            &first.upstreams[0].targets[1].state,
-            &second.upstreams[0].targets[1].state
+            &first.upstreams[0].current().targets[1].state,
+            &second.upstreams[0].current().targets[1].state
         ));
 
         // A target removed and a pool setting changed: both start afresh.
@@ -315,7 +339,7 @@ routes:
         assert_eq!(carry.targets.lock().unwrap().len(), 1);
         assert!(carry.jwks.lock().unwrap().is_empty());
         let again = snapshot(BASE, &metrics, &carry);
-        let state = &again.upstreams[0].targets[1].state;
+        let state = &again.upstreams[0].current().targets[1].state.clone();
         assert_eq!(
             state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             0

@@ -217,6 +217,60 @@ impl Balancer {
         }
     }
 
+    /// `pick` while some targets take only `factor(i)` of their weight (slow
+    /// start): round robin and random draw by effective weight, least_request
+    /// draws its two candidates that way and compares load per effective
+    /// weight. Hash strategies keep each key where it is (no ramp).
+    pub fn pick_ramped(
+        &self,
+        ctx: &PickContext<'_>,
+        load: impl Fn(usize) -> u32,
+        eligible: impl Fn(usize) -> bool,
+        factor: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        let weight = |i: usize| f64::from(self.weights[i]) * factor(i);
+        match &self.strategy {
+            Strategy::RoundRobin | Strategy::Random => self.draw_weighted(&weight, &eligible, None),
+            Strategy::LeastRequest => {
+                let first = self.draw_weighted(&weight, &eligible, None)?;
+                let Some(second) = self.draw_weighted(&weight, &eligible, Some(first)) else {
+                    return Some(first);
+                };
+                // load / weight, compared without dividing; a tie keeps the first draw.
+                let a = f64::from(load(first)) * weight(second);
+                let b = f64::from(load(second)) * weight(first);
+                Some(if b < a { second } else { first })
+            }
+            _ => self.pick(ctx, load, eligible),
+        }
+    }
+
+    /// A draw over the eligible targets (but `except`) in proportion to `weight`.
+    fn draw_weighted(
+        &self,
+        weight: &impl Fn(usize) -> f64,
+        eligible: &impl Fn(usize) -> bool,
+        except: Option<usize>,
+    ) -> Option<usize> {
+        let candidates = || (0..self.len()).filter(|&i| Some(i) != except && eligible(i));
+        let total: f64 = candidates().map(weight).sum();
+        if total <= 0.0 {
+            return candidates().next();
+        }
+        let mut r = fastrand::f64() * total;
+        let mut last = None;
+        for i in candidates() {
+            let w = weight(i);
+            if r < w {
+                return Some(i);
+            }
+            r -= w;
+            last = Some(i);
+        }
+        // Rounding left a sliver past the last one.
+        last
+    }
+
     /// Steps the shared cursor along the smooth sequence; an ineligible target
     /// passes its turn to the next eligible one in the sequence.
     fn pick_round_robin(&self, eligible: &impl Fn(usize) -> bool) -> Option<usize> {
@@ -758,6 +812,44 @@ mod tests {
         let b = Balancer::new(Strategy::CookieHash("session".into()), &[2, 1]);
         let other_cookie = headers(&[("cookie", "lang=en")]);
         assert_eq!(picks(&b, &other_cookie, 6), [0, 1, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn ramped_picks_follow_the_effective_weights() {
+        let h = HeaderMap::new();
+        let n = 100_000;
+        for strategy in [
+            Strategy::RoundRobin,
+            Strategy::Random,
+            Strategy::LeastRequest,
+        ] {
+            let b = Balancer::new(strategy.clone(), &[1, 1, 2]);
+            let mut counts = [0usize; 3];
+            for _ in 0..n {
+                let i = b
+                    .pick_ramped(&ctx(&h), no_load, all, |i| if i == 0 { 0.5 } else { 1.0 })
+                    .unwrap();
+                counts[i] += 1;
+            }
+            // Effective weights 0.5, 1, 2.
+            for (c, want) in counts.iter().zip([0.5 / 3.5, 1.0 / 3.5, 2.0 / 3.5]) {
+                let share = *c as f64 / n as f64;
+                assert!((share - want).abs() < 0.01, "{strategy}: {counts:?}");
+            }
+            assert_eq!(
+                b.pick_ramped(&ctx(&h), no_load, |i| i == 2, |_| 0.1),
+                Some(2)
+            );
+            assert_eq!(b.pick_ramped(&ctx(&h), no_load, |_| false, |_| 0.1), None);
+        }
+        // least_request still prefers the idle one among its two draws.
+        let b = Balancer::new(Strategy::LeastRequest, &[1, 1]);
+        for _ in 0..200 {
+            assert_eq!(
+                b.pick_ramped(&ctx(&h), |i| [0, 9][i], all, |_| 0.5),
+                Some(0)
+            );
+        }
     }
 
     #[test]

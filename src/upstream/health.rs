@@ -21,9 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::RequestBody;
 use crate::config::units::StatusRange;
-use crate::upstream::TargetState;
-use crate::upstream::Upstream;
+use std::collections::HashMap;
+use std::sync::Weak;
+
+use crate::upstream::discovery::Discovered;
 use crate::upstream::pool::{Endpoint, UpstreamBody, UpstreamClient};
+use crate::upstream::{Target, TargetState, Targets, Upstream};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSettings {
@@ -48,7 +51,9 @@ pub const DEFAULT_EXPECT: StatusRange = StatusRange {
 #[derive(Clone, PartialEq, Eq)]
 pub struct HealthKey {
     settings: HealthSettings,
+    /// The fixed targets, or the discovery the probes follow.
     targets: Vec<Arc<str>>,
+    discovered: usize,
     /// The client the probes go through (a changed pool is a new client).
     client: usize,
 }
@@ -57,36 +62,85 @@ impl HealthKey {
     pub fn of(up: &Upstream) -> Option<HealthKey> {
         Some(HealthKey {
             settings: up.health.clone()?,
-            targets: up.targets.iter().map(|t| t.url.clone()).collect(),
+            targets: match &up.targets {
+                Targets::Fixed(set) => set.targets.iter().map(|t| t.url.clone()).collect(),
+                Targets::Discovered(_) => Vec::new(),
+            },
+            discovered: match &up.targets {
+                Targets::Fixed(_) => 0,
+                Targets::Discovered(d) => Arc::as_ptr(d) as usize,
+            },
             client: Arc::as_ptr(&up.client) as usize,
         })
     }
 }
 
-/// Starts the probe tasks of `up`; they stop when `token` is cancelled.
+/// Starts the probe tasks of `up`; they stop when `token` is cancelled. The
+/// targets of a discovered upstream are followed: a target that joins gets
+/// its probe, one that leaves loses it.
 pub fn spawn(up: &Upstream, token: &CancellationToken) {
     let Some(settings) = up.health.clone() else {
         return;
     };
     let settings = Arc::new(settings);
-    for t in &up.targets {
-        let probe = Probe {
-            upstream: up.name.clone(),
-            target: t.label.clone(),
-            endpoint: t.endpoint.clone(),
-            authority: t.authority.clone(),
-            state: t.state.clone(),
-            gauge: t.metrics.healthy.clone(),
-            client: up.client.clone(),
-            settings: settings.clone(),
-        };
-        let token = token.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                _ = probe.run() => {}
+    match &up.targets {
+        Targets::Fixed(set) => {
+            for t in &set.targets {
+                Probe::of(&up.name, t, &up.client, &settings).start(token.clone());
             }
+        }
+        Targets::Discovered(d) => {
+            let (d, token) = (Arc::downgrade(d), token.clone());
+            tokio::spawn(follow(
+                d,
+                token,
+                up.name.clone(),
+                up.client.clone(),
+                settings,
+            ));
+        }
+    }
+}
+
+/// Keeps one probe per target of a discovered upstream while `token` lives.
+async fn follow(
+    d: Weak<Discovered>,
+    token: CancellationToken,
+    upstream: Arc<str>,
+    client: Arc<UpstreamClient>,
+    settings: Arc<HealthSettings>,
+) {
+    let mut probes: HashMap<Arc<str>, CancellationToken> = HashMap::new();
+    let Some(mut changes) = d.upgrade().map(|d| d.subscribe()) else {
+        return;
+    };
+    loop {
+        let Some(set) = d.upgrade().map(|d| d.current()) else {
+            break;
+        };
+        probes.retain(|url, t| {
+            let keep = set.targets.iter().any(|x| x.url == *url);
+            if !keep {
+                t.cancel();
+            }
+            keep
         });
+        for t in &set.targets {
+            if probes.contains_key(&t.url) {
+                continue;
+            }
+            let child = token.child_token();
+            Probe::of(&upstream, t, &client, &settings).start(child.clone());
+            probes.insert(t.url.clone(), child);
+        }
+        drop(set);
+        tokio::select! {
+            _ = token.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+    }
+    for t in probes.values() {
+        t.cancel();
     }
 }
 
@@ -102,6 +156,33 @@ struct Probe {
 }
 
 impl Probe {
+    fn of(
+        upstream: &Arc<str>,
+        t: &Target,
+        client: &Arc<UpstreamClient>,
+        settings: &Arc<HealthSettings>,
+    ) -> Probe {
+        Probe {
+            upstream: upstream.clone(),
+            target: t.label.clone(),
+            endpoint: t.endpoint.clone(),
+            authority: t.authority.clone(),
+            state: t.state.clone(),
+            gauge: t.metrics.healthy.clone(),
+            client: client.clone(),
+            settings: settings.clone(),
+        }
+    }
+
+    fn start(self, token: CancellationToken) {
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = self.run() => {}
+            }
+        });
+    }
+
     async fn run(self) {
         let s = &*self.settings;
         // Spread the first probes of many targets over the first interval's tenth.
@@ -129,6 +210,10 @@ impl Probe {
 
     fn set(&self, healthy: bool) {
         self.state.healthy.store(healthy, Ordering::Relaxed);
+        if healthy {
+            // Back in: its slow start begins now.
+            self.state.joined.set(tokio::time::Instant::now());
+        }
         self.gauge.set(i64::from(healthy));
         if healthy {
             tracing::info!(upstream = %self.upstream, target = %self.target, "target is healthy again");

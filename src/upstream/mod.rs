@@ -7,29 +7,35 @@
 
 pub mod balancer;
 pub mod circuit;
+pub mod discovery;
 pub mod h2;
 pub mod health;
 pub mod outlier;
 pub mod pool;
 pub mod report;
 pub mod retry;
+pub mod slow_start;
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http::HeaderMap;
 use http::uri::{Authority, Scheme};
 
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
 use crate::metrics::TargetMetrics;
-use balancer::{Balancer, PickContext};
+use balancer::{Balancer, PickContext, Strategy};
 use circuit::{Circuit, CircuitSettings, CircuitState};
+use discovery::Discovered;
 use health::HealthSettings;
 use outlier::{Outlier, OutlierSettings, Seen};
 use pool::{PoolSettings, UpstreamClient};
 use retry::{RetryBudget, RetryPolicy};
+use slow_start::Moment;
 
 /// What a target carries across config versions.
 pub struct TargetState {
@@ -45,6 +51,10 @@ pub struct TargetState {
     pub failures: AtomicU64,
     /// Passive health (`outlier`); ignored when the upstream has none.
     pub outlier: Outlier,
+    /// When the target (re)joined: the start of its slow start.
+    pub joined: Moment,
+    /// Until when it asked not to be sent requests (`Retry-After`).
+    pub backoff_until: Moment,
 }
 
 impl Default for TargetState {
@@ -56,14 +66,17 @@ impl Default for TargetState {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             outlier: Outlier::default(),
+            joined: Moment::default(),
+            backoff_until: Moment::default(),
         }
     }
 }
 
 pub struct Upstream {
     pub name: Arc<str>,
-    pub targets: Vec<Target>,
-    pub balancer: Balancer,
+    /// The targets: fixed for the config version, or followed in DNS.
+    pub targets: Targets,
+    pub strategy: Strategy,
     /// Shared with the previous config version while the pool settings match.
     pub client: Arc<UpstreamClient>,
     pub pool_settings: PoolSettings,
@@ -79,13 +92,127 @@ pub struct Upstream {
     pub outlier: Option<OutlierSettings>,
     /// Held while an ejection is decided, so the cap holds under races.
     pub eject_lock: std::sync::Mutex<()>,
+    /// A joining target's ramp (`slow_start`); `None` = full weight at once.
+    pub slow_start: Option<Duration>,
+    /// The longest a `Retry-After` keeps a target out; `None` = ignored.
+    pub retry_after_max: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     /// Shared with other config versions of the same upstream name.
     pub budget: Arc<RetryBudget>,
 }
 
+/// An upstream's targets.
+pub enum Targets {
+    /// Only `url:` entries: the set is part of the config version.
+    Fixed(TargetSet),
+    /// Some `dns:` / `srv:` entries: the set changes as the records do.
+    Discovered(Arc<Discovered>),
+}
+
+/// The targets of an upstream at one moment, with the balancer over them.
+/// Indices into `targets` are what `pick` returns.
+pub struct TargetSet {
+    pub targets: Vec<Target>,
+    pub balancer: Balancer,
+    /// Whether targets differ in `priority` (SRV): only the best priority
+    /// with a usable target takes traffic.
+    tiered: bool,
+}
+
+impl TargetSet {
+    pub fn new(strategy: Strategy, targets: Vec<Target>) -> TargetSet {
+        // Targets are identified by URL, so removing one from the middle of the
+        // list does not remap the hash keys of the others.
+        let balancer = Balancer::with_ids(strategy, targets.iter().map(|t| (&*t.url, t.weight)));
+        let tiered = targets.windows(2).any(|w| w[0].priority != w[1].priority);
+        TargetSet {
+            targets,
+            balancer,
+            tiered,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// The target set a request works with from its first pick to its end.
+pub enum Current<'a> {
+    Fixed(&'a TargetSet),
+    Shared(Arc<TargetSet>),
+}
+
+impl Current<'_> {
+    /// What a request keeps to find its target again (nothing for a fixed set).
+    pub fn keep(&self) -> Option<Arc<TargetSet>> {
+        match self {
+            Current::Fixed(_) => None,
+            Current::Shared(set) => Some(set.clone()),
+        }
+    }
+}
+
+impl Deref for Current<'_> {
+    type Target = TargetSet;
+
+    fn deref(&self) -> &TargetSet {
+        match self {
+            Current::Fixed(set) => set,
+            Current::Shared(set) => set,
+        }
+    }
+}
+
+/// The target a request was sent to: the upstream's index in the snapshot,
+/// the target's index in its set, and the set itself when it is not fixed.
+pub struct Picked {
+    pub upstream: usize,
+    pub target: usize,
+    pub set: Option<Arc<TargetSet>>,
+}
+
+impl Picked {
+    pub fn target<'a>(&'a self, upstream: &'a Upstream) -> &'a Target {
+        match (&self.set, &upstream.targets) {
+            (Some(set), _) => &set.targets[self.target],
+            (None, Targets::Fixed(set)) => &set.targets[self.target],
+            // Discovered sets are always kept with the pick.
+            (None, Targets::Discovered(d)) => {
+                unreachable!("a pick of {} without its set", d.upstream())
+            }
+        }
+    }
+}
+
+/// Where a target came from: its `url:` entry, or a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Url,
+    /// `dns:` entry (its `host:port`).
+    Dns(Arc<str>),
+    /// `srv:` entry (its name).
+    Srv(Arc<str>),
+}
+
+impl Origin {
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Url => "url".into(),
+            Origin::Dns(name) => format!("dns {name}"),
+            Origin::Srv(name) => format!("srv {name}"),
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct Target {
-    /// As written in the config; the target's identity across reloads.
+    /// As written in the config, or `http://<address>` for a discovered one;
+    /// the target's identity across reloads and lookups.
     pub url: Arc<str>,
     /// `http` or `https` (TLS to the target).
     pub scheme: Scheme,
@@ -94,6 +221,10 @@ pub struct Target {
     pub endpoint: Arc<pool::Endpoint>,
     /// `host:port`, the `target` metric label and log field.
     pub label: Arc<str>,
+    pub weight: u32,
+    /// SRV priority (lower first); 0 for `url` and `dns` targets.
+    pub priority: u16,
+    pub origin: Origin,
     /// Carried across reloads (see `state`).
     pub state: Arc<TargetState>,
     pub metrics: TargetMetrics,
@@ -103,6 +234,14 @@ pub struct Target {
 }
 
 impl Upstream {
+    /// The targets as they are now.
+    pub fn current(&self) -> Current<'_> {
+        match &self.targets {
+            Targets::Fixed(set) => Current::Fixed(set),
+            Targets::Discovered(d) => Current::Shared(d.current()),
+        }
+    }
+
     /// Takes a bulkhead slot; `false` when the upstream is full.
     pub fn try_acquire(&self) -> bool {
         if self.max_concurrent == 0 {
@@ -116,72 +255,88 @@ impl Upstream {
         true
     }
 
-    /// Whether the health checks let `target` take traffic.
-    fn passes_health(&self, target: usize, ignore_health: bool) -> bool {
-        ignore_health
-            || self.health.is_none()
-            || self.targets[target].state.healthy.load(Ordering::Relaxed)
+    /// Whether the health checks let `t` take traffic.
+    fn passes_health(&self, t: &Target, ignore_health: bool) -> bool {
+        ignore_health || self.health.is_none() || t.state.healthy.load(Ordering::Relaxed)
     }
 
-    /// Whether passive health lets `target` take traffic.
-    fn not_ejected(&self, target: usize, now: Instant) -> bool {
-        self.outlier.is_none() || self.targets[target].state.outlier.ejection(now).is_none()
+    /// Whether passive health and `Retry-After` let `t` take traffic.
+    fn not_held_back(&self, t: &Target, now: Instant) -> bool {
+        (self.outlier.is_none() || t.state.outlier.ejection(now).is_none())
+            && (self.retry_after_max.is_none() || !t.state.backoff_until.is_after(now))
     }
 
-    fn circuit_admits(&self, target: usize, now: Instant) -> bool {
+    fn circuit_admits(&self, t: &Target, now: Instant) -> bool {
         self.circuit
             .as_ref()
-            .is_none_or(|s| self.targets[target].state.circuit.would_admit(s, now))
+            .is_none_or(|s| t.state.circuit.would_admit(s, now))
     }
 
-    /// Picks a target for one attempt and counts it as in flight. Skips
-    /// unhealthy targets, targets whose circuit is open, and those in `tried`
-    /// unless nothing else is left. Errors: every target unhealthy
-    /// (`no_healthy_upstream`, unless `fail_open`), or every healthy target's
-    /// circuit open (`circuit_open`).
+    /// Picks a target of `set` for one attempt and counts it as in flight.
+    /// Skips unhealthy, ejected and backed-off targets, targets whose circuit
+    /// is open, and those in `tried` unless nothing else is left. Errors:
+    /// every target unhealthy (`no_healthy_upstream`, unless `fail_open`), or
+    /// every healthy target's circuit open (`circuit_open`).
     pub fn pick(
         &self,
+        set: &TargetSet,
         ctx: &PickContext<'_>,
         tried: &[usize],
         now: Instant,
     ) -> Result<usize, GatewayError> {
+        let targets = &set.targets;
         let fail_open = self.health.as_ref().is_some_and(|h| h.fail_open)
-            && !(0..self.targets.len()).any(|i| self.passes_health(i, false));
-        let load = |i: usize| self.targets[i].state.in_flight.load(Ordering::Relaxed);
+            && !targets.iter().any(|t| self.passes_health(t, false));
+        let load = |i: usize| targets[i].state.in_flight.load(Ordering::Relaxed);
+        let ramp = self
+            .slow_start
+            .and_then(|window| slow_start::Ramp::of(targets, window, now));
         // Each loop turn either returns or rules out one more target (lost
         // half-open probe races), so it ends.
         let mut refused: Vec<usize> = Vec::new();
         loop {
             let usable = |i: usize| {
-                self.passes_health(i, fail_open)
-                    && self.not_ejected(i, now)
-                    && self.circuit_admits(i, now)
+                let t = &targets[i];
+                self.passes_health(t, fail_open)
+                    && self.not_held_back(t, now)
+                    && self.circuit_admits(t, now)
                     && !refused.contains(&i)
             };
-            let picked = self
-                .balancer
-                .pick(ctx, load, |i| usable(i) && !tried.contains(&i))
-                .or_else(|| self.balancer.pick(ctx, load, usable));
-            let Some(i) = picked else {
-                return Err(self.none_available(fail_open));
+            // SRV priorities: the best one that still has a usable target.
+            let tier = set
+                .tiered
+                .then(|| {
+                    (0..targets.len())
+                        .filter(|&i| usable(i))
+                        .map(|i| targets[i].priority)
+                        .min()
+                })
+                .flatten();
+            let in_tier = |i: usize| tier.is_none_or(|p| targets[i].priority == p);
+            let choose = |eligible: &dyn Fn(usize) -> bool| match &ramp {
+                Some(r) => set
+                    .balancer
+                    .pick_ramped(ctx, load, eligible, |i| r.factor(i)),
+                None => set.balancer.pick(ctx, load, eligible),
             };
-            if self.admit(i, now) {
-                self.targets[i]
-                    .state
-                    .in_flight
-                    .fetch_add(1, Ordering::Relaxed);
+            let picked = choose(&|i| in_tier(i) && usable(i) && !tried.contains(&i))
+                .or_else(|| choose(&|i| in_tier(i) && usable(i)));
+            let Some(i) = picked else {
+                return Err(self.none_available(set, fail_open));
+            };
+            if self.admit(&targets[i], now) {
+                targets[i].state.in_flight.fetch_add(1, Ordering::Relaxed);
                 return Ok(i);
             }
             refused.push(i);
         }
     }
 
-    /// Passes the circuit of `target` (taking a half-open probe slot).
-    fn admit(&self, target: usize, now: Instant) -> bool {
+    /// Passes the circuit of `t` (taking a half-open probe slot).
+    fn admit(&self, t: &Target, now: Instant) -> bool {
         let Some(s) = &self.circuit else {
             return true;
         };
-        let t = &self.targets[target];
         let (admitted, transition) = t.state.circuit.admit(s, now);
         if let Some(state) = transition {
             t.circuit_changed(&self.name, state);
@@ -189,8 +344,8 @@ impl Upstream {
         admitted
     }
 
-    fn none_available(&self, fail_open: bool) -> GatewayError {
-        let any_healthy = (0..self.targets.len()).any(|i| self.passes_health(i, fail_open));
+    fn none_available(&self, set: &TargetSet, fail_open: bool) -> GatewayError {
+        let any_healthy = set.targets.iter().any(|t| self.passes_health(t, fail_open));
         if any_healthy && self.circuit.is_some() {
             GatewayError::CircuitOpen {
                 upstream: self.name.to_string(),
@@ -202,9 +357,17 @@ impl Upstream {
         }
     }
 
-    /// An attempt on `target` that got an answer with `status`: its outcome
-    /// metric, and the breaker's and passive health's verdicts.
-    pub fn record_answer(&self, target: usize, status: u16, now: Instant) {
+    /// An attempt on target `i` of `set` that got an answer: its outcome
+    /// metric, the breaker's and passive health's verdicts, and a
+    /// `Retry-After` on a 503 or 429 when the upstream honours it.
+    pub fn record_answer(
+        &self,
+        set: &TargetSet,
+        i: usize,
+        status: u16,
+        headers: &HeaderMap,
+        now: Instant,
+    ) {
         let failed = match &self.circuit {
             Some(c) => c.is_failure_status(status),
             None => circuit::DEFAULT_FAILURE_STATUSES.contains(&status),
@@ -214,21 +377,37 @@ impl Upstream {
         } else {
             (crate::metrics::Outcome::Success, Seen::Success)
         };
-        self.targets[target].metrics.record(outcome);
-        self.record_attempt(target, Some(failed), seen, now);
+        let t = &set.targets[i];
+        t.metrics.record(outcome);
+        if let Some(max) = self.retry_after_max
+            && matches!(status, 503 | 429)
+            && let Some(wait) = retry::retry_after(headers, std::time::SystemTime::now())
+        {
+            let wait = wait.min(max);
+            t.state.backoff_until.set(now + wait);
+            tracing::info!(upstream = %self.name, target = %t.label, status, wait_s = wait.as_secs_f64(), "target asked to be left alone (Retry-After)");
+        }
+        self.record_attempt(set, i, Some(failed), seen, now);
     }
 
-    /// Feeds the outcome of an attempt on `target` to its circuit breaker and
-    /// counters. `failure` follows the breaker's classification (`None` when
-    /// the attempt says nothing about the target, e.g. the client's body failed).
-    /// `seen` feeds passive health.
-    pub fn record_attempt(&self, target: usize, failure: Option<bool>, seen: Seen, now: Instant) {
-        let t = &self.targets[target];
+    /// Feeds the outcome of an attempt on target `i` of `set` to its circuit
+    /// breaker and counters. `failure` follows the breaker's classification
+    /// (`None` when the attempt says nothing about the target, e.g. the
+    /// client's body failed). `seen` feeds passive health.
+    pub fn record_attempt(
+        &self,
+        set: &TargetSet,
+        i: usize,
+        failure: Option<bool>,
+        seen: Seen,
+        now: Instant,
+    ) {
+        let t = &set.targets[i];
         let Some(failed) = failure else {
             return;
         };
         if let Some(s) = &self.outlier {
-            self.observe(target, s, seen, now);
+            self.observe(set, i, s, seen, now);
         }
         t.state.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
@@ -245,8 +424,8 @@ impl Upstream {
 impl Upstream {
     /// Feeds passive health; ejects when a streak is long enough and the cap
     /// allows one more target out.
-    fn observe(&self, target: usize, s: &OutlierSettings, seen: Seen, now: Instant) {
-        let t = &self.targets[target];
+    fn observe(&self, set: &TargetSet, i: usize, s: &OutlierSettings, seen: Seen, now: Instant) {
+        let t = &set.targets[i];
         // The lock taken by `may_eject` is held until `record` has set the
         // flag, so the count and the ejection are one step under the cap.
         let mut guard = None;
@@ -258,18 +437,20 @@ impl Upstream {
             // Flags only (no other target's lock while this one's is held); a
             // flag not yet cleared after its ejection ended counts as out,
             // which errs on the side of the cap.
-            let out = self
+            let out = set
                 .targets
                 .iter()
                 .filter(|t| t.state.outlier.flagged())
                 .count();
             guard = Some(g);
-            out < s.max_ejected(self.targets.len())
+            out < s.max_ejected(set.len())
         };
         let Some(e) = t.state.outlier.record(s, seen, now, may_eject) else {
             return;
         };
         drop(guard);
+        // It rejoins when the ejection ends: its slow start begins then.
+        t.state.joined.set(e.until);
         if let Some(c) = &t.ejections {
             c[usize::from(e.reason == outlier::Reason::ConnectError)].inc();
         }
@@ -332,41 +513,42 @@ routes:
     fn pick_skips_open_unhealthy_and_tried_targets() {
         let snap = snapshot();
         let up = &snap.upstreams[0];
+        let set = up.current();
         let h = http::HeaderMap::new();
         let now = Instant::now();
 
         // Tried targets are avoided while another one is usable, then reused.
         for _ in 0..4 {
-            assert_eq!(up.pick(&ctx(&h), &[0], now).unwrap(), 1);
-            assert_eq!(up.pick(&ctx(&h), &[1], now).unwrap(), 0);
+            assert_eq!(up.pick(&set, &ctx(&h), &[0], now).unwrap(), 1);
+            assert_eq!(up.pick(&set, &ctx(&h), &[1], now).unwrap(), 0);
         }
-        assert!(up.pick(&ctx(&h), &[0, 1], now).is_ok());
+        assert!(up.pick(&set, &ctx(&h), &[0, 1], now).is_ok());
 
         // Target 0's circuit opens: only target 1 is picked.
-        up.record_attempt(0, Some(true), Seen::Other, now);
+        up.record_attempt(&set, 0, Some(true), Seen::Other, now);
         for _ in 0..4 {
-            assert_eq!(up.pick(&ctx(&h), &[], now).unwrap(), 1);
+            assert_eq!(up.pick(&set, &ctx(&h), &[], now).unwrap(), 1);
         }
         // Both open: circuit_open.
-        up.record_attempt(1, Some(true), Seen::Other, now);
-        let e = up.pick(&ctx(&h), &[], now).unwrap_err();
+        up.record_attempt(&set, 1, Some(true), Seen::Other, now);
+        let e = up.pick(&set, &ctx(&h), &[], now).unwrap_err();
         assert_eq!(e.code(), "circuit_open");
         // Both unhealthy: no_healthy_upstream, whatever the circuits.
-        for t in &up.targets {
+        for t in &set.targets {
             t.state.healthy.store(false, Ordering::Relaxed);
         }
-        let e = up.pick(&ctx(&h), &[], now).unwrap_err();
+        let e = up.pick(&set, &ctx(&h), &[], now).unwrap_err();
         assert_eq!(e.code(), "no_healthy_upstream");
         // After open_for one target gets its half-open probe, once.
-        for t in &up.targets {
+        for t in &set.targets {
             t.state.healthy.store(true, Ordering::Relaxed);
         }
         let later = now + Duration::from_secs(10);
-        let probe = up.pick(&ctx(&h), &[], later).unwrap();
-        let other = up.pick(&ctx(&h), &[], later).unwrap();
+        let probe = up.pick(&set, &ctx(&h), &[], later).unwrap();
+        let other = up.pick(&set, &ctx(&h), &[], later).unwrap();
         assert_ne!(probe, other);
         assert_eq!(
-            up.pick(&ctx(&h), &[], later).unwrap_err().code(),
+            up.pick(&set, &ctx(&h), &[], later).unwrap_err().code(),
             "circuit_open"
         );
     }

@@ -208,6 +208,17 @@ impl UpstreamClient {
             .clone()
     }
 
+    /// Forgets the endpoints `keep` says no to (addresses DNS no longer
+    /// lists); their idle connections close as the last holder drops them.
+    pub fn retain_endpoints(&self, keep: impl Fn(&Authority) -> bool) {
+        let mut map = self
+            .inner
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.retain(|(_, authority), _| keep(authority));
+    }
+
     /// Sends one request to `ep` and returns once the response head arrived.
     /// The request URI is in origin form (`/path?query`); the Host header is
     /// the caller's business.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
-use super::Upstream;
+use super::{Targets, Upstream};
 
 /// `version` is the config version the upstreams belong to.
 pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
@@ -14,7 +14,8 @@ pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
     let list: Vec<Value> = upstreams
         .iter()
         .map(|u| {
-            let targets: Vec<Value> = u
+            let set = u.current();
+            let targets: Vec<Value> = set
                 .targets
                 .iter()
                 .map(|t| {
@@ -26,8 +27,20 @@ pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
                             "ejections_in_a_row": e.count,
                         })
                     });
+                    let backoff = s.backoff_until.get().filter(|&at| at > now).map(|at| {
+                        u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX)
+                    });
+                    let ramp = u.slow_start.and_then(|w| {
+                        let f = super::slow_start::factor(s.joined.get()?, w, now);
+                        (f < 1.0).then(|| (f * 100.0).round() as u32)
+                    });
                     json!({
                         "ejected": ejected,
+                        "retry_after_ms": backoff,
+                        "slow_start_percent": ramp,
+                        "weight": t.weight,
+                        "priority": t.priority,
+                        "from": t.origin.describe(),
                         "url": &*t.url,
                         "target": &*t.label,
                         "healthy": u.health.is_none() || s.healthy.load(Ordering::Relaxed),
@@ -40,7 +53,7 @@ pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
                 .collect();
             json!({
                 "name": &*u.name,
-                "in_flight": u
+                "in_flight": set
                     .targets
                     .iter()
                     .map(|t| u64::from(t.state.in_flight.load(Ordering::Relaxed)))
@@ -51,10 +64,38 @@ pub fn upstreams(version: &str, upstreams: &[Upstream]) -> Value {
                 "outlier": u.outlier.is_some(),
                 "retries": u.retry.is_some(),
                 "targets": targets,
+                "discovery": discovery(u),
             })
         })
         .collect();
     json!({ "version": version, "upstreams": list })
+}
+
+/// The `dns` / `srv` sources of `up` and their state (`null` without any).
+pub fn discovery(up: &Upstream) -> Value {
+    let Targets::Discovered(d) = &up.targets else {
+        return Value::Null;
+    };
+    let now = tokio::time::Instant::now();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let list: Vec<Value> = d
+        .sources()
+        .iter()
+        .zip(d.status())
+        .map(|(source, s)| {
+            json!({
+                "source": format!("{} {}", source.kind(), source.label()),
+                "addresses": s.found.iter().map(|f| f.addr.to_string()).collect::<Vec<_>>(),
+                "looked_up": s.looked_up,
+                "error": s.last_error,
+                "empty_for_ms": s.empty_since.map(|at| ms(now.saturating_duration_since(at))),
+                "last_lookup_ms_ago": s.last_lookup.map(|at| ms(now.saturating_duration_since(at))),
+                "next_lookup_in_ms": s.next_lookup.map(|at| ms(at.saturating_duration_since(now))),
+                "refresh": crate::config::units::Duration(source.refresh).to_string(),
+            })
+        })
+        .collect();
+    Value::Array(list)
 }
 
 /// The JSON text of `upstreams`.

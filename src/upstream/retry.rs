@@ -173,6 +173,23 @@ impl RetryBudget {
     }
 }
 
+/// The wait a `Retry-After` header asks for (RFC 9110 §10.2.3): delay
+/// seconds, or an HTTP date after `now`. `None` when absent, malformed, or
+/// already past.
+pub fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = value.parse().ok()?;
+        return (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(now).ok().filter(|d| !d.is_zero())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +245,24 @@ mod tests {
             assert!((Duration::from_millis(200)..=Duration::from_millis(400)).contains(&third));
             assert!(p.backoff(30) <= MAX_BACKOFF);
         }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            m
+        };
+        assert_eq!(retry_after(&h("120"), now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(&h(" 7 "), now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(retry_after(&h(&later), now), Some(Duration::from_secs(30)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        for bad in ["0", "-5", "1.5", "soon", earlier.as_str()] {
+            assert_eq!(retry_after(&h(bad), now), None, "{bad}");
+        }
+        assert_eq!(retry_after(&http::HeaderMap::new(), now), None);
     }
 }

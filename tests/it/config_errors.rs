@@ -221,7 +221,10 @@ routes:
         c.server.admin.as_ref().map(|a| a.bind.as_str()),
         Some("127.0.0.1:9901")
     );
-    assert_eq!(c.upstreams["u"].targets[0].url, "http://10.1.2.3:9001");
+    assert_eq!(
+        c.upstreams["u"].targets[0].url.as_deref(),
+        Some("http://10.1.2.3:9001")
+    );
     assert_eq!(c.routes[0].matcher.path.as_deref(), Some("/${literal}"));
 }
 

@@ -41,6 +41,7 @@ pub type Issue = (String, String);
 pub fn validate(config: &Config) -> Vec<Issue> {
     let mut v = Checker::default();
     v.server(config);
+    v.resolvers(config);
     for (name, upstream) in &config.upstreams {
         v.upstream(&child("upstreams", name), upstream);
     }

@@ -4,10 +4,29 @@ use http::{HeaderName, Uri};
 
 use super::{Checker, check_method};
 use crate::config::positions::{child, item};
-use crate::config::schema::{Upstream, UpstreamTls};
+use crate::config::schema::{Target, Upstream, UpstreamTls};
 use crate::config::suggest;
+use crate::config::values;
 
 impl Checker {
+    /// `resolvers:`: name server addresses, only useful with dns or srv targets.
+    pub(super) fn resolvers(&mut self, config: &crate::config::schema::Config) {
+        let Some(list) = &config.resolvers else {
+            return;
+        };
+        if list.is_empty() {
+            self.err(
+                "resolvers",
+                "list at least one name server, or leave resolvers out to use /etc/resolv.conf",
+            );
+        }
+        for (i, r) in list.iter().enumerate() {
+            if let Err(e) = values::parse_resolver(r) {
+                self.err(item("resolvers", i), e);
+            }
+        }
+    }
+
     pub(super) fn upstream(&mut self, at: &str, u: &Upstream) {
         if u.targets.is_empty() {
             self.err(
@@ -17,9 +36,7 @@ impl Checker {
         }
         for (i, t) in u.targets.iter().enumerate() {
             let target = item(&child(at, "targets"), i);
-            if let Err(e) = check_target_url(&t.url) {
-                self.err(child(&target, "url"), e);
-            }
+            self.target(&target, t);
             if !(1..=10_000).contains(&t.weight) {
                 self.err(
                     child(&target, "weight"),
@@ -61,8 +78,69 @@ impl Checker {
         self.resilience(at, u);
     }
 
+    /// One entry of `targets`: exactly one of `url`, `dns` and `srv`, each
+    /// well formed; `refresh` and `keep_stale` only with a lookup.
+    fn target(&mut self, at: &str, t: &Target) {
+        let given: Vec<&str> = [("url", &t.url), ("dns", &t.dns), ("srv", &t.srv)]
+            .into_iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        match given.as_slice() {
+            [] => self.err(at, "a target needs one of url, dns or srv"),
+            [_] => {}
+            [first, second, ..] => self.err(
+                child(at, second),
+                format!(
+                    "a target has one of url, dns or srv; this one has both {first} and {second}"
+                ),
+            ),
+        }
+        if let Some(url) = &t.url {
+            if let Err(e) = check_target_url(url) {
+                self.err(child(at, "url"), e);
+            }
+            for (key, set) in [
+                ("refresh", t.refresh.is_some()),
+                ("keep_stale", t.keep_stale.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        child(at, key),
+                        format!("{key} applies to dns and srv targets, not to url"),
+                    );
+                }
+            }
+        }
+        if let Some(dns) = &t.dns
+            && let Err(e) = values::parse_dns_target(dns)
+        {
+            self.err(child(at, "dns"), e);
+        }
+        if let Some(srv) = &t.srv
+            && let Err(e) = values::check_dns_name(srv)
+        {
+            self.err(child(at, "srv"), e);
+        }
+        if let Some(r) = t.refresh
+            && r.get() < std::time::Duration::from_secs(1)
+        {
+            self.err(
+                child(at, "refresh"),
+                format!("must be at least 1s, got {r}"),
+            );
+        }
+        if t.keep_stale.is_some_and(|k| k.get().is_zero()) {
+            self.err(child(at, "keep_stale"), "must be above zero");
+        }
+    }
+
     pub(super) fn upstream_tls(&mut self, at: &str, u: &Upstream, tls: &UpstreamTls) {
-        if !u.targets.iter().any(|t| t.url.starts_with("https://")) {
+        if !u
+            .targets
+            .iter()
+            .any(|t| t.url.as_deref().is_some_and(|u| u.starts_with("https://")))
+        {
             self.err(
                 at,
                 "tls applies to https:// targets and this upstream has none",
@@ -188,6 +266,33 @@ impl Checker {
             if r.backoff.is_some_and(|b| b.get().is_zero()) {
                 self.err(child(&at, "backoff"), "must be above zero");
             }
+        }
+        if u.slow_start.is_some_and(|s| s.get().is_zero()) {
+            self.err(
+                child(at, "slow_start"),
+                "must be above zero; leave it out for none",
+            );
+        }
+        if matches!(
+            u.balance.split(':').next(),
+            Some("ip_hash" | "header_hash" | "cookie_hash")
+        ) && u.slow_start.is_some()
+        {
+            self.err(
+                child(at, "slow_start"),
+                format!(
+                    "slow start ramps round_robin, least_request and random; `{}` keeps each key on its target",
+                    u.balance
+                ),
+            );
+        }
+        if let Some(r) = &u.retry_after
+            && r.max.get().is_zero()
+        {
+            self.err(
+                child(&child(at, "retry_after"), "max"),
+                "must be above zero",
+            );
         }
     }
 }
