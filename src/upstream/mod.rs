@@ -552,4 +552,111 @@ routes:
             "circuit_open"
         );
     }
+
+    fn compiled(yaml: &str) -> Snapshot {
+        let loaded = load_str(yaml, "t.yaml").unwrap();
+        compile(&loaded, &Metrics::new().unwrap(), &Carryover::default()).unwrap()
+    }
+
+    /// The share of `n` picks at `at` that went to target `i`.
+    fn share_of(up: &Upstream, set: &TargetSet, i: usize, n: usize, at: Instant) -> f64 {
+        let h = http::HeaderMap::new();
+        let hits = (0..n)
+            .filter(|_| {
+                let got = up.pick(set, &ctx(&h), &[], at).unwrap();
+                set.targets[got]
+                    .state
+                    .in_flight
+                    .fetch_sub(1, Ordering::Relaxed);
+                got == i
+            })
+            .count();
+        hits as f64 / n as f64
+    }
+
+    #[test]
+    fn slow_start_ramps_the_share_of_a_joining_target() {
+        for balance in ["round_robin", "least_request", "random"] {
+            let snap = compiled(&format!(
+                "
+upstreams:
+  a:
+    targets: [{{ url: 'http://127.0.0.1:1' }}, {{ url: 'http://127.0.0.1:2' }}]
+    balance: {balance}
+    slow_start: 30s
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: a }}
+"
+            ));
+            let up = &snap.upstreams[0];
+            let set = up.current();
+            let t0 = Instant::now();
+            set.targets[1].state.joined.set(t0);
+            // Effective weight 0.1, 0.55, then 1 against the other's 1.
+            for (after, want) in [(0, 0.1 / 1.1), (15, 0.55 / 1.55), (30, 0.5)] {
+                let got = share_of(up, &set, 1, 20_000, t0 + Duration::from_secs(after));
+                assert!(
+                    (got - want).abs() < 0.02,
+                    "{balance} at {after}s: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_ejected_target_ramps_from_the_end_of_its_ejection() {
+        let snap = compiled(
+            "
+upstreams:
+  a:
+    targets: [{ url: 'http://127.0.0.1:1' }, { url: 'http://127.0.0.1:2' }]
+    outlier: { consecutive_5xx: 1, base_ejection: 10s }
+    slow_start: 20s
+routes:
+  - { name: r, match: { path_prefix: / }, upstream: a }
+",
+        );
+        let up = &snap.upstreams[0];
+        let set = up.current();
+        let t0 = Instant::now();
+        up.record_answer(&set, 1, 500, &http::HeaderMap::new(), t0);
+        assert_eq!(share_of(up, &set, 1, 100, t0 + Duration::from_secs(5)), 0.0);
+        // Back at 10 s, on a tenth of its weight; full at 30 s.
+        let early = share_of(up, &set, 1, 20_000, t0 + Duration::from_secs(10));
+        assert!((early - 0.1 / 1.1).abs() < 0.02, "{early}");
+        assert_eq!(
+            share_of(up, &set, 1, 1000, t0 + Duration::from_secs(30)),
+            0.5
+        );
+    }
+
+    #[test]
+    fn retry_after_holds_a_target_back_within_the_cap() {
+        let snap = compiled(
+            "
+upstreams:
+  a:
+    targets: [{ url: 'http://127.0.0.1:1' }, { url: 'http://127.0.0.1:2' }]
+    retry_after: { max: 5s }
+routes:
+  - { name: r, match: { path_prefix: / }, upstream: a }
+",
+        );
+        let up = &snap.upstreams[0];
+        let set = up.current();
+        let t0 = Instant::now();
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, "120".parse().unwrap());
+        // A 500 with Retry-After says nothing; a 429 or 503 does.
+        up.record_answer(&set, 0, 500, &h, t0);
+        assert_eq!(share_of(up, &set, 0, 10, t0), 0.5);
+        up.record_answer(&set, 0, 429, &h, t0);
+        assert_eq!(share_of(up, &set, 0, 10, t0 + Duration::from_secs(4)), 0.0);
+        assert_eq!(share_of(up, &set, 0, 10, t0 + Duration::from_secs(5)), 0.5);
+        // Every target backed off: none is picked.
+        up.record_answer(&set, 0, 503, &h, t0);
+        up.record_answer(&set, 1, 503, &h, t0);
+        let e = up.pick(&set, &ctx(&h), &[], t0).unwrap_err();
+        assert_eq!(e.code(), "no_healthy_upstream");
+    }
 }

@@ -687,3 +687,169 @@ async fn connect_errors_eject_and_the_cap_keeps_the_last_target_in() {
     assert!(to_a == 0 || to_b == 0);
     gw.shutdown().await;
 }
+
+// --- Retry-After from upstreams ---
+
+/// A target that answers its first `busy` requests 503 with `Retry-After:
+/// <secs>`, then 200; counts what it receives.
+async fn busy_target(busy: usize, secs: u64) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let mut resp =
+                            http::Response::new(Full::new(bytes::Bytes::from_static(b"x")));
+                        if n < busy {
+                            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            resp.headers_mut()
+                                .insert("retry-after", secs.to_string().parse().unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn retry_after_keeps_a_target_out_for_the_capped_time_and_retries_avoid_it() {
+    let a = Upstream::echo("a").await;
+    // Asks for 60 s; the cap is 700 ms.
+    let (busy, busy_hits) = busy_target(1, 60).await;
+    let yaml = format!(
+        "{}upstreams:\n  svc:\n    targets: [{{ url: 'http://{busy}' }}, {{ url: 'http://${{A}}' }}]\n    retry_after: {{ max: 700ms }}\n    retries: {{ attempts: 2, on: [503], backoff: 1ms }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+        server_block("")
+    );
+    let gw = Gateway::start(&yaml, &[("A", a.host_port())]).await;
+    // Round robin starts on the busy target: its 503 is retried on A, and the
+    // client sees 200.
+    let r = get(&gw.url("/x")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(busy_hits.load(Ordering::SeqCst), 1);
+    let t = target_of(&gw.upstreams().await, &busy.to_string());
+    let left = t["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(left <= 700 && left > 0, "{t}");
+    // While it asked to be left alone, everything goes to A.
+    let a0 = a.hits();
+    for _ in 0..10 {
+        assert_eq!(get(&gw.url("/x")).await.unwrap().status, 200);
+    }
+    assert_eq!(a.hits() - a0, 10);
+    assert_eq!(
+        busy_hits.load(Ordering::SeqCst),
+        1,
+        "nothing reached the busy target"
+    );
+    // After the cap (not the 60 s it asked for) it takes its turns again.
+    wait_until("the busy target back in", async || {
+        get(&gw.url("/x")).await.unwrap();
+        busy_hits.load(Ordering::SeqCst) > 1
+    })
+    .await;
+    assert!(target_of(&gw.upstreams().await, &busy.to_string())["retry_after_ms"].is_null());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_ignored_unless_configured() {
+    let a = Upstream::echo("a").await;
+    let (busy, busy_hits) = busy_target(3, 60).await;
+    let yaml = format!(
+        "{}upstreams:\n  svc:\n    targets: [{{ url: 'http://{busy}' }}, {{ url: 'http://${{A}}' }}]\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+        server_block("")
+    );
+    let gw = Gateway::start(&yaml, &[("A", a.host_port())]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(&gw.url("/x")).await.unwrap().status);
+    }
+    // Round robin keeps sending the busy target its turns.
+    assert_eq!(busy_hits.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        3,
+        "{statuses:?}"
+    );
+    gw.shutdown().await;
+}
+
+// --- Slow start ---
+
+#[tokio::test]
+async fn a_target_back_from_its_health_checks_ramps_up() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let yaml = two_targets(
+        "    health_check: { path: /healthz, interval: 100ms, timeout: 50ms, healthy_threshold: 1, unhealthy_threshold: 1 }\n    slow_start: 3s\n",
+        "",
+    );
+    b.control.set_unhealthy(true);
+    let gw = Gateway::start(&yaml, &vars(&a, &b)).await;
+    wait_report(&gw, "B unhealthy", |r| {
+        target_of(r, &b.host_port())["healthy"] == false
+    })
+    .await;
+    b.control.set_unhealthy(false);
+    let r = wait_report(&gw, "B healthy again", |r| {
+        target_of(r, &b.host_port())["healthy"] == true
+    })
+    .await;
+    let pct = target_of(&r, &b.host_port())["slow_start_percent"]
+        .as_u64()
+        .expect("B ramps");
+    assert!((10..60).contains(&pct), "{pct}");
+    // Early in its ramp B takes far less than half (10 % to ~30 % of its
+    // weight: a share of about 9 % to 23 %).
+    let (to_a, to_b, _) = spread(&gw, &a, &b, 200).await;
+    assert!(to_b * 100 < (to_a + to_b) * 35, "a={to_a} b={to_b}");
+    assert!(to_b > 0, "B is back, on a small share");
+    // After the window it is back to an equal share.
+    wait_report(&gw, "B at full weight", |r| {
+        target_of(r, &b.host_port())["slow_start_percent"].is_null()
+    })
+    .await;
+    let (to_a, to_b, _) = spread(&gw, &a, &b, 200).await;
+    assert_eq!((to_a, to_b), (100, 100), "round robin again");
+    gw.shutdown().await;
+}
+
+#[test]
+fn slow_start_and_retry_after_are_validated() {
+    let text = "\
+upstreams:
+  svc:
+    targets: [{ url: http://127.0.0.1:9001 }]
+    balance: ip_hash
+    slow_start: 30s
+    retry_after: { max: 0s }
+  two:
+    targets: [{ url: http://127.0.0.1:9002 }]
+    slow_start: 0s
+";
+    let e = tollgate::config::load_str(text, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "t.yaml:5:17: upstreams.svc.slow_start: slow start ramps round_robin, least_request and random; `ip_hash` keeps each key on its target",
+        "t.yaml:6:25: upstreams.svc.retry_after.max: must be above zero",
+        "t.yaml:9:17: upstreams.two.slow_start: must be above zero",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
