@@ -83,7 +83,7 @@ impl RequestRecord {
         let target = ex
             .target
             .as_ref()
-            .map(|p| p.target(&snap.upstreams[p.upstream]));
+            .and_then(|p| p.target(&snap.upstreams[p.upstream]));
         exporter.export(crate::otel::FinishedSpan {
             ctx,
             start: self.ts,
@@ -149,11 +149,11 @@ impl Drop for RequestRecord {
                 snap.unmatched.duration.observe(latency);
             }
         }
-        let target = ex.target.as_ref().map(|p| {
+        let target = ex.target.as_ref().and_then(|p| {
             let upstream = &snap.upstreams[p.upstream];
-            let target = p.target(upstream);
+            let target = p.target(upstream)?;
             target.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            (&*upstream.name, &*target.label)
+            Some((&*upstream.name, &*target.label))
         });
 
         let complete = self.complete;

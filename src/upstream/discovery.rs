@@ -41,6 +41,9 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(300);
 
+/// `last_error` of a source whose lookups answer empty.
+const NO_RECORDS: &str = "no records";
+
 /// What one `dns` / `srv` entry asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
@@ -271,10 +274,10 @@ impl Discovered {
             Err(LookupError::Empty) => {
                 self.lookups[i][1].inc();
                 let since = *s.empty_since.get_or_insert(now);
-                if s.last_error.is_none() {
+                if s.last_error.as_deref() != Some(NO_RECORDS) {
                     tracing::warn!(upstream = up, source = %name, kept = s.found.len(), keep_stale_s = source.keep_stale.as_secs(), "DNS answers no addresses; keeping the last ones for now");
                 }
-                s.last_error = Some("no records".into());
+                s.last_error = Some(NO_RECORDS.into());
                 if now.duration_since(since) >= source.keep_stale && !s.found.is_empty() {
                     tracing::warn!(upstream = up, source = %name, "DNS has answered no addresses for keep_stale: the source is now empty");
                     s.found.clear();
@@ -282,7 +285,8 @@ impl Discovered {
             }
             Err(LookupError::Failed(e)) => {
                 self.lookups[i][2].inc();
-                if s.last_error.as_deref() != Some(e.as_str()) {
+                // Logged when failures start (not at each failed lookup).
+                if s.last_error.as_deref().is_none_or(|l| l == NO_RECORDS) {
                     tracing::warn!(upstream = up, source = %name, error = %e, kept = s.found.len(), "DNS lookup failed; keeping the last addresses");
                 }
                 s.last_error = Some(e);

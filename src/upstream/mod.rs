@@ -177,14 +177,14 @@ pub struct Picked {
 }
 
 impl Picked {
-    pub fn target<'a>(&'a self, upstream: &'a Upstream) -> &'a Target {
+    /// The target, from the kept set or the upstream's fixed one (`None`
+    /// only for a pick of a discovered upstream that did not keep its set,
+    /// which `forward` never makes).
+    pub fn target<'a>(&'a self, upstream: &'a Upstream) -> Option<&'a Target> {
         match (&self.set, &upstream.targets) {
-            (Some(set), _) => &set.targets[self.target],
-            (None, Targets::Fixed(set)) => &set.targets[self.target],
-            // Discovered sets are always kept with the pick.
-            (None, Targets::Discovered(d)) => {
-                unreachable!("a pick of {} without its set", d.upstream())
-            }
+            (Some(set), _) => set.targets.get(self.target),
+            (None, Targets::Fixed(set)) => set.targets.get(self.target),
+            (None, Targets::Discovered(_)) => None,
         }
     }
 }
