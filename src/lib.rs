@@ -138,6 +138,9 @@ pub async fn build(loaded: LoadedConfig, opts: BuildOptions) -> Result<App, Star
         in_flight: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
     });
+    // As after every swap: the carryover now knows the running version (its
+    // DNS discovery, for the first reload to start from).
+    shared.carryover.retain(&shared.snapshot.load());
     shared.carryover.sync_health(&shared.snapshot.load());
     let life = Lifecycle {
         stop: CancellationToken::new(),

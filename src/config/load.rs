@@ -392,6 +392,8 @@ fn deserialize(value: Value, problems: &mut Vec<Problem>) -> Option<Config> {
                 single::<Config>(&name, value, "", problems).map(|partial| {
                     if name == "redis" {
                         config.redis = partial.redis;
+                    } else if name == "resolvers" {
+                        config.resolvers = partial.resolvers;
                     } else if name == "tracing" {
                         config.tracing = partial.tracing;
                     }

@@ -313,14 +313,10 @@ impl Upstream {
                 })
                 .flatten();
             let in_tier = |i: usize| tier.is_none_or(|p| targets[i].priority == p);
-            let choose = |eligible: &dyn Fn(usize) -> bool| match &ramp {
-                Some(r) => set
-                    .balancer
-                    .pick_ramped(ctx, load, eligible, |i| r.factor(i)),
-                None => set.balancer.pick(ctx, load, eligible),
-            };
-            let picked = choose(&|i| in_tier(i) && usable(i) && !tried.contains(&i))
-                .or_else(|| choose(&|i| in_tier(i) && usable(i)));
+            let picked = choose(set, ramp.as_ref(), ctx, load, |i| {
+                in_tier(i) && usable(i) && !tried.contains(&i)
+            })
+            .or_else(|| choose(set, ramp.as_ref(), ctx, load, |i| in_tier(i) && usable(i)));
             let Some(i) = picked else {
                 return Err(self.none_available(set, fail_open));
             };
@@ -462,6 +458,23 @@ impl Upstream {
             for_s = (e.until - now).as_secs(),
             "target ejected"
         );
+    }
+}
+
+/// One balancer pick over `set`, ramped while some target is in slow start
+/// (generic, so the predicates inline into the balancer).
+fn choose(
+    set: &TargetSet,
+    ramp: Option<&slow_start::Ramp<'_>>,
+    ctx: &PickContext<'_>,
+    load: impl Fn(usize) -> u32,
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    match ramp {
+        Some(r) => set
+            .balancer
+            .pick_ramped(ctx, load, eligible, |i| r.factor(i)),
+        None => set.balancer.pick(ctx, load, eligible),
     }
 }
 

@@ -16,6 +16,7 @@ mod cli;
 mod compression;
 mod config_errors;
 mod config_examples;
+mod discovery;
 mod docs;
 mod edge;
 mod grpc;

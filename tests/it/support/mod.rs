@@ -5,6 +5,7 @@
 //! Every wait is bounded: a broken gateway makes a test fail, never hang.
 
 pub mod auth;
+pub mod dns;
 pub mod redis;
 /// Shared with the benches, which include it by path.
 pub mod scale;
@@ -124,9 +125,16 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &'static str, behavior: Behavior) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Upstream::start_on("127.0.0.1:0", name, behavior).await
+    }
+
+    /// `start` on a given address, e.g. `127.0.0.2:PORT` (all of 127.0.0.0/8
+    /// is loopback on Linux): DNS answers can then name several upstreams on
+    /// one port.
+    pub async fn start_on(addr: &str, name: &'static str, behavior: Behavior) -> Upstream {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind upstream");
+            .unwrap_or_else(|e| panic!("bind upstream on {addr}: {e}"));
         let addr = listener.local_addr().expect("upstream addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let body_bytes = Arc::new(AtomicU64::new(0));
