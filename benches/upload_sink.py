@@ -39,12 +39,19 @@ def main():
     port = int(sys.argv[1])
     stats = {"requests": 0, "bytes": 0}
     sel = selectors.DefaultSelector()
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("127.0.0.1", port))
-    lsock.listen(1024)
-    lsock.setblocking(False)
-    sel.register(lsock, selectors.EVENT_READ, None)
+    # Both loopbacks: `localhost` is 127.0.0.1 and ::1 to a DNS target.
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            lsock = socket.socket(family, socket.SOCK_STREAM)
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind((host, port))
+        except OSError:
+            if family == socket.AF_INET:
+                raise
+            continue
+        lsock.listen(1024)
+        lsock.setblocking(False)
+        sel.register(lsock, selectors.EVENT_READ, "listener")
     buf = bytearray(READ_SIZE)
     view = memoryview(buf)
 
@@ -115,9 +122,9 @@ def main():
 
     while True:
         for key, events in sel.select():
-            if key.data is None:
+            if key.data == "listener":
                 try:
-                    s, _ = lsock.accept()
+                    s, _ = key.fileobj.accept()
                 except BlockingIOError:
                     continue
                 s.setblocking(False)
