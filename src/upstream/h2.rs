@@ -5,7 +5,9 @@
 //! (a peer that does not pick `h2` is a connect error, never a silent fallback).
 //! The connection is opened on the first request, reused while it lives, and
 //! opened again (by one request at a time, the others wait for it) once it has
-//! closed: a GOAWAY, a reset, or a failed keep-alive ping.
+//! closed: a GOAWAY, a reset, or a failed keep-alive ping. A connection no
+//! stream has used for `timeouts.idle` is closed by the pool's sweeper; with
+//! `pool.max_idle_per_target: 0` it closes as soon as its last stream ends.
 //!
 //! The proxy hands over requests built for HTTP/1 (absolute URI naming the
 //! target, a `Host` header): here the version becomes HTTP/2 and the `Host`
@@ -13,7 +15,7 @@
 
 use std::error::Error as _;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{Request, Response, Uri, Version, header};
@@ -46,20 +48,86 @@ pub struct H2Client {
 /// reaches it without a lookup.
 #[derive(Default)]
 pub struct Slot {
-    live: Mutex<Option<Sender>>,
+    live: Mutex<Live>,
     /// Held while (re)connecting, so that a burst opens one connection, not one
     /// per request.
     dialing: tokio::sync::Mutex<()>,
 }
 
+/// The connection and what the pool's idle rules need to know about it.
+#[derive(Default)]
+struct Live {
+    sender: Option<Sender>,
+    /// Streams in flight (a request sent, its response body not yet dropped).
+    streams: usize,
+    /// Since when no stream has been in flight.
+    idle_since: Option<Instant>,
+}
+
 impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn current(&self) -> Option<Sender> {
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        live.as_ref().filter(|s| !s.is_closed()).cloned()
+        self.lock()
+            .sender
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
     }
 
     fn set(&self, sender: Option<Sender>) {
-        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = sender;
+        let mut live = self.lock();
+        live.sender = sender;
+        live.idle_since = (live.streams == 0).then(Instant::now);
+    }
+
+    /// A stream starts: the connection is busy until the guard is dropped.
+    pub fn stream(self: &Arc<Self>, keep_idle: bool) -> Stream {
+        let mut live = self.lock();
+        live.streams += 1;
+        live.idle_since = None;
+        Stream {
+            slot: self.clone(),
+            keep_idle,
+        }
+    }
+
+    /// Closes the connection when no stream has used it for `idle_timeout`
+    /// (the pool's sweeper calls it). Dropping the last `SendRequest` lets
+    /// hyper end the connection with a GOAWAY.
+    pub fn close_if_idle(&self, idle_timeout: Duration) {
+        let mut live = self.lock();
+        if live.sender.is_some()
+            && live.streams == 0
+            && live
+                .idle_since
+                .is_some_and(|since| since.elapsed() >= idle_timeout)
+        {
+            live.sender = None;
+        }
+    }
+}
+
+/// One stream's hold on its connection (kept in the response body).
+pub struct Stream {
+    slot: Arc<Slot>,
+    /// `pool.max_idle_per_target` above 0: the connection stays open, idle,
+    /// after its last stream; 0: it closes then.
+    keep_idle: bool,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut live = self.slot.lock();
+        live.streams = live.streams.saturating_sub(1);
+        if live.streams == 0 {
+            live.idle_since = Some(Instant::now());
+            if !self.keep_idle {
+                live.sender = None;
+            }
+        }
     }
 }
 

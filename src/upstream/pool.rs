@@ -99,7 +99,7 @@ pub struct Endpoint {
     tls: bool,
     max_idle: usize,
     /// The shared connection when the pool speaks HTTP/2.
-    h2: super::h2::Slot,
+    h2: Arc<super::h2::Slot>,
     /// Most recently used last: reuse takes the warmest connection, the sweeper
     /// closes from the cold end. The lock is per target and held for a push or
     /// a pop. Boxed: a connection moves between this stack and a response
@@ -201,7 +201,7 @@ impl UpstreamClient {
                     authority: authority.clone(),
                     tls: *scheme == Scheme::HTTPS,
                     max_idle: self.inner.max_idle,
-                    h2: super::h2::Slot::default(),
+                    h2: Arc::default(),
                     idle: Mutex::default(),
                 })
             })
@@ -235,8 +235,15 @@ impl UpstreamClient {
                 .build()
                 .map_err(|e| SendError::Connect(format!("{}: {e}", ep.authority)))?;
             *req.uri_mut() = uri;
+            // Counted from before the send, so the sweeper never closes a
+            // connection a request is about to use.
+            let stream = ep.h2.stream(self.inner.max_idle > 0);
             let resp = Box::pin(h2.send(&ep.h2, &ep.authority, ep.tls, req)).await?;
-            return Ok(resp.map(UpstreamBody::plain));
+            return Ok(resp.map(|body| UpstreamBody {
+                body: BodyKind::Plain(body),
+                conn: None,
+                _h2_stream: Some(stream),
+            }));
         }
         let inner = &*self.inner;
         let mut reused = true;
@@ -301,6 +308,7 @@ fn finish(resp: Response<Incoming>, conn: Box<Conn>, ep: &Arc<Endpoint>) -> Resp
     resp.map(|body| UpstreamBody {
         body: BodyKind::Plain(body),
         conn: Some((conn, ep.clone())),
+        _h2_stream: None,
     })
 }
 
@@ -441,6 +449,7 @@ async fn sweep(inner: Weak<Inner>) {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, ep| {
+            ep.h2.close_if_idle(inner.idle_timeout);
             let mut idle = ep.idle.lock().unwrap_or_else(PoisonError::into_inner);
             let keep_from = idle
                 .iter()
@@ -464,6 +473,8 @@ async fn sweep(inner: Weak<Inner>) {
 pub struct UpstreamBody {
     body: BodyKind,
     conn: Option<(Box<Conn>, Arc<Endpoint>)>,
+    /// An HTTP/2 stream's hold on its shared connection (idle accounting).
+    _h2_stream: Option<super::h2::Stream>,
 }
 
 enum BodyKind {
@@ -476,6 +487,7 @@ impl UpstreamBody {
         UpstreamBody {
             body: BodyKind::Plain(body),
             conn: None,
+            _h2_stream: None,
         }
     }
 

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
-use crate::support::{self, Gateway, server_block};
+use crate::support::{self, Gateway, server_block, wait_until};
 
 // ---- messages and the echo service ----
 
@@ -75,6 +75,8 @@ type BoxStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Msg, Status>> + 
 #[derive(Default)]
 struct Seen {
     connections: AtomicUsize,
+    /// Connections that ended (the gateway closed them, or they failed).
+    closed: AtomicUsize,
     requests: AtomicUsize,
     /// (:authority, host header, te header) of each request.
     heads: Mutex<Vec<(String, String, String)>>,
@@ -202,6 +204,7 @@ async fn h2_upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Arc
             };
             s.connections.fetch_add(1, Ordering::Relaxed);
             let (s, tls) = (s.clone(), tls.clone());
+            let closed = s.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| upstream_service(req, s.clone()));
                 let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -216,6 +219,7 @@ async fn h2_upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Arc
                         let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
                     }
                 }
+                closed.closed.fetch_add(1, Ordering::Relaxed);
             });
         }
     });
@@ -308,6 +312,62 @@ async fn plain_get(
 }
 
 // ---- HTTP/2 upstreams ----
+
+async fn h2c_gateway_with(upstream_extra: &str) -> (Gateway, Arc<Seen>) {
+    let (addr, seen) = h2_upstream(None).await;
+    let targets = format!("    targets: [{{ url: 'http://${{UP}}' }}]\n{upstream_extra}");
+    let yaml = h2_yaml(targets.trim_end(), "", ALL);
+    let gw = Gateway::start(&yaml, &[("UP", addr.to_string())]).await;
+    (gw, seen)
+}
+
+#[tokio::test]
+async fn an_idle_h2_upstream_connection_is_closed_after_timeouts_idle() {
+    let (gw, seen) = h2c_gateway_with("    timeouts: { idle: 300ms }").await;
+    let mut client = h2_client(gw.addr).await;
+    assert_eq!(plain_get(&mut client, &gw, "/a").await.0, 200);
+    assert_eq!(plain_get(&mut client, &gw, "/b").await.0, 200);
+    assert_eq!(seen.connections.load(Ordering::Relaxed), 1);
+    // Nothing uses it: the sweeper closes it (within 1.5 x the idle time).
+    wait_until("the idle upstream connection to close", async || {
+        seen.closed.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // The next request opens a new one.
+    assert_eq!(plain_get(&mut client, &gw, "/c").await.0, 200);
+    assert_eq!(seen.connections.load(Ordering::Relaxed), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_h2_upstream_connection_in_use_is_not_closed_as_idle() {
+    let (gw, seen) = h2c_gateway_with("    timeouts: { idle: 200ms }").await;
+    let mut client = h2_client(gw.addr).await;
+    // Requests closer together than the idle time keep one connection.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(900) {
+        assert_eq!(plain_get(&mut client, &gw, "/a").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(seen.closed.load(Ordering::Relaxed), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_idle_per_target_zero_closes_the_h2_connection_after_its_last_stream() {
+    let (gw, seen) = h2c_gateway_with("    pool: { max_idle_per_target: 0 }").await;
+    let mut client = h2_client(gw.addr).await;
+    assert_eq!(plain_get(&mut client, &gw, "/a").await.0, 200);
+    wait_until(
+        "the connection to close after its only stream",
+        async || seen.closed.load(Ordering::Relaxed) == 1,
+    )
+    .await;
+    assert_eq!(plain_get(&mut client, &gw, "/b").await.0, 200);
+    assert_eq!(seen.connections.load(Ordering::Relaxed), 2);
+    gw.shutdown().await;
+}
 
 #[tokio::test]
 async fn h2c_upstream_multiplexes_concurrent_requests_over_one_connection() {
