@@ -239,6 +239,18 @@ pub struct Upstream {
     pub retry_after: Option<RetryAfter>,
 }
 
+/// `routes[].websocket`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocket {
+    /// The largest message (all its frames' payloads) either side may send.
+    #[serde(default)]
+    pub max_message_bytes: Option<ByteSize>,
+    /// Overrides `server.limits.idle_timeout` for the tunnels.
+    #[serde(default)]
+    pub idle_timeout: Option<Duration>,
+}
+
 /// `upstreams.<name>.retry_after`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -656,6 +668,9 @@ pub struct Route {
     /// Overrides `server.limits.body_read_timeout` for this route.
     #[serde(default)]
     pub body_read_timeout: Option<Duration>,
+    /// Limits of the WebSocket tunnels this route opens.
+    #[serde(default)]
+    pub websocket: Option<WebSocket>,
     #[serde(default)]
     pub auth: Option<Vec<String>>,
     #[serde(default)]

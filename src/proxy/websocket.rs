@@ -15,7 +15,7 @@
 //! request, as NGINX does without an explicit upgrade configuration.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::upstream::pool::UpstreamBody;
@@ -227,14 +227,16 @@ pub fn answered(
         let traffic = Traffic::new();
         record.ex.bytes_in = Some(traffic.bytes_in.clone());
         let started = Instant::now();
-        let end = tunnel(
-            client,
-            upstream,
-            &traffic,
-            snapshot.limits.idle_timeout,
-            &cut,
-        )
-        .await;
+        let limits = record
+            .ex
+            .route
+            .map(|i| snapshot.routes[i].websocket)
+            .unwrap_or_default();
+        let limits = Limits {
+            idle: limits.idle.unwrap_or(snapshot.limits.idle_timeout),
+            max_message: limits.max_message,
+        };
+        let end = tunnel(client, upstream, &traffic, limits, &cut).await;
         let (bytes_in, bytes_out) = (
             traffic.bytes_in.load(Ordering::Relaxed),
             traffic.bytes_out.load(Ordering::Relaxed),
@@ -252,15 +254,38 @@ pub fn answered(
     });
 }
 
+/// What a tunnel may do: how long it may idle, how large a message may be.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle: Duration,
+    max_message: Option<u64>,
+}
+
+/// The access log's `error` of a tunnel cut for a message over the limit.
+const TOO_BIG: &str = "websocket_message_too_big";
+
+/// A message over `max_message_bytes` was seen in one direction.
+#[derive(Debug)]
+struct MessageTooBig;
+
+impl std::fmt::Display for MessageTooBig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebSocket message over max_message_bytes")
+    }
+}
+
+impl std::error::Error for MessageTooBig {}
+
 /// Runs the tunnel until it ends; `None` when either side closed it, else the
 /// access log's `error` code for why the gateway ended it.
 async fn tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
     traffic: &Traffic,
-    idle: Duration,
+    limits: Limits,
     cut: &CancellationToken,
 ) -> Option<&'static str> {
+    let idle = limits.idle;
     // Both sides hand over their connection once the heads are through.
     let joined = tokio::select! {
         j = tokio::time::timeout(idle, async { tokio::try_join!(client, upstream) }) => j,
@@ -274,71 +299,220 @@ async fn tunnel(
         }
         Err(_) => return Some("upgrade_failed"),
     };
+    let frames = || limits.max_message.map(Frames::new);
     let client = Metered {
         io: TokioIo::new(client),
         traffic,
         inbound: true,
+        frames: frames(),
     };
     let upstream = Metered {
         io: TokioIo::new(upstream),
         traffic,
         inbound: false,
+        frames: frames(),
     };
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
-    // Each direction passes on the end of its stream as a shutdown of the other
-    // side's write half.
-    let inbound = async {
-        let r = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
-        let _ = upstream_tx.shutdown().await;
-        r
-    };
-    let outbound = async {
-        let r = tokio::io::copy(&mut upstream_rx, &mut client_tx).await;
-        let _ = client_tx.shutdown().await;
-        r
-    };
-    tokio::pin!(inbound, outbound);
-    let (mut inbound_done, mut outbound_done) = (false, false);
-    let mut linger: Option<Instant> = None;
-    loop {
-        let deadline = match linger {
-            Some(at) => at,
-            None => traffic.last_activity() + idle,
+    let end = {
+        // Each direction passes on the end of its stream as a shutdown of the
+        // other side's write half.
+        let inbound = async {
+            let r = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
+            if r.is_ok() {
+                let _ = upstream_tx.shutdown().await;
+            }
+            r
         };
-        tokio::select! {
-            r = &mut inbound, if !inbound_done => {
-                inbound_done = true;
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "WebSocket tunnel broke (client side)");
-                    return Some("tunnel_error");
-                }
+        let outbound = async {
+            let r = tokio::io::copy(&mut upstream_rx, &mut client_tx).await;
+            if r.is_ok() {
+                let _ = client_tx.shutdown().await;
             }
-            r = &mut outbound, if !outbound_done => {
-                outbound_done = true;
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "WebSocket tunnel broke (upstream side)");
-                    return Some("tunnel_error");
+            r
+        };
+        tokio::pin!(inbound, outbound);
+        let (mut inbound_done, mut outbound_done) = (false, false);
+        let mut linger: Option<Instant> = None;
+        loop {
+            let deadline = match linger {
+                Some(at) => at,
+                None => traffic.last_activity() + idle,
+            };
+            tokio::select! {
+                r = &mut inbound, if !inbound_done => {
+                    inbound_done = true;
+                    if let Err(e) = r {
+                        break Some(broken(&e, "client"));
+                    }
                 }
+                r = &mut outbound, if !outbound_done => {
+                    outbound_done = true;
+                    if let Err(e) = r {
+                        break Some(broken(&e, "upstream"));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if linger.is_some() {
+                        // The other side never closed after the first did: the
+                        // WebSocket is over anyway.
+                        break None;
+                    }
+                    if traffic.last_activity() + idle <= Instant::now() {
+                        break Some("tunnel_idle_timeout");
+                    }
+                }
+                _ = cut.cancelled() => break Some("shutdown"),
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                if linger.is_some() {
-                    // The other side never closed after the first did: the
-                    // WebSocket is over anyway.
-                    return None;
-                }
-                if traffic.last_activity() + idle <= Instant::now() {
-                    return Some("tunnel_idle_timeout");
-                }
+            if inbound_done && outbound_done {
+                break None;
             }
-            _ = cut.cancelled() => return Some("shutdown"),
+            if (inbound_done || outbound_done) && linger.is_none() {
+                linger = Some(Instant::now() + LINGER.min(idle));
+            }
         }
-        if inbound_done && outbound_done {
-            return None;
+    };
+    if end == Some(TOO_BIG) {
+        // Close both sides with 1009 (message too big, RFC 6455 §7.4.1) where
+        // their stream is between frames; the connections close after it.
+        let _ = tokio::time::timeout(LINGER, async {
+            if traffic.outbound_at_boundary.load(Ordering::Relaxed) {
+                let _ = client_tx.write_all(&close_frame(false)).await;
+            }
+            if traffic.inbound_at_boundary.load(Ordering::Relaxed) {
+                let _ = upstream_tx.write_all(&close_frame(true)).await;
+            }
+            let _ = client_tx.shutdown().await;
+            let _ = upstream_tx.shutdown().await;
+        })
+        .await;
+    }
+    end
+}
+
+/// The `error` of a direction that failed, logged.
+fn broken(e: &std::io::Error, side: &str) -> &'static str {
+    if e.get_ref().is_some_and(|inner| inner.is::<MessageTooBig>()) {
+        tracing::info!(
+            side,
+            "WebSocket message over max_message_bytes: tunnel closed with 1009"
+        );
+        return TOO_BIG;
+    }
+    tracing::debug!(error = %e, side, "WebSocket tunnel broke");
+    "tunnel_error"
+}
+
+/// A Close frame with status 1009; `masked` for one sent to the upstream (a
+/// client's frames are masked, RFC 6455 §5.3).
+fn close_frame(masked: bool) -> Vec<u8> {
+    let code = 1009u16.to_be_bytes();
+    if !masked {
+        return vec![0x88, 0x02, code[0], code[1]];
+    }
+    let mask: [u8; 4] = fastrand::u32(..).to_be_bytes();
+    vec![
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        code[0] ^ mask[0],
+        code[1] ^ mask[1],
+    ]
+}
+
+/// Follows the frames of one direction of a tunnel (RFC 6455 §5.2) to size
+/// its messages: only headers are parsed, payloads are counted and passed
+/// through untouched. A message is its data frame and the continuation
+/// frames after it; control frames (at most 125 bytes) do not count. With
+/// permessage-deflate the sizes are those on the wire.
+#[derive(Debug)]
+struct Frames {
+    max: u64,
+    /// The header read so far (at most 14 bytes) and how long it will be.
+    header: [u8; 14],
+    have: usize,
+    need: usize,
+    /// Payload bytes of the current frame still to pass.
+    remaining: u64,
+    /// The current message's payload so far.
+    message: u64,
+}
+
+impl Frames {
+    fn new(max: u64) -> Frames {
+        Frames {
+            max,
+            header: [0; 14],
+            have: 0,
+            need: 2,
+            remaining: 0,
+            message: 0,
         }
-        if (inbound_done || outbound_done) && linger.is_none() {
-            linger = Some(Instant::now() + LINGER.min(idle));
+    }
+
+    /// Whether the stream is between two frames.
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.have == 0
+    }
+
+    /// Takes the next bytes of the stream; `Err` once a message is over `max`.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), MessageTooBig> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (self.need - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 2 {
+                let masked = self.header[1] & 0x80 != 0;
+                let ext = match self.header[1] & 0x7f {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                self.need = 2 + ext + if masked { 4 } else { 0 };
+            }
+            if self.have < self.need {
+                continue;
+            }
+            self.frame_header()?;
+            self.have = 0;
+            self.need = 2;
         }
+        Ok(())
+    }
+
+    /// A complete header: the frame's length joins its message.
+    fn frame_header(&mut self) -> Result<(), MessageTooBig> {
+        let h = &self.header;
+        let len = match h[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+            127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+            n => u64::from(n),
+        };
+        let opcode = h[0] & 0x0f;
+        if opcode < 8 {
+            if opcode != 0 {
+                // A new text or binary message (0 continues the current one).
+                self.message = 0;
+            }
+            self.message = self.message.saturating_add(len);
+            if self.message > self.max {
+                return Err(MessageTooBig);
+            }
+        }
+        self.remaining = len;
+        Ok(())
     }
 }
 
@@ -350,6 +524,9 @@ struct Traffic {
     /// Client to upstream; shared with the record for the access log.
     bytes_in: Arc<AtomicU64>,
     bytes_out: AtomicU64,
+    /// Whether each direction is between frames (with a message limit).
+    inbound_at_boundary: AtomicBool,
+    outbound_at_boundary: AtomicBool,
 }
 
 impl Traffic {
@@ -359,6 +536,8 @@ impl Traffic {
             last_ms: AtomicU64::new(0),
             bytes_in: Arc::new(AtomicU64::new(0)),
             bytes_out: AtomicU64::new(0),
+            inbound_at_boundary: AtomicBool::new(true),
+            outbound_at_boundary: AtomicBool::new(true),
         }
     }
 
@@ -384,6 +563,8 @@ struct Metered<'a, S> {
     traffic: &'a Traffic,
     /// Reads from this side go upstream (it is the client).
     inbound: bool,
+    /// The message limit's frame reader, when the route has one.
+    frames: Option<Frames>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
@@ -398,6 +579,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             this.traffic.note(this.inbound, n);
+            if let Some(frames) = &mut this.frames {
+                if let Err(e) = frames.feed(&buf.filled()[before..]) {
+                    // The bytes just read are not passed on, so the stream the
+                    // other side saw ends where the last read did.
+                    return std::task::Poll::Ready(Err(std::io::Error::other(e)));
+                }
+                let boundary = if this.inbound {
+                    &this.traffic.inbound_at_boundary
+                } else {
+                    &this.traffic.outbound_at_boundary
+                };
+                boundary.store(frames.at_boundary(), Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -481,5 +675,83 @@ mod tests {
         assert!(has_token(&h, &header::CONNECTION, "upgrade"));
         assert!(!has_token(&h, &header::CONNECTION, "close"));
         assert!(!has_token(&h, &header::UPGRADE, "websocket"));
+    }
+
+    /// A frame header: FIN, opcode, mask bit, and the length in its shortest form.
+    fn header(fin: bool, opcode: u8, masked: bool, len: u64) -> Vec<u8> {
+        let mut h = vec![(u8::from(fin) << 7) | opcode];
+        let m = if masked { 0x80 } else { 0 };
+        match len {
+            0..=125 => h.push(m | len as u8),
+            126..=0xffff => {
+                h.push(m | 126);
+                h.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                h.push(m | 127);
+                h.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        if masked {
+            h.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        h
+    }
+
+    fn frame(fin: bool, opcode: u8, masked: bool, len: usize) -> Vec<u8> {
+        let mut f = header(fin, opcode, masked, len as u64);
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    #[test]
+    fn messages_are_sized_across_frames_and_reads() {
+        for masked in [false, true] {
+            let mut stream = Vec::new();
+            stream.extend(frame(true, 1, masked, 100)); // text, 100
+            stream.extend(frame(true, 9, masked, 125)); // ping: not counted
+            stream.extend(frame(false, 2, masked, 600)); // binary, first part
+            stream.extend(frame(true, 10, masked, 4)); // pong between fragments
+            stream.extend(frame(true, 0, masked, 400)); // last part: 1000 in all
+            stream.extend(frame(true, 2, masked, 70_000)); // 64-bit length form
+            // Fed whole, and one byte at a time: the same verdicts.
+            let mut whole = Frames::new(70_000);
+            assert!(whole.feed(&stream).is_ok());
+            assert!(whole.at_boundary());
+            let mut bytes = Frames::new(70_000);
+            for b in &stream {
+                assert!(bytes.feed(std::slice::from_ref(b)).is_ok());
+            }
+            assert!(bytes.at_boundary());
+            // 1000 over two fragments is too big for 999, though each is under it.
+            let mut small = Frames::new(999);
+            let upto = frame(true, 1, masked, 100).len()
+                + frame(true, 9, masked, 125).len()
+                + frame(false, 2, masked, 600).len()
+                + frame(true, 10, masked, 4).len();
+            assert!(small.feed(&stream[..upto]).is_ok());
+            assert!(small.feed(&stream[upto..]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_new_message_starts_from_zero() {
+        let mut f = Frames::new(500);
+        for _ in 0..10 {
+            assert!(f.feed(&frame(true, 1, true, 400)).is_ok());
+        }
+        // Mid-frame is not a boundary.
+        assert!(f.feed(&header(true, 2, true, 300)).is_ok());
+        assert!(!f.at_boundary());
+        assert!(f.feed(&[0; 300]).is_ok());
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn close_frames_carry_1009() {
+        assert_eq!(close_frame(false), [0x88, 0x02, 0x03, 0xf1]);
+        let m = close_frame(true);
+        assert_eq!(&m[..2], &[0x88, 0x82]);
+        assert_eq!([m[6] ^ m[2], m[7] ^ m[3]], [0x03, 0xf1]);
     }
 }

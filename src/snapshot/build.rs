@@ -25,7 +25,9 @@ use crate::policy::rate_limit::{
 use crate::policy::{NamedPolicies, RouteLimit, RoutePolicies};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::snapshot::carryover::Carryover;
-use crate::snapshot::{Action, BodyLimits, HeaderOps, RequestLimits, Rewrite, Route, Snapshot};
+use crate::snapshot::{
+    Action, BodyLimits, HeaderOps, RequestLimits, Rewrite, Route, Snapshot, WebSocketLimits,
+};
 use crate::steering::{MirrorPolicy, Redirect, Split, Sticky};
 use crate::upstream::balancer::Strategy;
 use crate::upstream::circuit::{CircuitSettings, DEFAULT_FAILURE_STATUSES};
@@ -232,6 +234,14 @@ pub fn compile(
                     .get(),
             },
             mirror,
+            websocket: r
+                .websocket
+                .as_ref()
+                .map(|w| WebSocketLimits {
+                    max_message: w.max_message_bytes.map(|b| b.0),
+                    idle: w.idle_timeout.map(|t| t.get()),
+                })
+                .unwrap_or_default(),
             policies: {
                 let mut policies = RoutePolicies::compile(r, &path, &named, metrics)
                     .map_err(|(p, m)| err(p, m))?;

@@ -79,6 +79,8 @@ pub struct Route {
     pub body_limits: BodyLimits,
     /// `mirror:`: copies of some requests to a shadow upstream.
     pub mirror: Option<MirrorPolicy>,
+    /// `websocket:`: the limits of the route's tunnels.
+    pub websocket: WebSocketLimits,
     pub policies: RoutePolicies,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -87,6 +89,15 @@ pub struct Route {
     /// `idempotency:`: the route's key policy, when it has one.
     pub idempotency: Option<Arc<RouteIdempotency>>,
     pub metrics: RouteMetrics,
+}
+
+/// What a route's WebSocket tunnels may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WebSocketLimits {
+    /// The largest message either side may send (`None`: no limit).
+    pub max_message: Option<u64>,
+    /// How long a tunnel may carry nothing (`None`: `server.limits.idle_timeout`).
+    pub idle: Option<Duration>,
 }
 
 pub enum Action {

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async};
 
-use crate::support::{self, Behavior, Gateway, Upstream, dead_addr, metric};
+use crate::support::{self, Behavior, Gateway, Upstream, dead_addr, metric, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -130,6 +130,12 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Arc<Mutex<Seen
                     .await;
             }
             Message::Text(t) if t.as_str() == "silent" => {}
+            Message::Text(t) if t.as_str().starts_with("big:") => {
+                let n: usize = t.as_str()[4..].parse().unwrap_or(0);
+                if ws.send(Message::binary(vec![7u8; n])).await.is_err() {
+                    break;
+                }
+            }
             Message::Text(_) | Message::Binary(_) => {
                 let sent = ws.send(msg).await;
                 if sent.is_err() {
@@ -540,6 +546,119 @@ async fn other_upgrades_are_served_as_plain_requests() {
     assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
     assert!(seen["headers"].get("connection").is_none(), "{seen}");
     gw.shutdown().await;
+}
+
+/// Reads until the close frame and returns its code (`None`: the stream ended
+/// without one).
+async fn close_code<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Option<u16> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the tunnel was not closed in time")
+}
+
+const LIMITED: &str = "    websocket: { max_message_bytes: 1KiB }\n";
+
+#[tokio::test]
+async fn a_message_over_max_message_bytes_closes_the_tunnel_with_1009() {
+    let up = WsUpstream::start().await;
+    let gw = Gateway::start(&yaml("", LIMITED, ""), &[("UP", up.addr.to_string())]).await;
+    let mut ws = connect(&gw, "/chat", &[("x-request-id", "too-big")])
+        .await
+        .unwrap();
+    // Up to the limit, both ways.
+    round_trip(&mut ws, Message::binary(vec![1u8; 1024])).await;
+    round_trip(&mut ws, Message::text("x".repeat(1000))).await;
+    // One byte over: the client gets 1009 and the message never arrives.
+    ws.send(Message::binary(vec![2u8; 1025])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+    let line = gw.wait_log_for("too-big").await;
+    assert_eq!(line["error"], "websocket_message_too_big", "{line}");
+    // The upstream was told too, between frames, with the same code.
+    wait_until("the upstream to see the 1009 close", async || {
+        up.closes().iter().any(|(code, _)| *code == 1009)
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_message_over_the_limit_is_cut_too() {
+    let up = WsUpstream::start().await;
+    let gw = Gateway::start(&yaml("", LIMITED, ""), &[("UP", up.addr.to_string())]).await;
+    let mut ws = connect(&gw, "/chat", &[("x-request-id", "big-down")])
+        .await
+        .unwrap();
+    ws.send(Message::text("big:1000")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(vec![7u8; 1000]));
+    ws.send(Message::text("big:5000")).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+    let line = gw.wait_log_for("big-down").await;
+    assert_eq!(line["error"], "websocket_message_too_big", "{line}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_limit_large_messages_pass() {
+    let up = WsUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let mut ws = connect(&gw, "/chat", &[]).await.unwrap();
+    round_trip(&mut ws, Message::binary(vec![3u8; 256 * 1024])).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_route_idle_timeout_overrides_the_server_one() {
+    let up = WsUpstream::start().await;
+    let yaml = yaml(
+        "limits:\n  idle_timeout: 60s",
+        "    websocket: { idle_timeout: 300ms }\n",
+        "",
+    );
+    let gw = Gateway::start(&yaml, &[("UP", up.addr.to_string())]).await;
+    let mut quiet = connect(&gw, "/chat", &[("x-request-id", "route-idle")])
+        .await
+        .unwrap();
+    round_trip(&mut quiet, Message::text("hello")).await;
+    closed_within(&mut quiet, Duration::from_secs(3)).await;
+    let line = gw.wait_log_for("route-idle").await;
+    assert_eq!(line["error"], "tunnel_idle_timeout", "{line}");
+    gw.shutdown().await;
+}
+
+#[test]
+fn websocket_limits_are_validated() {
+    let text = "\
+upstreams:
+  chat:
+    targets: [{ url: 'http://127.0.0.1:9' }]
+routes:
+  - name: a
+    match: { path_prefix: /a }
+    upstream: chat
+    websocket: { max_message_bytes: 0, idle_timeout: 0s }
+  - name: b
+    match: { path: /b }
+    respond: { status: 200 }
+    websocket: { idle_timeout: 1s }
+";
+    let e = tollgate::config::load_str(text, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "t.yaml:8:37: routes[0].websocket.max_message_bytes: must be above zero",
+        "t.yaml:8:54: routes[0].websocket.idle_timeout: must be above zero",
+        "t.yaml:12:5: routes[1].websocket: websocket only applies to routes with an `upstream` (a tunnel goes to one)",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
 }
 
 #[tokio::test]

@@ -315,6 +315,21 @@ impl Checker {
         if route.body_read_timeout.is_some_and(|t| t.get().is_zero()) {
             self.err(child(at, "body_read_timeout"), "must be above zero");
         }
+        if let Some(ws) = &route.websocket {
+            let at = child(at, "websocket");
+            if route.upstream.is_none() {
+                self.err(
+                    &at,
+                    "websocket only applies to routes with an `upstream` (a tunnel goes to one)",
+                );
+            }
+            if ws.max_message_bytes.is_some_and(|b| b.0 == 0) {
+                self.err(child(&at, "max_message_bytes"), "must be above zero");
+            }
+            if ws.idle_timeout.is_some_and(|t| t.get().is_zero()) {
+                self.err(child(&at, "idle_timeout"), "must be above zero");
+            }
+        }
 
         let Some(rewrite) = &route.rewrite else {
             return;
