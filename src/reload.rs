@@ -136,6 +136,9 @@ struct RunningListener {
     /// Cancelling it stops this listener's accept loop and drains its
     /// connections gracefully (a child of the process-wide stop token).
     stop: CancellationToken,
+    /// Cancelling it cuts what is left of them, tunnels included (a child of
+    /// the process-wide abort token).
+    abort: CancellationToken,
 }
 
 /// The listener table; the async mutex around it serializes reloads.
@@ -212,9 +215,10 @@ impl Reloader {
         let addr = listener.local_addr()?;
         tracing::info!(listener = %name, %addr, "listening");
         let stop = self.life.stop.child_token();
+        let abort = self.life.abort.child_token();
         let life = Lifecycle {
             stop: stop.clone(),
-            abort: self.life.abort.clone(),
+            abort: abort.clone(),
             tracker: self.life.tracker.clone(),
         };
         tokio::spawn(server::accept_loop(
@@ -231,6 +235,7 @@ impl Reloader {
             bind,
             addr,
             stop,
+            abort,
         });
         self.publish_addrs(table);
         Ok(())
@@ -354,11 +359,19 @@ impl Reloader {
         forget_stale(metrics, &old, &snapshot);
 
         // Close listeners no longer wanted (or moved), then start the new ones.
+        // Its connections, tunnels included, get `shutdown_grace` to finish,
+        // as at shutdown; what is left then is cut.
+        let grace = loaded.config.server.shutdown_grace.get();
         table.running.retain(|r| {
             let keep = wanted.iter().any(|l| l.name == r.name && l.bind == r.bind);
             if !keep {
                 tracing::info!(listener = %r.name, addr = %r.addr, "closing listener");
                 r.stop.cancel();
+                let abort = r.abort.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    abort.cancel();
+                });
             }
             keep
         });

@@ -706,6 +706,33 @@ async fn a_reload_does_not_cut_an_open_tunnel() {
 }
 
 #[tokio::test]
+async fn a_tunnel_on_a_listener_removed_by_reload_is_closed_after_the_grace() {
+    let up = WsUpstream::start().await;
+    let gw = Gateway::start(
+        &yaml("shutdown_grace: 300ms", "", ""),
+        &[("UP", up.addr.to_string())],
+    )
+    .await;
+    let mut ws = connect(&gw, "/chat", &[("x-request-id", "on-removed")])
+        .await
+        .unwrap();
+    round_trip(&mut ws, Message::text("before")).await;
+    // The new config has another listener: `http` (the tunnel's) is removed.
+    let moved = yaml("shutdown_grace: 300ms", "", "").replace("name: http\n", "name: moved\n");
+    assert!(moved.contains("name: moved"), "{moved}");
+    gw.reload(&moved, &[("UP", up.addr.to_string())]).await;
+    // Still usable during the grace period...
+    round_trip(&mut ws, Message::text("draining")).await;
+    // ...then cut: within the grace and some slack, not at process shutdown.
+    let started = std::time::Instant::now();
+    closed_within(&mut ws, Duration::from_secs(3)).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let line = gw.wait_log_for("on-removed").await;
+    assert_eq!(line["error"], "shutdown", "{line}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_open_tunnels_after_the_grace_period() {
     let up = WsUpstream::start().await;
     let gw = gateway(&up, "shutdown_grace: 300ms").await;
