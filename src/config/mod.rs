@@ -5,6 +5,7 @@
 //! `snapshot::build`.
 
 mod env;
+pub mod htpasswd;
 pub mod load;
 mod positions;
 pub mod schema;

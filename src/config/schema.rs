@@ -466,6 +466,20 @@ pub struct Auth {
     pub jwt: BTreeMap<String, JwtPolicy>,
     #[serde(default)]
     pub api_keys: BTreeMap<String, ApiKeySet>,
+    /// HTTP Basic authentication against htpasswd files.
+    #[serde(default)]
+    pub basic: BTreeMap<String, BasicAuth>,
+}
+
+/// `auth.basic.<name>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// `user:hash` lines, bcrypt or argon2; read at every (re)load.
+    pub htpasswd: String,
+    /// The `realm` of the `WWW-Authenticate: Basic` challenge.
+    #[serde(default)]
+    pub realm: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

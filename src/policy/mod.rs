@@ -10,6 +10,7 @@
 //! preflight), or refuses it with a `GatewayError`.
 
 pub mod api_key;
+pub mod basic;
 pub mod cors;
 pub mod ip;
 pub mod jwks;
@@ -66,6 +67,7 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub enum AuthMethod {
     Jwt(Arc<JwtPolicy>),
     ApiKey(Arc<ApiKeySet>),
+    Basic(Arc<basic::BasicAuth>),
 }
 
 /// The four fields of a request that policies read or fill in; the proxy's
@@ -120,6 +122,7 @@ pub enum Decision {
 pub struct NamedPolicies {
     pub jwt: HashMap<String, Arc<JwtPolicy>>,
     pub api_keys: HashMap<String, Arc<ApiKeySet>>,
+    pub basic: HashMap<String, Arc<basic::BasicAuth>>,
     pub cors: HashMap<String, Arc<CorsPolicy>>,
 }
 
@@ -155,6 +158,15 @@ impl NamedPolicies {
             let set =
                 ApiKeySet::compile(name, set).map_err(|m| (format!("auth.api_keys.{name}"), m))?;
             out.api_keys.insert(name.clone(), Arc::new(set));
+        }
+        for (name, b) in &cfg.auth.basic {
+            let at = format!("auth.basic.{name}.htpasswd");
+            let path = base_dir.join(&b.htpasswd);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| (at.clone(), format!("cannot read {}: {e}", path.display())))?;
+            let policy = basic::BasicAuth::compile(name, &text, b.realm.as_deref())
+                .map_err(|m| (at, format!("{}: {m}", path.display())))?;
+            out.basic.insert(name.clone(), Arc::new(policy));
         }
         for (name, c) in &cfg.cors {
             let c = CorsPolicy::compile(c).map_err(|m| (format!("cors.{name}"), m))?;
@@ -221,6 +233,9 @@ impl RoutePolicies {
                 }
                 Some(("api_key", name)) => {
                     AuthMethod::ApiKey(named.api_keys.get(name).cloned().ok_or_else(unknown)?)
+                }
+                Some(("basic", name)) => {
+                    AuthMethod::Basic(named.basic.get(name).cloned().ok_or_else(unknown)?)
                 }
                 _ => return Err(unknown()),
             });
@@ -379,6 +394,14 @@ impl RoutePolicies {
                     }
                     ex.consumer = Some(id.to_string());
                 }),
+                AuthMethod::Basic(b) => b.check(parts).await.map(|user| {
+                    if let Ok(v) = HeaderValue::from_str(&user) {
+                        parts.headers.insert(X_CONSUMER_ID.clone(), v);
+                    }
+                    // The password is the gateway's to check, not the upstream's.
+                    parts.headers.remove(http::header::AUTHORIZATION);
+                    ex.consumer = Some(user.to_string());
+                }),
                 AuthMethod::Jwt(p) => match p.find_token(parts) {
                     None => Err(AuthFailure::Missing),
                     Some((source, token)) => match p.verify(token).await {
@@ -425,9 +448,36 @@ impl RoutePolicies {
                 if let Some(m) = &self.failures {
                     m.count(f);
                 }
+                self.challenge(f, ex);
                 Err(GatewayError::Unauthorized(f))
             }
-            None => Err(GatewayError::Unauthorized(AuthFailure::Missing)),
+            None => {
+                self.challenge(AuthFailure::Missing, ex);
+                Err(GatewayError::Unauthorized(AuthFailure::Missing))
+            }
+        }
+    }
+
+    /// With Basic auth among the route's methods, the 401 names each Basic
+    /// realm (and, with a JWT method too, the Bearer scheme), RFC 9110 §11.6.1.
+    fn challenge(&self, failure: AuthFailure, ex: &mut PolicyContext) {
+        if !self.auth.iter().any(|m| matches!(m, AuthMethod::Basic(_))) {
+            return;
+        }
+        let name = http::header::WWW_AUTHENTICATE;
+        for m in &self.auth {
+            if let AuthMethod::Basic(b) = m {
+                ex.response_headers
+                    .append(name.clone(), b.challenge.clone());
+            }
+        }
+        if self.auth.iter().any(|m| matches!(m, AuthMethod::Jwt(_))) {
+            let bearer = match failure {
+                AuthFailure::Missing => "Bearer",
+                _ => "Bearer error=\"invalid_token\"",
+            };
+            ex.response_headers
+                .append(name, HeaderValue::from_static(bearer));
         }
     }
 }

@@ -12,6 +12,7 @@ mod auth;
 mod auth_config;
 mod backpressure;
 mod balancing;
+mod basic_auth;
 mod cli;
 mod compression;
 mod config_errors;

@@ -14,6 +14,19 @@ impl Checker {
         for (name, p) in &config.auth.jwt {
             self.jwt_policy(&child("auth.jwt", name), p);
         }
+        for (name, b) in &config.auth.basic {
+            let at = child("auth.basic", name);
+            if let Some(realm) = &b.realm
+                && (realm.is_empty()
+                    || realm.contains('"')
+                    || HeaderValue::from_str(realm).is_err())
+            {
+                self.err(
+                    child(&at, "realm"),
+                    "a realm is non-empty printable text without double quotes",
+                );
+            }
+        }
         for (name, set) in &config.auth.api_keys {
             let at = child("auth.api_keys", name);
             if HeaderName::from_bytes(set.header.as_bytes()).is_err() {

@@ -29,6 +29,21 @@ pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
             issues.push((child(&child(&at, "client_auth"), "ca"), m));
         }
     }
+    for (name, b) in &config.auth.basic {
+        let path = resolve(&b.htpasswd);
+        let at = child(&child("auth.basic", name), "htpasswd");
+        let problem = match std::fs::read_to_string(&path) {
+            Err(e) => Some(format!("cannot read {}: {e}", path.display())),
+            Ok(text) => match crate::config::htpasswd::parse(&text) {
+                Ok(users) if users.is_empty() => Some(format!("{} lists no user", path.display())),
+                Ok(_) => None,
+                Err((line, m)) => Some(format!("{}:{line}: {m}", path.display())),
+            },
+        };
+        if let Some(m) = problem {
+            issues.push((at, m));
+        }
+    }
     for (name, u) in &config.upstreams {
         if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca.as_deref())
             && let Err(m) = tls::read_roots(&resolve(ca))

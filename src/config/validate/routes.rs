@@ -102,16 +102,25 @@ impl Checker {
                             self.err(entry_at, format!("unknown API key set `{name}`{hint}"));
                         }
                     }
+                    Some(("basic", name)) => {
+                        if !config.auth.basic.contains_key(name) {
+                            let hint =
+                                suggest::hint(name, config.auth.basic.keys().map(String::as_str));
+                            self.err(entry_at, format!("unknown basic auth `{name}`{hint}"));
+                        }
+                    }
                     Some((kind, _)) => self.err(
                         entry_at,
                         format!(
-                            "unknown auth kind `{kind}`; expected jwt:<policy> or api_key:<set>{}",
-                            suggest::hint(kind, ["jwt", "api_key"])
+                            "unknown auth kind `{kind}`; expected jwt:<policy>, api_key:<set> or basic:<name>{}",
+                            suggest::hint(kind, ["jwt", "api_key", "basic"])
                         ),
                     ),
                     None => self.err(
                         entry_at,
-                        format!("expected jwt:<policy> or api_key:<set>, got `{entry}`"),
+                        format!(
+                            "expected jwt:<policy>, api_key:<set> or basic:<name>, got `{entry}`"
+                        ),
                     ),
                 }
             }
