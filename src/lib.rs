@@ -27,6 +27,7 @@ pub mod normalize;
 pub mod otel;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod router;
 pub mod server;

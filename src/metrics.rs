@@ -33,6 +33,7 @@ pub struct Metrics {
     active_connections: IntGaugeVec,
     parked_connections: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
+    proxy_protocol_errors: IntCounterVec,
     config_info: IntGaugeVec,
     pub config_reloads_success: IntCounter,
     pub config_reloads_failure: IntCounter,
@@ -343,6 +344,14 @@ impl Metrics {
             ),
             &["listener"],
         )?;
+        let proxy_protocol_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_proxy_protocol_errors_total",
+                "Connections closed before their first request for their PROXY protocol header, by listener and reason (untrusted, malformed, timeout).",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(proxy_protocol_errors.clone()))?;
         let config_info = IntGaugeVec::new(
             Opts::new("tollgate_config_info", "The running config's version hash."),
             &["version"],
@@ -502,6 +511,7 @@ impl Metrics {
             mirror_total,
             outlier_ejections,
             dns_lookups,
+            proxy_protocol_errors,
             #[cfg(feature = "otel")]
             spans,
         })
@@ -634,6 +644,15 @@ impl Metrics {
 
     pub fn parked_connections(&self, listener: &str) -> IntGauge {
         self.parked_connections.with_label_values(&[listener])
+    }
+
+    /// `tollgate_proxy_protocol_errors_total` of one listener: [untrusted, malformed, timeout].
+    pub fn proxy_protocol_errors(&self, listener: &str) -> [IntCounter; 3] {
+        let c = |reason: &str| {
+            self.proxy_protocol_errors
+                .with_label_values(&[listener, reason])
+        };
+        [c("untrusted"), c("malformed"), c("timeout")]
     }
 
     pub fn tls_handshake_failures(&self, listener: &str) -> IntCounter {

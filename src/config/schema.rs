@@ -123,6 +123,7 @@ fn default_listeners() -> Vec<Listener> {
         bind: "0.0.0.0:8080".into(),
         tls: None,
         redirect_to_https: false,
+        proxy_protocol: None,
     }]
 }
 
@@ -140,6 +141,20 @@ pub struct Listener {
     /// Answer every request on this (plain) listener with a redirect to https.
     #[serde(default)]
     pub redirect_to_https: bool,
+    /// Read a PROXY protocol header (v1 or v2) before anything else.
+    #[serde(default)]
+    pub proxy_protocol: Option<ListenerProxyProtocol>,
+}
+
+/// `server.listeners[].proxy_protocol`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerProxyProtocol {
+    /// The balancers allowed to send the header (IPs or CIDRs).
+    pub trusted: Vec<String>,
+    /// How long the header may take (default: `limits.header_read_timeout`).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -24,6 +24,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::proxy_protocol::ProxyProtocol;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -154,18 +156,50 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let admitted = Admitted::new(&gauges, permit);
         let (shared, settings, life2) = (shared.clone(), settings.clone(), life.clone());
-        match &tls {
-            None => {
+        // Live across reloads: the running config says whether this listener
+        // reads a PROXY protocol header.
+        let proxy = {
+            let snap = shared.snapshot.load();
+            snap.proxy_protocol
+                .iter()
+                .find(|(listener, _)| **listener == *name)
+                .map(|(_, pp)| pp.clone())
+        };
+        match (&tls, proxy) {
+            (None, None) => {
                 let info = Arc::new(ConnInfo::new(peer, name.clone()));
                 life.tracker.spawn(serve_connection(
                     stream, info, shared, settings, life2, admitted,
                 ));
             }
-            Some(tls) => {
+            (None, Some(pp)) => {
+                let name = name.clone();
+                life.tracker.spawn(async move {
+                    let mut stream = stream;
+                    let Some(client) = proxy_header(&pp, &mut stream, peer, &name, &life2).await
+                    else {
+                        return;
+                    };
+                    let info = Arc::new(ConnInfo::new(client, name));
+                    serve_connection(stream, info, shared, settings, life2, admitted).await;
+                });
+            }
+            (Some(tls), proxy) => {
                 let acceptor = tls.acceptor();
                 let failures = handshake_failures.clone();
                 let name = name.clone();
                 life.tracker.spawn(async move {
+                    let mut stream = stream;
+                    // Before the handshake: the balancer's header comes first.
+                    let peer = match &proxy {
+                        None => peer,
+                        Some(pp) => {
+                            match proxy_header(pp, &mut stream, peer, &name, &life2).await {
+                                Some(client) => client,
+                                None => return,
+                            }
+                        }
+                    };
                     // Boxed: rustls' handshake state is large, and the task
                     // keeps room for its largest state as long as it lives.
                     let shaken =
@@ -182,6 +216,29 @@ pub async fn accept_loop(
                     }
                 });
             }
+        }
+    }
+}
+
+/// Reads the PROXY protocol header of a new connection: the client's address,
+/// or `None` when the connection is to be closed (refused, logged at debug:
+/// counted in `tollgate_proxy_protocol_errors_total`) or the listener stops.
+async fn proxy_header(
+    pp: &ProxyProtocol,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    life: &Lifecycle,
+) -> Option<SocketAddr> {
+    let read = tokio::select! {
+        r = pp.accept(stream, peer) => r,
+        _ = life.stop.cancelled() => return None,
+    };
+    match read {
+        Ok(client) => Some(client),
+        Err(reason) => {
+            tracing::debug!(%peer, listener, reason = reason.as_str(), "PROXY protocol header refused: connection closed");
+            None
         }
     }
 }

@@ -338,6 +338,27 @@ pub fn compile(
             .filter(|l| l.redirect_to_https)
             .map(|l| l.name.as_str().into())
             .collect(),
+        proxy_protocol: cfg
+            .server
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let pp = l.proxy_protocol.as_ref()?;
+                let settings = crate::proxy_protocol::ProxyProtocol {
+                    trusted: pp
+                        .trusted
+                        .iter()
+                        .filter_map(|n| parse_net(n).ok())
+                        .collect(),
+                    timeout: pp
+                        .timeout
+                        .unwrap_or(cfg.server.limits.header_read_timeout)
+                        .get(),
+                    errors: metrics.proxy_protocol_errors(&l.name),
+                };
+                Some((Arc::from(l.name.as_str()), Arc::new(settings)))
+            })
+            .collect(),
     })
 }
 

@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub spans: Option<Arc<crate::otel::SpanExporter>>,
     /// The listeners with `redirect_to_https` (usually none).
     pub https_redirects: Vec<Arc<str>>,
+    /// The listeners that read a PROXY protocol header, with its settings.
+    pub proxy_protocol: Vec<(Arc<str>, Arc<crate::proxy_protocol::ProxyProtocol>)>,
 }
 
 /// Per-request limits from `server.limits`.

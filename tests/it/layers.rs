@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "headers",
             "conn",
+            "proxy_protocol",
             "error",
             "otel",
             "metrics",

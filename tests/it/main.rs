@@ -34,6 +34,7 @@ mod mirror;
 #[cfg(feature = "otel")]
 mod otel;
 mod proxy;
+mod proxy_protocol;
 mod rate_limit;
 mod reload;
 mod reload_scale;

@@ -1053,3 +1053,39 @@ async fn renewed_certificate_files_are_picked_up_by_the_file_watcher() {
     .await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tls_listener_reads_the_proxy_protocol_header_before_the_handshake() {
+    let pki = Pki::new("ca");
+    let leaf = pki.leaf("pp", &["pp.test"]);
+    let up = Upstream::echo("echo").await;
+    let yaml = gateway_yaml(&certs_yaml(&[&leaf])).replace(
+        "      tls:\n",
+        "      proxy_protocol: { trusted: [127.0.0.1] }\n      tls:\n",
+    );
+    assert!(yaml.contains("proxy_protocol"));
+    let gw = Gateway::start(&yaml, &[("UP", up.host_port())]).await;
+    let addr = gw.app().listener_addr("https").unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 443\r\n")
+        .await
+        .unwrap();
+    let connector = TlsConnector::from(Arc::new(Client::trusting(&pki).config()));
+    let tls = connector
+        .connect(ServerName::try_from("pp.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut h1 = H1::over(tls).await.unwrap();
+    let r = h1.get("pp.test", "/x").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-forwarded-for"], "203.0.113.9");
+    // Without the header the handshake never starts: the ClientHello is not
+    // a PROXY header.
+    assert!(
+        Client::trusting(&pki)
+            .connect(addr, Some("pp.test"))
+            .await
+            .is_err()
+    );
+    gw.shutdown().await;
+}

@@ -37,6 +37,23 @@ impl Checker {
             if let Some(tls) = &l.tls {
                 self.listener_tls(&child(&at, "tls"), tls);
             }
+            if let Some(pp) = &l.proxy_protocol {
+                let at = child(&at, "proxy_protocol");
+                if pp.trusted.is_empty() {
+                    self.err(
+                        child(&at, "trusted"),
+                        "list the balancers that may send the header (IPs or CIDRs)",
+                    );
+                }
+                for (i, net) in pp.trusted.iter().enumerate() {
+                    if let Err(e) = crate::config::values::parse_net(net) {
+                        self.err(item(&child(&at, "trusted"), i), e);
+                    }
+                }
+                if pp.timeout.is_some_and(|t| t.get().is_zero()) {
+                    self.err(child(&at, "timeout"), "must be above zero");
+                }
+            }
         }
         if let Some(admin) = &server.admin {
             self.bind("server.admin.bind", &admin.bind);
