@@ -671,6 +671,9 @@ fn named_files(config: &Config, base_dir: Option<&Path>) -> Vec<PathBuf> {
             names.push(file);
         }
     }
+    for basic in config.auth.basic.values() {
+        names.push(&basic.htpasswd);
+    }
     names.into_iter().map(|n| resolve(base_dir, n)).collect()
 }
 

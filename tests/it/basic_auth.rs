@@ -243,3 +243,32 @@ routes:
         assert!(e.contains(&want), "missing {want:?} in:\n{e}");
     }
 }
+
+#[tokio::test]
+async fn editing_the_htpasswd_file_reloads_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.htpasswd");
+    write_users(&users, "s3cret", "h0rse");
+    let up = Upstream::echo("up").await;
+    let config_path = dir.path().join("tollgate.yaml");
+    std::fs::write(&config_path, config(&users)).unwrap();
+    let gw = Gateway::start_file(
+        &config_path,
+        &[("UP", up.host_port())],
+        Some(std::time::Duration::from_millis(50)),
+    )
+    .await;
+    let status = |cred: &str| {
+        let url = gw.url("/ops");
+        let h = basic(cred);
+        async move { get_with(&url, &[("authorization", &h)]).await.status }
+    };
+    assert_eq!(status("alice:s3cret").await, 200);
+    write_users(&users, "changed", "h0rse");
+    wait_until("the new password to be taken", async || {
+        status("alice:changed").await == 200
+    })
+    .await;
+    assert_eq!(status("alice:s3cret").await, 401);
+    gw.shutdown().await;
+}
