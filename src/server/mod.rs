@@ -24,8 +24,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::proxy_protocol::ProxyProtocol;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::schema::Limits;
 use crate::conn::{Verdict, WatchedIo};
 use crate::proxy::body::ResponseBody;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::shared::Shared;
 use tls::TlsListener;
 
