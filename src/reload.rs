@@ -437,9 +437,12 @@ impl Reloader {
             let relevant = events.iter().any(|e| {
                 !matches!(e.kind, EventKind::Access(_))
                     && e.paths.iter().any(|p| {
-                        p.file_name().is_some_and(|n| {
-                            names.contains(n) || n.to_string_lossy().starts_with("..")
-                        })
+                        // The kubelet writes a new `..<timestamp>` directory,
+                        // then swaps the `..data` symlink to it in one rename:
+                        // only that rename means the files changed, never the
+                        // half-written directory before it.
+                        p.file_name()
+                            .is_some_and(|n| names.contains(n) || n == "..data")
                     })
             });
             if relevant {

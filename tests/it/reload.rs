@@ -184,3 +184,128 @@ async fn a_hundred_rewrites_under_load_fail_nothing() {
         Err(_) => panic!("gateway still shared"),
     }
 }
+
+/// Writes `text` into a new kubelet-style `..<ts>` directory of `d`, in two
+/// halves with a pause between (a reload in between would read half a file
+/// if it followed that directory), then swaps `..data` to it in one rename.
+async fn kubelet_update(d: &std::path::Path, ts: &str, file: &str, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::symlink;
+    std::fs::create_dir(d.join(ts)).unwrap();
+    let mut f = std::fs::File::create(d.join(ts).join(file)).unwrap();
+    let (a, b) = text.split_at(text.len() / 2);
+    f.write_all(a.as_bytes()).unwrap();
+    f.flush().unwrap();
+    tokio::time::sleep(DEBOUNCE * 5).await;
+    f.write_all(b.as_bytes()).unwrap();
+    drop(f);
+    symlink(ts, d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_swaps_under_load_reload_once_each_and_fail_nothing() {
+    use std::os::unix::fs::symlink;
+    let up = Upstream::echo("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..ts0")).unwrap();
+    std::fs::write(d.join("..ts0/tollgate.yaml"), version(0)).unwrap();
+    symlink("..ts0", d.join("..data")).unwrap();
+    symlink("..data/tollgate.yaml", d.join("tollgate.yaml")).unwrap();
+    let gw = Arc::new(
+        Gateway::start_file(
+            &d.join("tollgate.yaml"),
+            &[("UP", up.host_port())],
+            Some(DEBOUNCE),
+        )
+        .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), gw.addr);
+        load.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                match conn.get("/stable/x").await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.lock().unwrap().push(r.status.to_string()),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+    for i in [2, 4, 6, 8, 10] {
+        let (s0, f0) = gw.reload_counts().await;
+        kubelet_update(d, &format!("..ts{i}"), "tollgate.yaml", &version(i)).await;
+        wait_served(&gw, &format!("/v/{i}"), &format!("v{i}")).await;
+        // Absence cannot be polled for: give a second reload time to show.
+        tokio::time::sleep(DEBOUNCE * 10).await;
+        assert_eq!(
+            gw.reload_counts().await,
+            (s0 + 1.0, f0),
+            "swap {i}: one good reload"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "{:?}",
+        failures.lock().unwrap()
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_swap_reloads_the_file_it_holds() {
+    use base64::Engine as _;
+    use std::os::unix::fs::symlink;
+    let up = Upstream::echo("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A Secret with an htpasswd file, mounted the kubelet's way.
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(secret.join("..ts0")).unwrap();
+    let users = |password: &str| format!("ops:{}\n", bcrypt::hash(password, 4).unwrap());
+    std::fs::write(secret.join("..ts0/users"), users("one")).unwrap();
+    symlink("..ts0", secret.join("..data")).unwrap();
+    symlink("..data/users", secret.join("users")).unwrap();
+    let config = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}upstreams:\n  app: {{ targets: [{{ url: 'http://${{UP}}' }}] }}\nauth:\n  basic:\n    ops: {{ htpasswd: '{}' }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: app, auth: ['basic:ops'] }}\n",
+            server_block(""),
+            secret.join("users").display()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_file(&config, &[("UP", up.host_port())], Some(DEBOUNCE)).await;
+    let status = |password: &str| {
+        let url = gw.url("/x");
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("ops:{password}"))
+        );
+        async move { get_with(&url, &[("authorization", &h)]).await.status }
+    };
+    assert_eq!(status("one").await, 200);
+    let (s0, f0) = gw.reload_counts().await;
+    kubelet_update(&secret, "..ts1", "users", &users("two")).await;
+    wait_until("the rotated password", async || status("two").await == 200).await;
+    assert_eq!(status("one").await, 401);
+    tokio::time::sleep(DEBOUNCE * 10).await;
+    assert_eq!(
+        gw.reload_counts().await,
+        (s0 + 1.0, f0),
+        "one reload for the swap"
+    );
+    gw.shutdown().await;
+}
