@@ -121,6 +121,8 @@ Try:
   head -c 2000000 /dev/zero | curl -i --data-binary @- http://{gw}/api/upload
   # Prometheus metrics
   curl -s http://{admin}/metrics | grep tollgate_requests_total
+  # the dashboard: routes, target health, live rates, reloads (open in a browser)
+  http://{admin}/ui/
   # explain a routing decision offline
   cargo run --release -- routes --config config/demo.yaml /api/users
 

@@ -51,12 +51,56 @@ impl ConfigFile {
     }
 }
 
-/// What started a reload (for the log).
+/// What started a reload (for the log and the reload history).
 #[derive(Debug, Clone, Copy)]
 pub enum Trigger {
     FileChange,
     Signal,
     Admin,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FileChange => "file",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
+/// How many reloads `GET /reloads` remembers.
+const HISTORY: usize = 20;
+/// At most this many changed settings are listed per reload.
+const DIFF_LINES: usize = 200;
+
+/// One reload, as `GET /reloads` and the dashboard show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    /// When it ended, RFC 3339.
+    pub at: String,
+    /// `start` for the version the process started with, else the trigger.
+    pub trigger: &'static str,
+    pub result: &'static str,
+    /// The version running before.
+    pub from_version: Option<String>,
+    /// The version running after (the same as before when it failed).
+    pub version: String,
+    pub changes: Changes,
+    /// Each setting that differs, with its old and new value, secrets
+    /// redacted; `null` on the side where it is absent.
+    pub diff: Vec<DiffLine>,
+    /// More settings differ than `diff` lists.
+    pub diff_truncated: bool,
+    pub errors: Vec<String>,
+}
+
+/// One changed setting: `routes[api].match.path_prefix`, `/a` -> `/b`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DiffLine {
+    pub path: String,
+    pub before: Value,
+    pub after: Value,
 }
 
 /// Names of what a reload added, removed or changed: `route:NAME`,
@@ -156,6 +200,8 @@ pub struct Reloader {
     max_connections: Arc<Semaphore>,
     /// The live certificates of the TLS listeners, by listener name.
     tls: TlsListeners,
+    /// The last reloads, oldest first.
+    history: Mutex<std::collections::VecDeque<ReloadRecord>>,
 }
 
 impl Reloader {
@@ -166,6 +212,17 @@ impl Reloader {
         max_connections: Arc<Semaphore>,
         tls: TlsListeners,
     ) -> Self {
+        let start = ReloadRecord {
+            at: now_rfc3339(),
+            trigger: "start",
+            result: "success",
+            from_version: None,
+            version: shared.snapshot.load().version.clone(),
+            changes: Changes::default(),
+            diff: Vec::new(),
+            diff_truncated: false,
+            errors: Vec::new(),
+        };
         Reloader {
             tls,
             shared,
@@ -176,7 +233,22 @@ impl Reloader {
             addrs: Mutex::new(Vec::new()),
             life,
             max_connections,
+            history: Mutex::new([start].into()),
         }
+    }
+
+    /// The last reloads (and the start), newest first.
+    pub fn history(&self) -> Vec<ReloadRecord> {
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        history.iter().rev().cloned().collect()
+    }
+
+    fn remember(&self, record: ReloadRecord) {
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(record);
     }
 
     pub fn config_file(&self) -> Option<&ConfigFile> {
@@ -284,6 +356,18 @@ impl Reloader {
         for e in &errors {
             tracing::error!(?trigger, error = %e, "config reload failed; the old config keeps serving");
         }
+        let version = self.shared.snapshot.load().version.clone();
+        self.remember(ReloadRecord {
+            at: now_rfc3339(),
+            trigger: trigger.as_str(),
+            result: "failure",
+            from_version: Some(version.clone()),
+            version,
+            changes: Changes::default(),
+            diff: Vec::new(),
+            diff_truncated: false,
+            errors: errors.iter().map(ToString::to_string).collect(),
+        });
         errors
     }
 
@@ -388,11 +472,15 @@ impl Reloader {
         // Comparing two large configs takes a while too (serializing each entry).
         let comparing = {
             let (old, new) = (old.clone(), snapshot.clone());
-            tokio::task::spawn_blocking(move || diff(&old.source.config, &new.source.config))
+            tokio::task::spawn_blocking(move || {
+                let changes = diff(&old.source.config, &new.source.config);
+                let lines = details(&old.source.config, &new.source.config, &changes);
+                (changes, lines)
+            })
         };
-        let changes = comparing.await.unwrap_or_else(|e| {
+        let (changes, (lines, truncated)) = comparing.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "comparing the configurations failed");
-            Changes::default()
+            (Changes::default(), (Vec::new(), false))
         });
         if changes.changed.iter().any(|c| c == "server.admin") {
             tracing::warn!("server.admin changed: the admin listener moves only on restart");
@@ -409,6 +497,17 @@ impl Reloader {
             changed = ?changes.changed,
             "config reloaded"
         );
+        self.remember(ReloadRecord {
+            at: now_rfc3339(),
+            trigger: trigger.as_str(),
+            result: "success",
+            from_version: Some(old.version.clone()),
+            version: loaded.version.clone(),
+            changes: changes.clone(),
+            diff: lines,
+            diff_truncated: truncated,
+            errors: Vec::new(),
+        });
         Ok(Reloaded {
             version: loaded.version.clone(),
             changes,
@@ -567,6 +666,12 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         &values(&old.rate_limits),
         &values(&new.rate_limits),
     );
+    compare(
+        &mut changes,
+        "basic",
+        &values(&old.auth.basic),
+        &values(&new.auth.basic),
+    );
     compare(&mut changes, "cors", &values(&old.cors), &values(&new.cors));
     compare(&mut changes, "listener", &listeners(old), &listeners(new));
     let sections: [(&str, Value, Value); 7] = [
@@ -604,6 +709,156 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         }
     }
     changes
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The settings behind each name in `changes`, compared leaf by leaf with
+/// their secrets redacted. Only the named entries are serialized, so the
+/// cost follows the size of the change, not of the config.
+fn details(old: &Config, new: &Config, changes: &Changes) -> (Vec<DiffLine>, bool) {
+    let mut lines = Vec::new();
+    let names = changes
+        .added
+        .iter()
+        .chain(&changes.removed)
+        .chain(&changes.changed);
+    for name in names {
+        let (Some(label), Some(a), Some(b)) = (label(name), entry(old, name), entry(new, name))
+        else {
+            continue;
+        };
+        compare_values(&label, &a, &b, &mut lines);
+        if lines.len() > DIFF_LINES {
+            lines.truncate(DIFF_LINES);
+            return (lines, true);
+        }
+    }
+    (lines, false)
+}
+
+/// Where a name of `Changes` sits in the config, as the diff shows it.
+fn label(name: &str) -> Option<String> {
+    let (kind, entry) = name.split_once(':').unwrap_or((name, ""));
+    Some(match kind {
+        "route" => format!("routes[{entry}]"),
+        "upstream" => format!("upstreams.{entry}"),
+        "jwt" => format!("auth.jwt.{entry}"),
+        "api_key" => format!("auth.api_keys.{entry}"),
+        "basic" => format!("auth.basic.{entry}"),
+        "rate_limit" => format!("rate_limits.{entry}"),
+        "cors" => format!("cors.{entry}"),
+        "listener" => format!("server.listeners[{entry}]"),
+        section if entry.is_empty() => section.to_string(),
+        _ => return None,
+    })
+}
+
+/// The redacted JSON of one named entry of `config` (`null` when it has none).
+/// It is redacted in place in a config-shaped tree, so the rules of
+/// `GET /config` apply unchanged.
+fn entry(config: &Config, name: &str) -> Option<Value> {
+    use serde_json::json;
+    let (kind, key) = name.split_once(':').unwrap_or((name, ""));
+    let v = |x: Option<Value>| x.unwrap_or(Value::Null);
+    let (mut tree, pointer) = match kind {
+        "route" => {
+            let r = config.routes.iter().find(|r| r.name == key).map(to_value);
+            (json!({"routes": [v(r)]}), "/routes/0".to_string())
+        }
+        "listener" => {
+            let l = config.server.listeners.iter().find(|l| l.name == key);
+            (
+                json!({"server": {"listeners": [v(l.map(to_value))]}}),
+                "/server/listeners/0".to_string(),
+            )
+        }
+        "upstream" => (
+            json!({"upstreams": {key: v(config.upstreams.get(key).map(to_value))}}),
+            format!("/upstreams/{key}"),
+        ),
+        "jwt" => (
+            json!({"auth": {"jwt": {key: v(config.auth.jwt.get(key).map(to_value))}}}),
+            format!("/auth/jwt/{key}"),
+        ),
+        "api_key" => (
+            json!({"auth": {"api_keys": {key: v(config.auth.api_keys.get(key).map(to_value))}}}),
+            format!("/auth/api_keys/{key}"),
+        ),
+        "basic" => (
+            json!({"auth": {"basic": {key: v(config.auth.basic.get(key).map(to_value))}}}),
+            format!("/auth/basic/{key}"),
+        ),
+        "rate_limit" => (
+            json!({"rate_limits": {key: v(config.rate_limits.get(key).map(to_value))}}),
+            format!("/rate_limits/{key}"),
+        ),
+        "cors" => (
+            json!({"cors": {key: v(config.cors.get(key).map(to_value))}}),
+            format!("/cors/{key}"),
+        ),
+        "server.limits" => (
+            json!({"server": {"limits": to_value(&config.server.limits)}}),
+            "/server/limits".into(),
+        ),
+        "server.admin" => (
+            json!({"server": {"admin": to_value(&config.server.admin)}}),
+            "/server/admin".into(),
+        ),
+        "server.trusted_proxies" => (
+            json!({"server": {"trusted_proxies": to_value(&config.server.trusted_proxies)}}),
+            "/server/trusted_proxies".into(),
+        ),
+        "server.path_normalization" => (
+            json!({"server": {"path_normalization": to_value(&config.server.path_normalization)}}),
+            "/server/path_normalization".into(),
+        ),
+        "server.shutdown_grace" => (
+            json!({"server": {"shutdown_grace": to_value(&config.server.shutdown_grace)}}),
+            "/server/shutdown_grace".into(),
+        ),
+        "redis" => (json!({"redis": to_value(&config.redis)}), "/redis".into()),
+        "tracing" => (
+            json!({"tracing": to_value(&config.tracing)}),
+            "/tracing".into(),
+        ),
+        _ => return None,
+    };
+    crate::config::redact::redact_tree(&mut tree);
+    tree.pointer_mut(&pointer).map(Value::take)
+}
+
+/// Appends one line per leaf that differs between `a` and `b` below `path`.
+/// An object or list present on one side only is one line with all of it.
+fn compare_values(path: &str, a: &Value, b: &Value, out: &mut Vec<DiffLine>) {
+    if out.len() > DIFF_LINES || a == b {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                let child = format!("{path}.{k}");
+                compare_values(&child, va, y.get(k).unwrap_or(&Value::Null), out);
+            }
+            for (k, vb) in y {
+                if !x.contains_key(k) {
+                    compare_values(&format!("{path}.{k}"), &Value::Null, vb, out);
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                compare_values(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        _ => out.push(DiffLine {
+            path: path.to_string(),
+            before: a.clone(),
+            after: b.clone(),
+        }),
+    }
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {

@@ -8,6 +8,7 @@ mod env;
 pub mod htpasswd;
 pub mod load;
 mod positions;
+pub mod redact;
 pub mod schema;
 pub(crate) mod suggest;
 pub mod units;

@@ -192,6 +192,10 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub bind: String,
+    /// When set, every admin endpoint but `/healthz`, `/readyz` and the
+    /// dashboard's static files needs `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -2,6 +2,7 @@
 //! with every error), `/explain`, and listeners opened and closed by a reload.
 
 use crate::support::*;
+use http::Request;
 
 fn config(extra_routes: &str, extra_listener: &str) -> String {
     format!(
@@ -292,4 +293,259 @@ async fn reload_without_a_file_is_refused_and_counted() {
         Some(1.0)
     );
     gw.shutdown().await;
+}
+
+const TOKEN: &str = "admin-token-0123456789abcdef";
+
+/// `GET` (or `POST` for `/reload`) on the admin API, with these headers.
+async fn admin(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut b = Request::builder().method(method).uri(gw.admin_url(path));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(empty()).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_every_endpoint_but_the_probes() {
+    let up = Upstream::echo("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    let with_token = |token: &str| {
+        config("", "").replace(
+            "  admin:\n    bind: 127.0.0.1:0\n",
+            &format!("  admin:\n    bind: 127.0.0.1:0\n    token: {token}\n"),
+        )
+    };
+    std::fs::write(&path, with_token(TOKEN)).unwrap();
+    let gw = Gateway::start_file(&path, &[("UP", up.host_port())], None).await;
+    let good = format!("Bearer {TOKEN}");
+
+    // Missing, wrong, another scheme, two headers: one answer, no detail.
+    let refused = admin(&gw, "GET", "/config", &[]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some(r#"Bearer realm="tollgate admin""#)
+    );
+    let wrong_token = format!("Bearer {TOKEN}x");
+    for headers in [
+        vec![("authorization", "Bearer nope")],
+        vec![("authorization", wrong_token.as_str())],
+        vec![("authorization", &TOKEN[..TOKEN.len() - 1])],
+        vec![("authorization", "Basic YWRtaW46YWRtaW4=")],
+        vec![
+            ("authorization", good.as_str()),
+            ("authorization", good.as_str()),
+        ],
+    ] {
+        let r = admin(&gw, "GET", "/config", &headers).await;
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(r.text(), refused.text(), "{headers:?}");
+    }
+    assert_eq!(
+        refused.json(),
+        serde_json::json!({"error": "unauthorized", "message": "the admin API needs its bearer token"})
+    );
+    for path in [
+        "/metrics",
+        "/upstreams",
+        "/reloads",
+        "/explain?path=/ping",
+        "/nowhere",
+    ] {
+        assert_eq!(admin(&gw, "GET", path, &[]).await.status, 401, "{path}");
+    }
+    assert_eq!(admin(&gw, "POST", "/reload", &[]).await.status, 401);
+    assert_eq!(
+        admin(&gw, "DELETE", "/idempotency/r/k", &[]).await.status,
+        401
+    );
+
+    // With it: everything answers; the scheme is case-insensitive.
+    let auth = [("authorization", good.as_str())];
+    for path in [
+        "/config",
+        "/metrics",
+        "/upstreams",
+        "/reloads",
+        "/explain?path=/ping",
+    ] {
+        let r = admin(&gw, "GET", path, &auth).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    let lower = format!("bearer {TOKEN}");
+    assert_eq!(
+        admin(&gw, "GET", "/config", &[("authorization", &lower)])
+            .await
+            .status,
+        200
+    );
+    let shown = admin(&gw, "GET", "/config", &auth).await;
+    assert!(!shown.text().contains(TOKEN), "{}", shown.text());
+    assert_eq!(
+        shown.json()["config"]["server"]["admin"]["token"],
+        "<redacted>"
+    );
+
+    // Probes and the dashboard's files need none (they carry no data).
+    assert_eq!(admin(&gw, "GET", "/healthz", &[]).await.status, 200);
+    assert_eq!(admin(&gw, "GET", "/readyz", &[]).await.status, 200);
+    let page = admin(&gw, "GET", "/ui/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains(r#"data-token="required""#));
+    assert!(!page.text().contains(TOKEN));
+
+    // A reload swaps the token at once.
+    let other = "another-admin-token-9876543210";
+    std::fs::write(&path, with_token(other)).unwrap();
+    assert_eq!(admin(&gw, "POST", "/reload", &auth).await.status, 200);
+    assert_eq!(admin(&gw, "GET", "/config", &auth).await.status, 401);
+    let auth = format!("Bearer {other}");
+    assert_eq!(
+        admin(&gw, "GET", "/config", &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    // Without a token the page is told so and the API is open again.
+    std::fs::write(&path, config("", "")).unwrap();
+    assert_eq!(
+        admin(&gw, "POST", "/reload", &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    let page = admin(&gw, "GET", "/ui/", &[]).await;
+    assert!(!page.text().contains("data-token"));
+    assert_eq!(admin(&gw, "GET", "/config", &[]).await.status, 200);
+    gw.shutdown().await;
+}
+
+#[test]
+fn a_short_or_spaced_admin_token_is_refused() {
+    for (token, why) in [
+        ("short", "at least 16 characters"),
+        ("'sixteen chars but spaced'", "without spaces"),
+    ] {
+        let yaml = config("", "").replace(
+            "  admin:\n    bind: 127.0.0.1:0\n",
+            &format!("  admin:\n    bind: 127.0.0.1:0\n    token: {token}\n"),
+        );
+        let env = |_: &str| Some("127.0.0.1:1".to_string());
+        let Err(e) = tollgate::config::load_str_with_env(&yaml, "t.yaml", &env) else {
+            panic!("token {token} was accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains("server.admin.token") && e.contains(why), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_files_are_served_with_a_strict_policy() {
+    let s = setup().await;
+    let r = admin(&s.gw, "GET", "/ui", &[]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("/ui/"));
+    for (path, kind) in [
+        ("/ui/", "text/html; charset=utf-8"),
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+        ("/ui/icon.svg", "image/svg+xml"),
+    ] {
+        let r = admin(&s.gw, "GET", path, &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some(kind), "{path}");
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    }
+    // No inline script: the page loads its one script file.
+    let page = admin(&s.gw, "GET", "/ui/", &[]).await.text();
+    assert!(page.contains(r#"<script src="/ui/app.js" defer></script>"#));
+    assert_eq!(page.matches("<script").count(), 1);
+    // Read-only: the dashboard's files take no other method.
+    assert_eq!(admin(&s.gw, "POST", "/ui/", &[]).await.status, 405);
+    assert_eq!(admin(&s.gw, "GET", "/ui/other.js", &[]).await.status, 404);
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reloads_lists_each_reload_with_its_diff_and_no_secret() {
+    let s = setup().await;
+    let history =
+        async || get(&s.gw.admin_url("/reloads")).await.unwrap().json()["reloads"].clone();
+    let start = history().await;
+    assert_eq!(start.as_array().unwrap().len(), 1, "{start}");
+    assert_eq!(start[0]["trigger"], "start");
+    assert_eq!(start[0]["result"], "success");
+    assert!(start[0]["from_version"].is_null());
+    let first = start[0]["version"].clone();
+
+    // A changed setting, and an added route carrying a credential.
+    let added = "  - name: orders\n    match: { path_prefix: /orders }\n    upstream: users\n    \
+                 request_headers: { set: { X-API-Key: added-s3cret } }\n";
+    replace(
+        &s.path,
+        &config(added, "").replace("methods: [GET]", "methods: [GET, HEAD]"),
+    );
+    assert_eq!(s.gw.post_reload().await.status, 200);
+    let h = history().await;
+    let last = &h[0];
+    assert_eq!(last["trigger"], "admin");
+    assert_eq!(last["result"], "success");
+    assert_eq!(last["from_version"], first);
+    assert_ne!(last["version"], first);
+    assert_eq!(
+        last["changes"]["added"],
+        serde_json::json!(["route:orders"])
+    );
+    assert_eq!(
+        last["changes"]["changed"],
+        serde_json::json!(["route:users"])
+    );
+    let diff = last["diff"].as_array().unwrap();
+    assert!(
+        diff.contains(&serde_json::json!({
+            "path": "routes[users].match.methods",
+            "before": ["GET"], "after": ["GET", "HEAD"]})),
+        "{diff:?}"
+    );
+    let orders = diff
+        .iter()
+        .find(|d| d["path"] == "routes[orders]")
+        .unwrap_or_else(|| panic!("{diff:?}"));
+    assert!(orders["before"].is_null());
+    assert_eq!(orders["after"]["match"]["path_prefix"], "/orders");
+    assert_eq!(
+        orders["after"]["request_headers"]["set"]["X-API-Key"],
+        "<redacted>"
+    );
+    assert!(!h.to_string().contains("added-s3cret"), "{h}");
+
+    // A refused reload is listed with its errors; the version stays.
+    replace(&s.path, "routes: [");
+    assert_eq!(s.gw.post_reload().await.status, 400);
+    let h = history().await;
+    assert_eq!(h[0]["result"], "failure");
+    assert_eq!(h[0]["version"], h[1]["version"]);
+    assert!(!h[0]["errors"].as_array().unwrap().is_empty(), "{h}");
+
+    // Twenty are kept, newest first.
+    for _ in 0..20 {
+        s.gw.post_reload().await;
+    }
+    let h = history().await;
+    assert_eq!(h.as_array().unwrap().len(), 20);
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["trigger"] == "admin")
+    );
+    s.gw.shutdown().await;
 }

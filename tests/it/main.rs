@@ -17,6 +17,7 @@ mod cli;
 mod compression;
 mod config_errors;
 mod config_examples;
+mod dashboard;
 mod discovery;
 mod docs;
 mod edge;

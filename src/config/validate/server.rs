@@ -57,6 +57,19 @@ impl Checker {
         }
         if let Some(admin) = &server.admin {
             self.bind("server.admin.bind", &admin.bind);
+            if let Some(token) = &admin.token {
+                if token.len() < 16 {
+                    self.err(
+                        "server.admin.token",
+                        "must be at least 16 characters (use a long random value)",
+                    );
+                } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    self.err(
+                        "server.admin.token",
+                        "must be printable ASCII without spaces (it is sent as a bearer token)",
+                    );
+                }
+            }
         }
 
         let limits = &server.limits;
