@@ -174,7 +174,7 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                 let _ = writeln!(
                     out,
                     "  sets request header {name}: {}",
-                    value.to_str().unwrap_or("?")
+                    shown(name.as_str(), value, &snap.source.secrets)
                 );
             }
             for name in &route.request_headers.remove {
@@ -253,6 +253,12 @@ fn source_state(s: &SourceStatus) -> String {
         (Some(e), true) if found > 0 => format!("{found} address(es) kept; last lookup: {e}"),
         (Some(e), true) => format!("no addresses ({e})"),
     }
+}
+
+/// A header value the route sets, as it may be shown (credentials redacted,
+/// as in `GET /config`).
+fn shown(name: &str, value: &http::HeaderValue, secrets: &[String]) -> String {
+    crate::config::redact::header_value(name, value.to_str().unwrap_or("?"), secrets)
 }
 
 fn share(weight: u32, total: u64) -> f64 {
@@ -354,7 +360,7 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
             "ip_deny": raw.ip_deny,
             "request_headers": {
                 "set": route.request_headers.set.iter()
-                    .map(|(n, v)| (n.to_string(), Value::from(v.to_str().unwrap_or("?"))))
+                    .map(|(n, v)| (n.to_string(), Value::from(shown(n.as_str(), v, &snap.source.secrets))))
                     .collect::<serde_json::Map<_, _>>(),
                 "remove": route.request_headers.remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             },

@@ -474,7 +474,8 @@ impl Reloader {
             let (old, new) = (old.clone(), snapshot.clone());
             tokio::task::spawn_blocking(move || {
                 let changes = diff(&old.source.config, &new.source.config);
-                let lines = details(&old.source.config, &new.source.config, &changes);
+                let secrets = [&old.source.secrets[..], &new.source.secrets[..]].concat();
+                let lines = details(&old.source.config, &new.source.config, &changes, &secrets);
                 (changes, lines)
             })
         };
@@ -718,7 +719,12 @@ fn now_rfc3339() -> String {
 /// The settings behind each name in `changes`, compared leaf by leaf with
 /// their secrets redacted. Only the named entries are serialized, so the
 /// cost follows the size of the change, not of the config.
-fn details(old: &Config, new: &Config, changes: &Changes) -> (Vec<DiffLine>, bool) {
+fn details(
+    old: &Config,
+    new: &Config,
+    changes: &Changes,
+    secrets: &[String],
+) -> (Vec<DiffLine>, bool) {
     let mut lines = Vec::new();
     let names = changes
         .added
@@ -726,8 +732,11 @@ fn details(old: &Config, new: &Config, changes: &Changes) -> (Vec<DiffLine>, boo
         .chain(&changes.removed)
         .chain(&changes.changed);
     for name in names {
-        let (Some(label), Some(a), Some(b)) = (label(name), entry(old, name), entry(new, name))
-        else {
+        let (Some(label), Some(a), Some(b)) = (
+            label(name),
+            entry(old, name, secrets),
+            entry(new, name, secrets),
+        ) else {
             continue;
         };
         compare_values(&label, &a, &b, &mut lines);
@@ -759,7 +768,7 @@ fn label(name: &str) -> Option<String> {
 /// The redacted JSON of one named entry of `config` (`null` when it has none).
 /// It is redacted in place in a config-shaped tree, so the rules of
 /// `GET /config` apply unchanged.
-fn entry(config: &Config, name: &str) -> Option<Value> {
+fn entry(config: &Config, name: &str, secrets: &[String]) -> Option<Value> {
     use serde_json::json;
     let (kind, key) = name.split_once(':').unwrap_or((name, ""));
     let v = |x: Option<Value>| x.unwrap_or(Value::Null);
@@ -826,7 +835,7 @@ fn entry(config: &Config, name: &str) -> Option<Value> {
         ),
         _ => return None,
     };
-    crate::config::redact::redact_tree(&mut tree);
+    crate::config::redact::redact_tree(&mut tree, secrets);
     tree.pointer_mut(&pointer).map(Value::take)
 }
 

@@ -148,7 +148,7 @@ async fn answer(
                     "version": snap.version,
                     "loaded_at": loaded_at,
                     "source": snap.source.source,
-                    "config": redacted(&snap.source.config),
+                    "config": redacted(&snap.source.config, &snap.source.secrets),
                 }),
             )
         }

@@ -1,12 +1,33 @@
-//! `${VAR}` and `${VAR:-default}` substitution inside string values, so secrets
-//! and per-host settings can come from the environment. `$${` writes a literal `${`.
-//! The environment is a parameter so tests never touch the process environment.
+//! `${VAR}`, `${VAR:-default}` and `${file:PATH}` substitution inside string
+//! values, so secrets and per-host settings can come from the environment or
+//! from mounted files (Kubernetes Secrets, Docker secrets, Vault Agent). `$${`
+//! writes a literal `${`. The environment is a parameter so tests never touch
+//! the process environment.
+
+use std::path::PathBuf;
 
 /// Looks a variable up; `std::env::var(..).ok()` in production.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Replace every `${..}` in `text`. The error is a finished message.
-pub(crate) fn substitute(text: &str, env: Env<'_>) -> Result<String, String> {
+/// A secret file larger than this is surely not a secret.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Where `${..}` values come from, and what the file references read.
+pub(crate) struct Sources<'a> {
+    pub env: Env<'a>,
+    /// A file name from the config -> the path to read (relative names are
+    /// against the config file's directory).
+    pub resolve: &'a dyn Fn(&str) -> PathBuf,
+    /// Every value read through `${file:..}`: redacted wherever the config,
+    /// or an error about it, is shown.
+    pub secrets: Vec<String>,
+    /// The files they were read from: watched with the config, re-read on reload.
+    pub files: Vec<PathBuf>,
+}
+
+/// Replace every `${..}` in `text`. The error is a finished message that never
+/// holds a value read from a file.
+pub(crate) fn substitute(text: &str, sources: &mut Sources<'_>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -19,7 +40,11 @@ pub(crate) fn substitute(text: &str, env: Env<'_>) -> Result<String, String> {
             let end = after.find('}').ok_or_else(|| {
                 format!("unterminated `${{` in `{text}`; write `$${{` for a literal `${{`")
             })?;
-            out.push_str(&expand(&after[..end], env)?);
+            let body = &after[..end];
+            match body.strip_prefix("file:") {
+                Some(name) => out.push_str(&read_secret(name, sources)?),
+                None => out.push_str(&expand(body, sources.env)?),
+            }
             rest = &after[end + 1..];
         } else {
             out.push('$');
@@ -28,6 +53,44 @@ pub(crate) fn substitute(text: &str, env: Env<'_>) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The text of a `${file:NAME}`, without one trailing newline (`echo` and
+/// editors add one; `kubectl create secret --from-literal` does not).
+fn read_secret(name: &str, sources: &mut Sources<'_>) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("`${file:}` needs a file name: `${file:/run/secrets/name}`".into());
+    }
+    let path = (sources.resolve)(name);
+    let shown = path.display();
+    let size = std::fs::metadata(&path)
+        .map_err(|e| format!("`${{file:{name}}}`: cannot read {shown}: {e}"))?
+        .len();
+    if size > MAX_SECRET_FILE {
+        return Err(format!(
+            "`${{file:{name}}}`: {shown} is {size} bytes; a secret file holds at most 64KiB"
+        ));
+    }
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("`${{file:{name}}}`: cannot read {shown}: {e}"))?;
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| format!("`${{file:{name}}}`: {shown} is not UTF-8 text"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(format!("`${{file:{name}}}`: {shown} is empty"));
+    }
+    if !sources.secrets.contains(&text) {
+        sources.secrets.push(text.clone());
+    }
+    if !sources.files.contains(&path) {
+        sources.files.push(path);
+    }
+    Ok(text)
 }
 
 /// The value of one `${..}` body: `NAME` or `NAME:-default`.
@@ -59,6 +122,17 @@ fn is_var_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn substitute(text: &str, env: Env<'_>) -> Result<String, String> {
+        let resolve = |n: &str| PathBuf::from(n);
+        let mut sources = Sources {
+            env,
+            resolve: &resolve,
+            secrets: Vec::new(),
+            files: Vec::new(),
+        };
+        super::substitute(text, &mut sources)
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -114,5 +188,46 @@ mod tests {
                 .unwrap_err()
                 .contains("not an environment variable name")
         );
+    }
+
+    #[test]
+    fn file_references_read_the_file_once_trimmed_and_remember_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret-value\n").unwrap();
+        std::fs::write(dir.path().join("crlf"), "other\r\n\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let base = dir.path().to_path_buf();
+        let resolve = move |n: &str| base.join(n);
+        let mut sources = Sources {
+            env: &env,
+            resolve: &resolve,
+            secrets: Vec::new(),
+            files: Vec::new(),
+        };
+        let got = super::substitute("redis://:${file:pw}@${HOST}/${file:pw}", &mut sources);
+        assert_eq!(
+            got.unwrap(),
+            "redis://:s3cret-value@db.internal/s3cret-value"
+        );
+        // One newline goes, not two.
+        assert_eq!(
+            super::substitute("${file:crlf}", &mut sources).unwrap(),
+            "other\r\n"
+        );
+        assert_eq!(sources.secrets, ["s3cret-value", "other\r\n"]);
+        assert_eq!(sources.files.len(), 2);
+
+        let e = super::substitute("${file:empty}", &mut sources).unwrap_err();
+        assert!(e.ends_with("is empty"), "{e}");
+        let e = super::substitute("${file:missing}", &mut sources).unwrap_err();
+        assert!(e.contains("cannot read") && e.contains("missing"), "{e}");
+        let e = super::substitute("${file:}", &mut sources).unwrap_err();
+        assert!(e.contains("needs a file name"), "{e}");
+        std::fs::write(dir.path().join("big"), vec![b'x'; 70 * 1024]).unwrap();
+        let e = super::substitute("${file:big}", &mut sources).unwrap_err();
+        assert!(e.contains("at most 64KiB"), "{e}");
+        std::fs::write(dir.path().join("bin"), [0xff, 0xfe]).unwrap();
+        let e = super::substitute("${file:bin}", &mut sources).unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
     }
 }

@@ -33,6 +33,9 @@ pub struct LoadedConfig {
     /// resolve; `None` for text that did not come from a file (then they stay
     /// relative to the working directory).
     pub base_dir: Option<PathBuf>,
+    /// Values read through `${file:..}`: `/config`, `/reloads` and errors show
+    /// `<redacted>` wherever one appears.
+    pub secrets: Vec<String>,
 }
 
 impl LoadedConfig {
@@ -178,7 +181,19 @@ fn load_text(
 
     let before_env = problems.len();
     let plain = |path: &str| index().node(path).is_some_and(|n| n.plain_scalar);
-    substitute_env(&mut value, "", &plain, env, &mut problems);
+    let resolve_name = |name: &str| resolve(base_dir, name);
+    let mut sources = env::Sources {
+        env,
+        resolve: &resolve_name,
+        secrets: Vec::new(),
+        files: Vec::new(),
+    };
+    substitute_env(&mut value, "", &plain, &mut sources, &mut problems);
+    let env::Sources {
+        secrets,
+        files: secret_files,
+        ..
+    } = sources;
     // A value whose variable is unset would also fail to deserialize; say it once.
     let env_failures: Vec<String> = problems[before_env..]
         .iter()
@@ -209,7 +224,12 @@ fn load_text(
 
     match config {
         Some(config) if problems.is_empty() => {
-            let files = named_files(&config, base_dir);
+            let mut files = named_files(&config, base_dir);
+            for f in secret_files {
+                if !files.contains(&f) {
+                    files.push(f);
+                }
+            }
             let json = serde_json::to_vec(&config).unwrap_or_default();
             Ok(LoadedConfig {
                 version: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json)),
@@ -217,9 +237,17 @@ fn load_text(
                 source: source.to_owned(),
                 files,
                 base_dir: base_dir.map(Path::to_path_buf),
+                secrets,
             })
         }
-        _ => Err(locate(problems, index(), source)),
+        _ => {
+            // A value read from a file may be quoted back by a check
+            // ("got ..."): never in an error.
+            for p in &mut problems {
+                p.message = super::redact::scrub(&p.message, &secrets);
+            }
+            Err(locate(problems, index(), source))
+        }
     }
 }
 
@@ -289,7 +317,7 @@ fn substitute_env(
     value: &mut Value,
     path: &str,
     plain: &dyn Fn(&str) -> bool,
-    env: Env<'_>,
+    env: &mut env::Sources<'_>,
     problems: &mut Vec<Problem>,
 ) {
     match value {

@@ -18,15 +18,42 @@ const SECRET_HEADERS: &[&str] = &[
 /// The config as JSON with its secrets replaced: every `secret`, the `key` of
 /// API keys, the admin token, passwords in URLs (`redis://user:pass@host`),
 /// and configured values of credential headers.
-pub fn redacted(config: &Config) -> Value {
+///
+/// `secrets` are the values read through `${file:..}`: wherever one appears,
+/// in any string, it reads `<redacted>` too.
+pub fn redacted(config: &Config, secrets: &[String]) -> Value {
     let mut v = serde_json::to_value(config).unwrap_or(Value::Null);
-    redact_tree(&mut v);
+    redact_tree(&mut v, secrets);
     v
+}
+
+/// A configured header value as it may be shown: `<redacted>` for credential
+/// headers, secrets from files scrubbed from the others.
+pub fn header_value(name: &str, value: &str, secrets: &[String]) -> String {
+    if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        REDACTED.to_owned()
+    } else {
+        scrub(value, secrets)
+    }
+}
+
+/// `text` with every occurrence of each secret replaced by `<redacted>`.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+    }
+    out
 }
 
 /// Redacts a config-shaped JSON tree in place: a whole config, or one with
 /// only some of its entries at their usual places.
-pub fn redact_tree(v: &mut Value) {
+pub fn redact_tree(v: &mut Value, secrets: &[String]) {
+    if !secrets.is_empty() {
+        scrub_strings(v, secrets);
+    }
     redact(v);
     if let Some(token) = v.pointer_mut("/server/admin/token")
         && !token.is_null()
@@ -46,6 +73,20 @@ pub fn redact_tree(v: &mut Value) {
                 }
             }
         }
+    }
+}
+
+fn scrub_strings(v: &mut Value, secrets: &[String]) {
+    match v {
+        Value::String(s) => {
+            let clean = scrub(s, secrets);
+            if clean != *s {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| scrub_strings(i, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|i| scrub_strings(i, secrets)),
+        _ => {}
     }
 }
 
@@ -117,7 +158,7 @@ routes:
     request_headers: { set: { Authorization: 'Basic dXNlcjpoZWFkZXItc2VjcmV0' } }
 ";
         let config: Config = serde_yaml::from_str(yaml).unwrap();
-        let text = redacted(&config).to_string();
+        let text = redacted(&config, &[]).to_string();
         for secret in [
             "jwt-s3cret-value",
             "api-k3y-value",

@@ -233,7 +233,13 @@ async fn explain_answers_like_tollgate_routes() {
     .await
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    // The credential the route sets upstream is redacted, as in /config.
+    assert!(!r.text().contains("top-s3cret-token"), "{}", r.text());
     let j = r.json();
+    assert_eq!(
+        j["route"]["request_headers"]["set"]["authorization"],
+        "<redacted>"
+    );
     assert_eq!(j["route"]["name"], "users");
     assert_eq!(j["route"]["upstream"]["name"], "users");
     assert_eq!(j["route"]["upstream"]["path"], "/7");

@@ -403,6 +403,33 @@ async fn the_dashboard_shows_what_the_api_reports_and_a_target_going_down_in_one
         .await
         .unwrap();
     assert_eq!(verdict.text().await.unwrap(), "ping");
+    // A route that sets a credential upstream: its whole answer is on the
+    // page, the credential is not.
+    path.clear().await.unwrap();
+    path.send_keys("/api/x").await.unwrap();
+    form.find(Locator::Css("input[name=host]"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("[data-explained-route=api]"))
+        .await
+        .unwrap();
+    let answer = js(
+        client,
+        "return document.querySelector('#explained pre').textContent",
+    )
+    .await;
+    assert!(answer.as_str().unwrap().contains("<redacted>"), "{answer}");
 
     // The start of the process is in the reload list.
     let reloads = js(

@@ -40,6 +40,7 @@ mod rate_limit;
 mod reload;
 mod reload_scale;
 mod resilience;
+mod secret_files;
 mod steering;
 mod steering_config;
 mod streaming;
