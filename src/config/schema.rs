@@ -508,7 +508,12 @@ pub struct JwtPolicy {
     pub issuer: Option<String>,
     #[serde(default)]
     pub audiences: Option<Vec<String>>,
+    /// Required, except with `discovery` (then the provider's list).
+    #[serde(default)]
     pub algorithms: Vec<String>,
+    /// Keys (and algorithms) from `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
     #[serde(default)]
     pub jwks_file: Option<String>,
     #[serde(default)]

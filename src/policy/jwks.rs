@@ -6,6 +6,11 @@
 //! A failed fetch never drops keys that loaded before. While no key set has ever
 //! loaded, `current()` is `None`: requests get 503 `auth_unavailable` and
 //! `/readyz` is 503.
+//!
+//! With OIDC discovery (`discovery: true`) each fetch first reads
+//! `<issuer>/.well-known/openid-configuration`, checks that it names the
+//! configured issuer exactly, and takes `jwks_uri` and the signing algorithms
+//! from it; the rules above then apply to the pair.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -21,7 +26,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use jsonwebtoken::Algorithm;
+
 use super::jwt::KeySet;
+use crate::config::values::ALGORITHMS;
 use crate::metrics::JwksMetrics;
 
 /// A JWKS document larger than this is refused.
@@ -37,9 +45,43 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// Where a policy's keys come from.
+pub enum Origin {
+    /// `jwks_url`.
+    Jwks(Uri),
+    /// `discovery: true`: the document at `document`, which must name `issuer`.
+    Discovery { issuer: String, document: Uri },
+}
+
+impl Origin {
+    /// The discovery origin of `issuer`: its document is at
+    /// `<issuer without a trailing />/.well-known/openid-configuration`.
+    pub fn discovery(issuer: &str) -> Result<Origin, String> {
+        let document = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        )
+        .parse()
+        .map_err(|_| format!("`{issuer}` is not a URL"))?;
+        Ok(Origin::Discovery {
+            issuer: issuer.to_owned(),
+            document,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Jwks(url) => write!(f, "{url}"),
+            Origin::Discovery { document, .. } => write!(f, "{document}"),
+        }
+    }
+}
+
 pub struct JwksSource {
     pub policy: Arc<str>,
-    pub url: Uri,
+    pub origin: Origin,
     refresh: Duration,
     keys: ArcSwapOption<KeySet>,
     /// When the last successful fetch ended (for `tollgate_jwks_age_seconds`).
@@ -54,13 +96,24 @@ pub struct JwksSource {
 }
 
 impl JwksSource {
-    pub fn new(policy: &str, url: Uri, refresh: Duration, metrics: JwksMetrics) -> Arc<JwksSource> {
-        Self::with_refetch_interval(policy, url, refresh, metrics, UNKNOWN_KID_REFETCH_INTERVAL)
+    pub fn new(
+        policy: &str,
+        origin: Origin,
+        refresh: Duration,
+        metrics: JwksMetrics,
+    ) -> Arc<JwksSource> {
+        Self::with_refetch_interval(
+            policy,
+            origin,
+            refresh,
+            metrics,
+            UNKNOWN_KID_REFETCH_INTERVAL,
+        )
     }
 
     pub fn with_refetch_interval(
         policy: &str,
-        url: Uri,
+        origin: Origin,
         refresh: Duration,
         metrics: JwksMetrics,
         min_refetch_interval: Duration,
@@ -78,7 +131,7 @@ impl JwksSource {
             });
         Arc::new(JwksSource {
             policy: policy.into(),
-            url,
+            origin,
             refresh,
             keys: ArcSwapOption::empty(),
             last_success: Mutex::new(None),
@@ -144,7 +197,7 @@ impl JwksSource {
             }
             Err(e) => {
                 self.metrics.failure.inc();
-                tracing::warn!(policy = %self.policy, url = %self.url, error = %e,
+                tracing::warn!(policy = %self.policy, url = %self.origin, error = %e,
                     kept_previous_keys = self.loaded(), "JWKS fetch failed");
                 Err(e)
             }
@@ -152,11 +205,30 @@ impl JwksSource {
     }
 
     async fn fetch_once(&self) -> Result<KeySet, String> {
+        match &self.origin {
+            Origin::Jwks(url) => KeySet::from_jwks_json(&self.get(url).await?),
+            Origin::Discovery { issuer, document } => {
+                let text = self.get(document).await?;
+                let found = Discovered::parse(&text, issuer)
+                    .map_err(|e| format!("discovery document {document}: {e}"))?;
+                let body = self
+                    .get(&found.jwks_uri)
+                    .await
+                    .map_err(|e| format!("jwks_uri {}: {e}", found.jwks_uri))?;
+                let mut set = KeySet::from_jwks_json(&body)?;
+                set.allowed = found.algorithms;
+                Ok(set)
+            }
+        }
+    }
+
+    /// One GET of a JSON document, its body at most `MAX_JWKS_BYTES`.
+    async fn get(&self, url: &Uri) -> Result<Bytes, String> {
         let client = self
             .client
             .as_ref()
             .ok_or("no TLS client (see the earlier error)")?;
-        let req = Request::get(self.url.clone())
+        let req = Request::get(url.clone())
             .header(header::ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
@@ -170,12 +242,11 @@ impl JwksSource {
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+        Ok(Limited::new(resp.into_body(), MAX_JWKS_BYTES)
             .collect()
             .await
             .map_err(|e| format!("reading the body: {e}"))?
-            .to_bytes();
-        KeySet::from_jwks_json(&body)
+            .to_bytes())
     }
 
     /// A token named `kid` and the current set lacks it. Refetches at most once
@@ -194,6 +265,67 @@ impl JwksSource {
         tracing::info!(policy = %self.policy, kid, "unknown key id: refetching the JWKS");
         let _ = self.fetch().await;
         self.current().filter(|s| s.has_kid(kid))
+    }
+}
+
+/// What a policy takes from an OpenID Provider's discovery document.
+#[derive(Debug, PartialEq)]
+pub struct Discovered {
+    pub jwks_uri: Uri,
+    /// `id_token_signing_alg_values_supported`, the ones tollgate verifies
+    /// with public keys; `None` when the document does not list them.
+    pub algorithms: Option<Vec<Algorithm>>,
+}
+
+impl Discovered {
+    /// Reads a discovery document, which must name exactly `issuer`
+    /// (OpenID Connect Discovery 1.0, section 4.3).
+    pub fn parse(text: &[u8], issuer: &str) -> Result<Discovered, String> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
+        let doc = doc.as_object().ok_or("not a JSON object")?;
+        match doc.get("issuer").and_then(|v| v.as_str()) {
+            Some(i) if i == issuer => {}
+            Some(i) => return Err(format!("it names the issuer `{i}`, not `{issuer}`")),
+            None => return Err("it has no `issuer`".into()),
+        }
+        let jwks_uri = doc
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .ok_or("it has no `jwks_uri`")?;
+        let jwks_uri: Uri = jwks_uri
+            .parse()
+            .ok()
+            .filter(|u: &Uri| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            })
+            .ok_or_else(|| format!("its `jwks_uri` `{jwks_uri}` is not an http(s) URL"))?;
+        let algorithms = match doc.get("id_token_signing_alg_values_supported") {
+            None => None,
+            Some(list) => {
+                let list = list
+                    .as_array()
+                    .ok_or("`id_token_signing_alg_values_supported` is not a list")?;
+                let algs: Vec<Algorithm> = list
+                    .iter()
+                    .filter_map(|a| a.as_str())
+                    .filter(|a| ALGORITHMS.contains(a) && !a.starts_with("HS"))
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
+                if algs.is_empty() {
+                    return Err(format!(
+                        "it lists no signing algorithm tollgate verifies with public keys \
+                         (RS*, PS*, ES256, ES384, EdDSA): {}",
+                        serde_json::Value::from(list.clone())
+                    ));
+                }
+                Some(algs)
+            }
+        };
+        Ok(Discovered {
+            jwks_uri,
+            algorithms,
+        })
     }
 }
 
@@ -237,6 +369,77 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_discovery_document_sits_under_the_issuer() {
+        let at = |issuer: &str| match Origin::discovery(issuer).unwrap() {
+            Origin::Discovery { document, .. } => document.to_string(),
+            Origin::Jwks(_) => unreachable!(),
+        };
+        assert_eq!(
+            at("https://login.example.com/realms/main"),
+            "https://login.example.com/realms/main/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            at("https://login.example.com/"),
+            "https://login.example.com/.well-known/openid-configuration"
+        );
+    }
+
+    #[test]
+    fn discovery_documents_are_checked() {
+        let doc = |v: serde_json::Value| v.to_string().into_bytes();
+        let issuer = "https://id.example.com";
+        let ok = Discovered::parse(
+            &doc(
+                serde_json::json!({"issuer": issuer, "jwks_uri": "https://id.example.com/keys",
+                "id_token_signing_alg_values_supported": ["RS256", "HS256", "none", "ES256"]}),
+            ),
+            issuer,
+        )
+        .unwrap();
+        assert_eq!(ok.jwks_uri, "https://id.example.com/keys");
+        assert_eq!(
+            ok.algorithms,
+            Some(vec![Algorithm::RS256, Algorithm::ES256])
+        );
+        let no_list =
+            doc(serde_json::json!({"issuer": issuer, "jwks_uri": "https://id.example.com/k"}));
+        assert_eq!(
+            Discovered::parse(&no_list, issuer).unwrap().algorithms,
+            None
+        );
+
+        for (bad, why) in [
+            (b"<html>".to_vec(), "not JSON"),
+            (doc(serde_json::json!(["x"])), "not a JSON object"),
+            (
+                doc(serde_json::json!({"jwks_uri": "https://a/k"})),
+                "no `issuer`",
+            ),
+            (
+                doc(
+                    serde_json::json!({"issuer": "https://id.example.com/", "jwks_uri": "https://a/k"}),
+                ),
+                "names the issuer `https://id.example.com/`",
+            ),
+            (doc(serde_json::json!({"issuer": issuer})), "no `jwks_uri`"),
+            (
+                doc(serde_json::json!({"issuer": issuer, "jwks_uri": "file:///etc/passwd"})),
+                "not an http(s) URL",
+            ),
+            (
+                doc(
+                    serde_json::json!({"issuer": issuer, "jwks_uri": "https://a/k",
+                    "id_token_signing_alg_values_supported": ["HS256"]}),
+                ),
+                "no signing algorithm",
+            ),
+        ] {
+            let e = Discovered::parse(&bad, issuer).unwrap_err();
+            assert!(e.contains(why), "{e} (want {why})");
+        }
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {

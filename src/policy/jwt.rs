@@ -181,6 +181,9 @@ impl Key {
 pub struct KeySet {
     keys: Vec<Key>,
     pub generation: u64,
+    /// The algorithms the provider signs with (OIDC discovery): a token
+    /// with another `alg` is refused even when the policy lists it.
+    pub allowed: Option<Vec<Algorithm>>,
 }
 
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -199,6 +202,7 @@ impl KeySet {
                 key: DecodingKey::from_secret(secret),
             }],
             generation: next_generation(),
+            allowed: None,
         }
     }
 
@@ -243,6 +247,7 @@ impl KeySet {
         Ok(KeySet {
             keys,
             generation: next_generation(),
+            allowed: None,
         })
     }
 
@@ -308,8 +313,18 @@ impl JwtPolicy {
         base_dir: &Path,
         remote: Option<Arc<JwksSource>>,
     ) -> Result<JwtPolicy, String> {
-        let algorithms = cfg
-            .algorithms
+        // With discovery and no list of its own, the policy accepts what the
+        // provider says it signs with (checked per key set in `verify`).
+        let names: Vec<String> = if cfg.algorithms.is_empty() && cfg.discovery {
+            ALGORITHMS
+                .iter()
+                .filter(|a| !a.starts_with("HS"))
+                .map(|a| a.to_string())
+                .collect()
+        } else {
+            cfg.algorithms.clone()
+        };
+        let algorithms = names
             .iter()
             .map(|a| {
                 if !ALGORITHMS.contains(&a.as_str()) {
@@ -334,7 +349,9 @@ impl JwtPolicy {
                 Keys::Static(Arc::new(set))
             }
             (None, None, Some(source)) => Keys::Remote(source),
-            _ => return Err("needs exactly one of secret, jwks_file or jwks_url".into()),
+            _ => {
+                return Err("needs exactly one of secret, jwks_file, jwks_url or discovery".into());
+            }
         };
         let sources = match &cfg.token_from {
             None => vec![TokenSource::Bearer],
@@ -416,6 +433,9 @@ impl JwtPolicy {
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
             return invalid;
         };
+        if set.allowed.as_ref().is_some_and(|a| !a.contains(&alg)) {
+            return invalid;
+        }
         let kid = header.kid.as_deref();
         let mut set = set;
         if set.candidates(alg, kid).next().is_none() {

@@ -139,18 +139,24 @@ impl NamedPolicies {
         let mut out = NamedPolicies::default();
         for (name, p) in &cfg.auth.jwt {
             let at = format!("auth.jwt.{name}");
-            let remote = match &p.jwks_url {
-                None => None,
-                Some(url) => {
-                    let uri: http::Uri = url
-                        .parse()
-                        .map_err(|_| (format!("{at}.jwks_url"), format!("`{url}` is not a URL")))?;
-                    let refresh = p.jwks_refresh.map_or(jwks::DEFAULT_REFRESH, |d| d.get());
-                    Some(carry.jwks(name, p, || {
-                        jwks::JwksSource::new(name, uri, refresh, metrics.jwks(name))
-                    }))
+            let origin = match (&p.jwks_url, p.discovery) {
+                (Some(url), _) => {
+                    Some(jwks::Origin::Jwks(url.parse().map_err(|_| {
+                        (format!("{at}.jwks_url"), format!("`{url}` is not a URL"))
+                    })?))
                 }
+                (None, true) => {
+                    let issuer = p.issuer.as_deref().unwrap_or_default();
+                    Some(jwks::Origin::discovery(issuer).map_err(|m| (format!("{at}.issuer"), m))?)
+                }
+                (None, false) => None,
             };
+            let remote = origin.map(|origin| {
+                let refresh = p.jwks_refresh.map_or(jwks::DEFAULT_REFRESH, |d| d.get());
+                carry.jwks(name, p, || {
+                    jwks::JwksSource::new(name, origin, refresh, metrics.jwks(name))
+                })
+            });
             let policy = JwtPolicy::compile(name, p, base_dir, remote).map_err(|m| (at, m))?;
             out.jwt.insert(name.clone(), Arc::new(policy));
         }

@@ -206,7 +206,7 @@ async fn the_refetch_interval_opens_again() {
     let metrics = tollgate::metrics::Metrics::new().unwrap();
     let source = JwksSource::with_refetch_interval(
         "p",
-        jwks.url().parse().unwrap(),
+        tollgate::policy::jwks::Origin::Jwks(jwks.url().parse().unwrap()),
         Duration::from_secs(3600),
         metrics.jwks("p"),
         Duration::from_millis(200),

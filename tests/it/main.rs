@@ -30,6 +30,7 @@ mod layers;
 mod lifecycle;
 mod limits;
 mod observability;
+mod oidc;
 // OTLP export is the cargo feature `otel` (off by default).
 mod mirror;
 #[cfg(feature = "otel")]

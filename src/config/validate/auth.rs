@@ -71,8 +71,11 @@ impl Checker {
 
     pub(super) fn jwt_policy(&mut self, at: &str, p: &JwtPolicy) {
         use crate::config::values::ALGORITHMS;
-        if p.algorithms.is_empty() {
-            self.err(child(at, "algorithms"), "list at least one algorithm");
+        if p.algorithms.is_empty() && !p.discovery {
+            self.err(
+                child(at, "algorithms"),
+                "list at least one algorithm (or set `discovery: true` to take the provider's)",
+            );
         }
         let mut hmac = false;
         let mut public = false;
@@ -104,7 +107,31 @@ impl Checker {
         .filter(|s| s.1)
         .map(|s| s.0)
         .collect();
-        if sources.len() != 1 {
+        if p.discovery {
+            let issuer_ok = p.issuer.as_deref().is_some_and(|i| {
+                i.parse::<Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some()
+                        && u.query().is_none()
+                })
+            });
+            if !issuer_ok {
+                self.err(
+                    child(at, "issuer"),
+                    "`discovery: true` needs the issuer's URL (https://login.example.com/realms/main), \
+                     where /.well-known/openid-configuration is found",
+                );
+            }
+            if !sources.is_empty() {
+                self.err(
+                    child(at, "discovery"),
+                    format!(
+                        "the keys come from the discovery document; remove {}",
+                        sources.join(" and ")
+                    ),
+                );
+            }
+        } else if sources.len() != 1 {
             let got = if sources.is_empty() {
                 "none is given".to_owned()
             } else {
@@ -152,8 +179,11 @@ impl Checker {
             self.err(child(at, "jwks_file"), "the file name is empty");
         }
         if let Some(r) = p.jwks_refresh {
-            if p.jwks_url.is_none() {
-                self.err(child(at, "jwks_refresh"), "only applies with jwks_url");
+            if p.jwks_url.is_none() && !p.discovery {
+                self.err(
+                    child(at, "jwks_refresh"),
+                    "only applies with jwks_url or discovery",
+                );
             } else if r.get().is_zero() {
                 self.err(child(at, "jwks_refresh"), "must be above zero");
             }
