@@ -21,6 +21,7 @@ pub mod error;
 pub mod explain;
 pub mod headers;
 pub mod idempotency;
+pub mod k6;
 pub mod metrics;
 pub mod normalize;
 #[cfg(feature = "otel")]

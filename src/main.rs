@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tollgate::access_log::LogFormat;
 use tollgate::config::{self, LoadedConfig};
-use tollgate::{App, BuildOptions, demo, explain};
+use tollgate::{App, BuildOptions, demo, explain, k6};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -60,6 +60,36 @@ enum Command {
         /// A request header as NAME:VALUE (repeatable)
         #[arg(long = "header", value_name = "NAME:VALUE")]
         headers: Vec<String>,
+    },
+    /// Write a k6 script with one scenario per route (see docs/reference/cli.md)
+    K6 {
+        /// Write the script to FILE instead of stdout
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// An API key for the `auth.api_keys` set NAME (repeatable)
+        #[arg(long = "api-key", value_name = "NAME=KEY")]
+        api_keys: Vec<String>,
+        /// A user and password for the `auth.basic` provider NAME (repeatable)
+        #[arg(long = "basic", value_name = "NAME=USER:PASS")]
+        basic: Vec<String>,
+        /// A token to send as is for the `auth.jwt` policy NAME (repeatable)
+        #[arg(long = "jwt", value_name = "NAME=TOKEN")]
+        jwt: Vec<String>,
+        /// Sign tokens for the JWT policy NAME with this PEM private key (RS*, PS*, ES*, EdDSA)
+        #[arg(long = "jwt-key", value_name = "NAME=PEMFILE")]
+        jwt_keys: Vec<String>,
+        /// Sign tokens for the JWT policy NAME with its HS* `secret` from the config (repeatable)
+        #[arg(long = "mint-jwt", value_name = "NAME")]
+        mint: Vec<String>,
+        /// Virtual users per scenario
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        vus: u32,
+        /// How long each scenario runs (rate-limited routes send one request)
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// How long minted tokens stay valid
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        token_ttl: std::time::Duration,
     },
 }
 
@@ -170,6 +200,56 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
             print!("{}", text.map_err(usage)?);
             Ok(())
         }
+        Command::K6 {
+            out,
+            api_keys,
+            basic,
+            jwt,
+            jwt_keys,
+            mint,
+            vus,
+            duration,
+            token_ttl,
+        } => {
+            let creds = k6_credentials(&api_keys, &basic, &jwt, &jwt_keys, &mint).map_err(usage)?;
+            if duration.is_zero() {
+                return Err(usage(anyhow::anyhow!("--duration must be above zero")));
+            }
+            let loaded = load(&path)?;
+            let settings = k6::Settings {
+                vus,
+                duration,
+                token_ttl,
+                source: path.display().to_string(),
+                now: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            let rt = runtime_for_cli().map_err(runtime)?;
+            let script = rt
+                .block_on(async {
+                    let metrics = tollgate::metrics::Metrics::new()?;
+                    let carry = tollgate::snapshot::carryover::Carryover::default();
+                    let snap = tollgate::snapshot::build::compile(&loaded, &metrics, &carry)?;
+                    anyhow::Ok(k6::generate(&snap, &loaded.config, &creds, &settings)?)
+                })
+                .map_err(usage)?;
+            for (route, reason) in &script.skipped {
+                eprintln!("tollgate k6: route {route}: not exercised: {reason}");
+            }
+            match out {
+                Some(file) => std::fs::write(&file, &script.text)
+                    .with_context(|| format!("--out {}", file.display()))
+                    .map_err(runtime)?,
+                None => print!("{}", script.text),
+            }
+            eprintln!(
+                "tollgate k6: {} scenario(s), {} route(s) left out",
+                script.scenarios,
+                script.skipped.len()
+            );
+            Ok(())
+        }
         Command::Run => {
             let loaded = load(&path)?;
             let rt = runtime_for_server().map_err(runtime)?;
@@ -224,6 +304,47 @@ fn probe(
         target,
         headers: map,
     })
+}
+
+/// `NAME=VALUE` of a credential flag.
+fn name_value<'a>(flag: &str, arg: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => Ok((name, value)),
+        _ => anyhow::bail!("{flag} `{arg}`: expected NAME=VALUE"),
+    }
+}
+
+/// The credential flags of `tollgate k6`, parsed (PEM files read).
+fn k6_credentials(
+    api_keys: &[String],
+    basic: &[String],
+    jwt: &[String],
+    jwt_keys: &[String],
+    mint: &[String],
+) -> anyhow::Result<k6::Credentials> {
+    let mut creds = k6::Credentials::default();
+    for a in api_keys {
+        let (name, key) = name_value("--api-key", a)?;
+        creds.api_keys.insert(name.into(), key.into());
+    }
+    for a in basic {
+        let (name, pair) = name_value("--basic", a)?;
+        let (user, pass) = pair
+            .split_once(':')
+            .with_context(|| format!("--basic {name}: expected NAME=USER:PASS"))?;
+        creds.basic.insert(name.into(), (user.into(), pass.into()));
+    }
+    for a in jwt {
+        let (name, token) = name_value("--jwt", a)?;
+        creds.jwt.insert(name.into(), token.into());
+    }
+    for a in jwt_keys {
+        let (name, file) = name_value("--jwt-key", a)?;
+        let pem = std::fs::read(file).with_context(|| format!("--jwt-key {name}: {file}"))?;
+        creds.jwt_keys.insert(name.into(), pem);
+    }
+    creds.mint.extend(mint.iter().cloned());
+    Ok(creds)
 }
 
 fn runtime_for_server() -> std::io::Result<tokio::runtime::Runtime> {

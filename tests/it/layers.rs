@@ -39,7 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("state", &["snapshot", "shared"]),
     ("builder", &["snapshot::build"]),
-    ("request path", &["explain", "proxy"]),
+    ("request path", &["explain", "k6", "proxy"]),
     ("edges", &["server", "reload", "admin", "demo"]),
     ("root", &["lib"]),
 ];

@@ -26,6 +26,7 @@ mod idempotency;
 mod idempotency_h2;
 mod jwks;
 mod jwt;
+mod k6;
 mod layers;
 mod lifecycle;
 mod limits;
