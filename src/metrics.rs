@@ -49,6 +49,7 @@ pub struct Metrics {
     outlier_ejections: IntCounterVec,
     dns_lookups: IntCounterVec,
     jwks_age: GaugeVec,
+    introspection_requests_total: IntCounterVec,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
     pub spans: crate::otel::SpanMetrics,
@@ -110,6 +111,15 @@ impl AuthFailureMetrics {
             AuthFailure::Expired => self.expired.inc(),
         }
     }
+}
+
+/// `tollgate_introspection_requests_total` of one policy: calls that said
+/// `active: true`, `active: false`, or failed (no answer, not 200, no `active`).
+#[derive(Clone)]
+pub struct IntrospectionMetrics {
+    pub active: IntCounter,
+    pub inactive: IntCounter,
+    pub error: IntCounter,
 }
 
 /// The JWKS metrics of one JWT policy.
@@ -475,6 +485,14 @@ impl Metrics {
             ),
             &["policy"],
         )?;
+        let introspection_requests_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_introspection_requests_total",
+                "Calls to token introspection endpoints, by policy and result.",
+            ),
+            &["policy", "result"],
+        )?;
+        registry.register(Box::new(introspection_requests_total.clone()))?;
         registry.register(Box::new(auth_failures_total.clone()))?;
         registry.register(Box::new(jwks_refreshes_total.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
@@ -506,6 +524,7 @@ impl Metrics {
             auth_failures_total,
             jwks_refreshes_total,
             jwks_age,
+            introspection_requests_total,
             compressed_total,
             idempotency_total,
             mirror_total,
@@ -536,6 +555,18 @@ impl Metrics {
                 .jwks_refreshes_total
                 .with_label_values(&[policy, "failure"]),
             age: self.jwks_age.with_label_values(&[policy]),
+        }
+    }
+
+    pub fn introspection(&self, policy: &str) -> IntrospectionMetrics {
+        let c = |result: &str| {
+            self.introspection_requests_total
+                .with_label_values(&[policy, result])
+        };
+        IntrospectionMetrics {
+            active: c("active"),
+            inactive: c("inactive"),
+            error: c("error"),
         }
     }
 

@@ -673,6 +673,12 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         &values(&old.auth.basic),
         &values(&new.auth.basic),
     );
+    compare(
+        &mut changes,
+        "introspection",
+        &values(&old.auth.introspection),
+        &values(&new.auth.introspection),
+    );
     compare(&mut changes, "cors", &values(&old.cors), &values(&new.cors));
     compare(&mut changes, "listener", &listeners(old), &listeners(new));
     let sections: [(&str, Value, Value); 7] = [
@@ -757,6 +763,7 @@ fn label(name: &str) -> Option<String> {
         "jwt" => format!("auth.jwt.{entry}"),
         "api_key" => format!("auth.api_keys.{entry}"),
         "basic" => format!("auth.basic.{entry}"),
+        "introspection" => format!("auth.introspection.{entry}"),
         "rate_limit" => format!("rate_limits.{entry}"),
         "cors" => format!("cors.{entry}"),
         "listener" => format!("server.listeners[{entry}]"),
@@ -799,6 +806,10 @@ fn entry(config: &Config, name: &str, secrets: &[String]) -> Option<Value> {
         "basic" => (
             json!({"auth": {"basic": {key: v(config.auth.basic.get(key).map(to_value))}}}),
             format!("/auth/basic/{key}"),
+        ),
+        "introspection" => (
+            json!({"auth": {"introspection": {key: v(config.auth.introspection.get(key).map(to_value))}}}),
+            format!("/auth/introspection/{key}"),
         ),
         "rate_limit" => (
             json!({"rate_limits": {key: v(config.rate_limits.get(key).map(to_value))}}),

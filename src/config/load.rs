@@ -481,6 +481,9 @@ fn auth(value: Value, problems: &mut Vec<Problem>) -> Option<Auth> {
                 entries(value, "auth.api_keys", problems).map(|v| auth.api_keys = v)
             }
             Some("basic") => entries(value, "auth.basic", problems).map(|v| auth.basic = v),
+            Some("introspection") => {
+                entries(value, "auth.introspection", problems).map(|v| auth.introspection = v)
+            }
             // An unknown key (serde names the known ones); a new known key
             // needs its own arm above, or its value is lost here.
             Some(other) => single::<Auth>(other, value, "auth", problems).map(drop),

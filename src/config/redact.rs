@@ -94,7 +94,7 @@ fn redact(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
-                let secret = (k == "secret" && !child.is_null())
+                let secret = ((k == "secret" || k == "client_secret") && !child.is_null())
                     || (SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str())
                         && child.is_string());
                 if secret {

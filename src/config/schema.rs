@@ -488,6 +488,47 @@ pub struct Auth {
     /// HTTP Basic authentication against htpasswd files.
     #[serde(default)]
     pub basic: BTreeMap<String, BasicAuth>,
+    /// Opaque OAuth2 tokens checked at the issuer (RFC 7662).
+    #[serde(default)]
+    pub introspection: BTreeMap<String, Introspection>,
+}
+
+/// `auth.introspection.<name>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    /// The introspection endpoint.
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// How the gateway authenticates to the endpoint.
+    #[serde(default)]
+    pub auth_method: IntrospectionAuth,
+    /// How long an active token's answer is reused (never past its `exp`).
+    #[serde(default)]
+    pub cache_ttl: Option<Duration>,
+    /// How long an inactive token's answer is reused.
+    #[serde(default)]
+    pub negative_ttl: Option<Duration>,
+    /// Deadline of one call to the endpoint.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub token_from: Option<Vec<String>>,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    pub strip_token: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionAuth {
+    /// `Authorization: Basic` with the client id and secret (RFC 6749 2.3.1).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
 }
 
 /// `auth.basic.<name>`.

@@ -46,7 +46,7 @@ const MAX_KEY_TRIES: usize = 4;
 pub type Claims = Arc<Map<String, Value>>;
 
 /// A token that passed every check.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Verified {
     pub claims: Claims,
     /// The `sub` claim, when it is a string.
@@ -63,7 +63,7 @@ pub enum JwtError {
 
 impl TokenSource {
     /// The token this source finds in the request head.
-    fn find<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
+    pub(crate) fn find<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
         match self {
             TokenSource::Bearer => parts
                 .headers
@@ -93,7 +93,7 @@ impl TokenSource {
     }
 
     /// Removes the credential this source reads, before forwarding.
-    fn strip(&self, parts: &mut Parts) {
+    pub(crate) fn strip(&self, parts: &mut Parts) {
         match self {
             TokenSource::Bearer => {
                 parts.headers.remove(header::AUTHORIZATION);
@@ -485,29 +485,39 @@ impl JwtPolicy {
     /// The claim headers this policy sets (removed from the client's request
     /// first, so a client cannot forge them).
     pub fn forward(&self, claims: &Map<String, Value>, headers: &mut http::HeaderMap) {
-        for (claim, name) in &self.forward_claims {
-            headers.remove(name);
-            let text = match claims.get(claim) {
-                None | Some(Value::Null) => continue,
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                Some(other) => other.to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&text) {
-                headers.insert(name.clone(), v);
-            }
-        }
+        forward_claims(&self.forward_claims, claims, headers);
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+}
+
+/// Sets each `claim -> header` of `pairs` from `claims` (lists joined with
+/// spaces), after removing what the client sent under that name.
+pub(crate) fn forward_claims(
+    pairs: &[(String, HeaderName)],
+    claims: &Map<String, Value>,
+    headers: &mut http::HeaderMap,
+) {
+    for (claim, name) in pairs {
+        headers.remove(name);
+        let text = match claims.get(claim) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            Some(other) => other.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.insert(name.clone(), v);
+        }
     }
 }
 
@@ -555,7 +565,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -12,6 +12,7 @@
 pub mod api_key;
 pub mod basic;
 pub mod cors;
+pub mod introspection;
 pub mod ip;
 pub mod jwks;
 pub mod jwt;
@@ -68,6 +69,7 @@ pub enum AuthMethod {
     Jwt(Arc<JwtPolicy>),
     ApiKey(Arc<ApiKeySet>),
     Basic(Arc<basic::BasicAuth>),
+    Introspection(Arc<introspection::Introspection>),
 }
 
 /// The four fields of a request that policies read or fill in; the proxy's
@@ -123,6 +125,7 @@ pub struct NamedPolicies {
     pub jwt: HashMap<String, Arc<JwtPolicy>>,
     pub api_keys: HashMap<String, Arc<ApiKeySet>>,
     pub basic: HashMap<String, Arc<basic::BasicAuth>>,
+    pub introspection: HashMap<String, Arc<introspection::Introspection>>,
     pub cors: HashMap<String, Arc<CorsPolicy>>,
 }
 
@@ -173,6 +176,12 @@ impl NamedPolicies {
             let policy = basic::BasicAuth::compile(name, &text, b.realm.as_deref())
                 .map_err(|m| (at, format!("{}: {m}", path.display())))?;
             out.basic.insert(name.clone(), Arc::new(policy));
+        }
+        for (name, p) in &cfg.auth.introspection {
+            let policy =
+                introspection::Introspection::compile(name, p, metrics.introspection(name))
+                    .map_err(|m| (format!("auth.introspection.{name}"), m))?;
+            out.introspection.insert(name.clone(), Arc::new(policy));
         }
         for (name, c) in &cfg.cors {
             let c = CorsPolicy::compile(c).map_err(|m| (format!("cors.{name}"), m))?;
@@ -243,6 +252,9 @@ impl RoutePolicies {
                 Some(("basic", name)) => {
                     AuthMethod::Basic(named.basic.get(name).cloned().ok_or_else(unknown)?)
                 }
+                Some(("introspection", name)) => AuthMethod::Introspection(
+                    named.introspection.get(name).cloned().ok_or_else(unknown)?,
+                ),
                 _ => return Err(unknown()),
             });
         }
@@ -383,10 +395,13 @@ impl RoutePolicies {
         // Identity headers are the gateway's to set: never the client's.
         parts.headers.remove(&X_CONSUMER_ID);
         for m in &self.auth {
-            if let AuthMethod::Jwt(p) = m {
-                for (_, h) in &p.forward_claims {
-                    parts.headers.remove(h);
-                }
+            let forwarded = match m {
+                AuthMethod::Jwt(p) => &p.forward_claims[..],
+                AuthMethod::Introspection(p) => &p.forward_claims[..],
+                _ => &[],
+            };
+            for (_, h) in forwarded {
+                parts.headers.remove(h);
             }
         }
 
@@ -411,6 +426,26 @@ impl RoutePolicies {
                 AuthMethod::Jwt(p) => match p.find_token(parts) {
                     None => Err(AuthFailure::Missing),
                     Some((source, token)) => match p.verify(token).await {
+                        Ok(v) => {
+                            if p.strip_token {
+                                p.strip(parts, source);
+                            }
+                            p.forward(&v.claims, &mut parts.headers);
+                            ex.consumer = v.subject.as_deref().map(str::to_string);
+                            ex.claims = Some(v.claims);
+                            Ok(())
+                        }
+                        Err(JwtError::Failure(f)) => Err(f),
+                        Err(JwtError::Unavailable) => {
+                            let r = Refusal::Unavailable(p.name.clone());
+                            worst = worst.max(Some(r));
+                            continue;
+                        }
+                    },
+                },
+                AuthMethod::Introspection(p) => match p.find_token(parts) {
+                    None => Err(AuthFailure::Missing),
+                    Some((source, token)) => match p.check(token).await {
                         Ok(v) => {
                             if p.strip_token {
                                 p.strip(parts, source);

@@ -24,6 +24,7 @@ mod edge;
 mod grpc;
 mod idempotency;
 mod idempotency_h2;
+mod introspection;
 mod jwks;
 mod jwt;
 mod k6;

@@ -1,4 +1,5 @@
-//! `auth`: JWT policies (keys, algorithms, JWKS) and API-key sets.
+//! `auth`: JWT policies (keys, algorithms, JWKS, discovery), API-key sets, Basic auth
+//! and token introspection.
 
 use std::collections::HashSet;
 
@@ -26,6 +27,33 @@ impl Checker {
                     "a realm is non-empty printable text without double quotes",
                 );
             }
+        }
+        for (name, p) in &config.auth.introspection {
+            let at = child("auth.introspection", name);
+            let ok = p.url.parse::<Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                self.err(
+                    child(&at, "url"),
+                    format!("expected an http:// or https:// URL, got `{}`", p.url),
+                );
+            }
+            if p.client_id.is_empty() {
+                self.err(child(&at, "client_id"), "the client id is empty");
+            }
+            if p.client_secret.is_empty() {
+                self.err(
+                    child(&at, "client_secret"),
+                    "the client secret is empty (is its ${VARIABLE} set?)",
+                );
+            }
+            for (key, d) in [("cache_ttl", p.cache_ttl), ("timeout", p.timeout)] {
+                if d.is_some_and(|d| d.get().is_zero()) {
+                    self.err(child(&at, key), "must be above zero");
+                }
+            }
+            self.token_handling(&at, p.token_from.as_deref(), &p.forward_claims);
         }
         for (name, set) in &config.auth.api_keys {
             let at = child("auth.api_keys", name);
@@ -204,7 +232,17 @@ impl Checker {
                 "an empty list would accept no token; leave it out to not check `aud`",
             );
         }
-        if let Some(list) = &p.token_from {
+        self.token_handling(at, p.token_from.as_deref(), &p.forward_claims);
+    }
+
+    /// `token_from` and `forward_claims`, shared by JWT and introspection.
+    fn token_handling(
+        &mut self,
+        at: &str,
+        token_from: Option<&[String]>,
+        forward: &std::collections::BTreeMap<String, String>,
+    ) {
+        if let Some(list) = token_from {
             if list.is_empty() {
                 self.err(child(at, "token_from"), "list at least one token source");
             }
@@ -215,7 +253,7 @@ impl Checker {
             }
         }
         let fc = child(at, "forward_claims");
-        for (claim, h) in &p.forward_claims {
+        for (claim, h) in forward {
             if HeaderName::from_bytes(h.as_bytes()).is_err() {
                 self.err(
                     child(&fc, claim),

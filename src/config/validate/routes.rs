@@ -69,7 +69,7 @@ impl Checker {
 
     /// Route `auth`, `require_claims`, `cors`, `ip_allow` and `ip_deny`.
     pub(super) fn route_policies(&mut self, at: &str, route: &Route, config: &Config) {
-        let mut has_jwt = false;
+        let mut has_claims = false;
         if let Some(list) = &route.auth {
             if list.is_empty() {
                 self.err(
@@ -86,7 +86,7 @@ impl Checker {
                 }
                 match entry.split_once(':') {
                     Some(("jwt", name)) => {
-                        has_jwt = true;
+                        has_claims = true;
                         if !config.auth.jwt.contains_key(name) {
                             let hint =
                                 suggest::hint(name, config.auth.jwt.keys().map(String::as_str));
@@ -109,27 +109,40 @@ impl Checker {
                             self.err(entry_at, format!("unknown basic auth `{name}`{hint}"));
                         }
                     }
+                    Some(("introspection", name)) => {
+                        has_claims = true;
+                        if !config.auth.introspection.contains_key(name) {
+                            let hint = suggest::hint(
+                                name,
+                                config.auth.introspection.keys().map(String::as_str),
+                            );
+                            self.err(
+                                entry_at,
+                                format!("unknown introspection policy `{name}`{hint}"),
+                            );
+                        }
+                    }
                     Some((kind, _)) => self.err(
                         entry_at,
                         format!(
-                            "unknown auth kind `{kind}`; expected jwt:<policy>, api_key:<set> or basic:<name>{}",
-                            suggest::hint(kind, ["jwt", "api_key", "basic"])
+                            "unknown auth kind `{kind}`; expected jwt:<policy>, api_key:<set>, basic:<name> or introspection:<name>{}",
+                            suggest::hint(kind, ["jwt", "api_key", "basic", "introspection"])
                         ),
                     ),
                     None => self.err(
                         entry_at,
                         format!(
-                            "expected jwt:<policy>, api_key:<set> or basic:<name>, got `{entry}`"
+                            "expected jwt:<policy>, api_key:<set>, basic:<name> or introspection:<name>, got `{entry}`"
                         ),
                     ),
                 }
             }
         }
         if let Some(claims) = &route.require_claims {
-            if !has_jwt {
+            if !has_claims {
                 self.err(
                     child(at, "require_claims"),
-                    "needs a JWT in the route's `auth` (jwt:<policy>): claims come from the token",
+                    "needs a JWT or introspection policy in the route's `auth` (jwt:<policy>, introspection:<name>): claims come from the token",
                 );
             }
             for (claim, want) in claims {
