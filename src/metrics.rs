@@ -50,6 +50,7 @@ pub struct Metrics {
     dns_lookups: IntCounterVec,
     jwks_age: GaugeVec,
     introspection_requests_total: IntCounterVec,
+    external_auth_total: IntCounterVec,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
     pub spans: crate::otel::SpanMetrics,
@@ -119,6 +120,15 @@ impl AuthFailureMetrics {
 pub struct IntrospectionMetrics {
     pub active: IntCounter,
     pub inactive: IntCounter,
+    pub error: IntCounter,
+}
+
+/// `tollgate_external_auth_total` of one policy: the service allowed, denied,
+/// or gave no answer (timeout, connection error).
+#[derive(Clone)]
+pub struct ExternalAuthMetrics {
+    pub allow: IntCounter,
+    pub deny: IntCounter,
     pub error: IntCounter,
 }
 
@@ -493,6 +503,14 @@ impl Metrics {
             &["policy", "result"],
         )?;
         registry.register(Box::new(introspection_requests_total.clone()))?;
+        let external_auth_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_external_auth_total",
+                "Decisions of external authorization services, by policy and result.",
+            ),
+            &["policy", "result"],
+        )?;
+        registry.register(Box::new(external_auth_total.clone()))?;
         registry.register(Box::new(auth_failures_total.clone()))?;
         registry.register(Box::new(jwks_refreshes_total.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
@@ -525,6 +543,7 @@ impl Metrics {
             jwks_refreshes_total,
             jwks_age,
             introspection_requests_total,
+            external_auth_total,
             compressed_total,
             idempotency_total,
             mirror_total,
@@ -566,6 +585,18 @@ impl Metrics {
         IntrospectionMetrics {
             active: c("active"),
             inactive: c("inactive"),
+            error: c("error"),
+        }
+    }
+
+    pub fn external_auth(&self, policy: &str) -> ExternalAuthMetrics {
+        let c = |result: &str| {
+            self.external_auth_total
+                .with_label_values(&[policy, result])
+        };
+        ExternalAuthMetrics {
+            allow: c("allow"),
+            deny: c("deny"),
             error: c("error"),
         }
     }

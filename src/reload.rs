@@ -679,6 +679,12 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         &values(&old.auth.introspection),
         &values(&new.auth.introspection),
     );
+    compare(
+        &mut changes,
+        "external",
+        &values(&old.auth.external),
+        &values(&new.auth.external),
+    );
     compare(&mut changes, "cors", &values(&old.cors), &values(&new.cors));
     compare(&mut changes, "listener", &listeners(old), &listeners(new));
     let sections: [(&str, Value, Value); 7] = [
@@ -764,6 +770,7 @@ fn label(name: &str) -> Option<String> {
         "api_key" => format!("auth.api_keys.{entry}"),
         "basic" => format!("auth.basic.{entry}"),
         "introspection" => format!("auth.introspection.{entry}"),
+        "external" => format!("auth.external.{entry}"),
         "rate_limit" => format!("rate_limits.{entry}"),
         "cors" => format!("cors.{entry}"),
         "listener" => format!("server.listeners[{entry}]"),
@@ -810,6 +817,10 @@ fn entry(config: &Config, name: &str, secrets: &[String]) -> Option<Value> {
         "introspection" => (
             json!({"auth": {"introspection": {key: v(config.auth.introspection.get(key).map(to_value))}}}),
             format!("/auth/introspection/{key}"),
+        ),
+        "external" => (
+            json!({"auth": {"external": {key: v(config.auth.external.get(key).map(to_value))}}}),
+            format!("/auth/external/{key}"),
         ),
         "rate_limit" => (
             json!({"rate_limits": {key: v(config.rate_limits.get(key).map(to_value))}}),

@@ -484,6 +484,9 @@ fn auth(value: Value, problems: &mut Vec<Problem>) -> Option<Auth> {
             Some("introspection") => {
                 entries(value, "auth.introspection", problems).map(|v| auth.introspection = v)
             }
+            Some("external") => {
+                entries(value, "auth.external", problems).map(|v| auth.external = v)
+            }
             // An unknown key (serde names the known ones); a new known key
             // needs its own arm above, or its value is lost here.
             Some(other) => single::<Auth>(other, value, "auth", problems).map(drop),

@@ -491,6 +491,58 @@ pub struct Auth {
     /// Opaque OAuth2 tokens checked at the issuer (RFC 7662).
     #[serde(default)]
     pub introspection: BTreeMap<String, Introspection>,
+    /// Authorization services of the user's own (`ext_authz`, `forwardAuth`).
+    #[serde(default)]
+    pub external: BTreeMap<String, External>,
+}
+
+/// `auth.external.<name>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct External {
+    /// Asked with `GET` for every request of the routes that use it.
+    pub url: String,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// Request headers sent along.
+    #[serde(default = "default_send_headers")]
+    pub send_headers: Vec<String>,
+    /// Headers of a 2xx answer set on the upstream request.
+    #[serde(default)]
+    pub copy_to_upstream: Vec<String>,
+    /// Headers of a denial passed to the client with its status and body.
+    #[serde(default)]
+    pub copy_to_client_on_deny: Vec<String>,
+    /// What no answer means.
+    #[serde(default)]
+    pub failure: ExternalFailure,
+    #[serde(default)]
+    pub cache: Option<ExternalCache>,
+}
+
+fn default_send_headers() -> Vec<String> {
+    ["authorization", "cookie", "x-request-id"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalFailure {
+    /// 503 `auth_unavailable`.
+    #[default]
+    Deny,
+    /// Forward as if allowed.
+    Allow,
+}
+
+/// `auth.external.<name>.cache`: decisions reused for `ttl` per `key`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalCache {
+    /// `header:<name>`, `method`, `path`.
+    pub key: Vec<String>,
+    pub ttl: Duration,
 }
 
 /// `auth.introspection.<name>`.

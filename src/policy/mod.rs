@@ -12,6 +12,7 @@
 pub mod api_key;
 pub mod basic;
 pub mod cors;
+pub mod external;
 pub mod introspection;
 pub mod ip;
 pub mod jwks;
@@ -70,6 +71,9 @@ pub enum AuthMethod {
     ApiKey(Arc<ApiKeySet>),
     Basic(Arc<basic::BasicAuth>),
     Introspection(Arc<introspection::Introspection>),
+    /// Not one of the any-of: every external service must allow, after the
+    /// other methods (if any) have authenticated the request.
+    External(Arc<external::External>),
 }
 
 /// The four fields of a request that policies read or fill in; the proxy's
@@ -126,6 +130,7 @@ pub struct NamedPolicies {
     pub api_keys: HashMap<String, Arc<ApiKeySet>>,
     pub basic: HashMap<String, Arc<basic::BasicAuth>>,
     pub introspection: HashMap<String, Arc<introspection::Introspection>>,
+    pub external: HashMap<String, Arc<external::External>>,
     pub cors: HashMap<String, Arc<CorsPolicy>>,
 }
 
@@ -182,6 +187,11 @@ impl NamedPolicies {
                 introspection::Introspection::compile(name, p, metrics.introspection(name))
                     .map_err(|m| (format!("auth.introspection.{name}"), m))?;
             out.introspection.insert(name.clone(), Arc::new(policy));
+        }
+        for (name, p) in &cfg.auth.external {
+            let policy = external::External::compile(name, p, metrics.external_auth(name))
+                .map_err(|m| (format!("auth.external.{name}"), m))?;
+            out.external.insert(name.clone(), Arc::new(policy));
         }
         for (name, c) in &cfg.cors {
             let c = CorsPolicy::compile(c).map_err(|m| (format!("cors.{name}"), m))?;
@@ -255,6 +265,9 @@ impl RoutePolicies {
                 Some(("introspection", name)) => AuthMethod::Introspection(
                     named.introspection.get(name).cloned().ok_or_else(unknown)?,
                 ),
+                Some(("external", name)) => {
+                    AuthMethod::External(named.external.get(name).cloned().ok_or_else(unknown)?)
+                }
                 _ => return Err(unknown()),
             });
         }
@@ -315,7 +328,11 @@ impl RoutePolicies {
         }
 
         // 3. Authentication: any one method must pass.
-        if !self.auth.is_empty() {
+        if self
+            .auth
+            .iter()
+            .any(|m| !matches!(m, AuthMethod::External(_)))
+        {
             self.authenticate(parts, ex).await?;
         }
 
@@ -331,6 +348,15 @@ impl RoutePolicies {
                 return Err(GatewayError::Forbidden(
                     "the token does not carry the claims this route requires",
                 ));
+            }
+        }
+
+        // 4b. External authorization: every service must allow.
+        for m in &self.auth {
+            if let AuthMethod::External(p) = m
+                && let Some(resp) = authorize(p, parts, ex).await?
+            {
+                return Ok(Decision::Respond(resp));
             }
         }
 
@@ -443,6 +469,8 @@ impl RoutePolicies {
                         }
                     },
                 },
+                // Asked after the any-of, in `check`.
+                AuthMethod::External(_) => continue,
                 AuthMethod::Introspection(p) => match p.find_token(parts) {
                     None => Err(AuthFailure::Missing),
                     Some((source, token)) => match p.check(token).await {
@@ -520,6 +548,37 @@ impl RoutePolicies {
             ex.response_headers
                 .append(name, HeaderValue::from_static(bearer));
         }
+    }
+}
+
+/// Asks one external service. `Some` is its denial, to answer the client with.
+async fn authorize(
+    p: &external::External,
+    parts: &mut Parts,
+    ex: &PolicyContext,
+) -> Result<Option<Response<Bytes>>, GatewayError> {
+    // What the service may set upstream is the service's, never the client's.
+    for name in &p.copy_to_upstream {
+        parts.headers.remove(name);
+    }
+    match p.decide(parts, ex.client_ip).await {
+        external::Decision::Allow(headers) => {
+            for (n, v) in headers {
+                parts.headers.append(n, v);
+            }
+            Ok(None)
+        }
+        external::Decision::Deny {
+            status,
+            headers,
+            body,
+        } => Ok(Some(external::External::denial(status, &headers, &body))),
+        external::Decision::Unavailable => match p.failure {
+            schema::ExternalFailure::Allow => Ok(None),
+            schema::ExternalFailure::Deny => Err(GatewayError::AuthUnavailable {
+                policy: p.name.to_string(),
+            }),
+        },
     }
 }
 

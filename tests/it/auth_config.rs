@@ -80,7 +80,7 @@ cors: { web: { allow_origins: ['*'] } }",
     has(
         &e,
         "routes[0].auth[3]",
-        "expected jwt:<policy>, api_key:<set>, basic:<name> or introspection:<name>",
+        "expected jwt:<policy>, api_key:<set>, basic:<name>, introspection:<name> or external:<name>",
     );
     has(
         &e,

@@ -21,6 +21,7 @@ mod dashboard;
 mod discovery;
 mod docs;
 mod edge;
+mod external_auth;
 mod grpc;
 mod idempotency;
 mod idempotency_h2;

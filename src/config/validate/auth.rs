@@ -55,6 +55,9 @@ impl Checker {
             }
             self.token_handling(&at, p.token_from.as_deref(), &p.forward_claims);
         }
+        for (name, p) in &config.auth.external {
+            self.external(&child("auth.external", name), p);
+        }
         for (name, set) in &config.auth.api_keys {
             let at = child("auth.api_keys", name);
             if HeaderName::from_bytes(set.header.as_bytes()).is_err() {
@@ -233,6 +236,66 @@ impl Checker {
             );
         }
         self.token_handling(at, p.token_from.as_deref(), &p.forward_claims);
+    }
+
+    fn external(&mut self, at: &str, p: &crate::config::schema::External) {
+        let ok = p
+            .url
+            .parse::<Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            self.err(
+                child(at, "url"),
+                format!("expected an http:// or https:// URL, got `{}`", p.url),
+            );
+        }
+        if p.timeout.is_some_and(|d| d.get().is_zero()) {
+            self.err(child(at, "timeout"), "must be above zero");
+        }
+        for (key, list) in [
+            ("send_headers", &p.send_headers),
+            ("copy_to_upstream", &p.copy_to_upstream),
+            ("copy_to_client_on_deny", &p.copy_to_client_on_deny),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                let h_at = item(&child(at, key), i);
+                if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    self.err(h_at, format!("`{h}` is not a valid header name"));
+                } else if key != "send_headers"
+                    && (MANAGED_HEADERS.contains(&h.to_ascii_lowercase().as_str())
+                        || (key == "copy_to_upstream" && h.eq_ignore_ascii_case("host")))
+                {
+                    self.err(h_at, format!("`{h}` is managed by the gateway"));
+                }
+            }
+        }
+        if let Some(cache) = &p.cache {
+            let key_at = child(&child(at, "cache"), "key");
+            if cache.key.is_empty() {
+                self.err(
+                    key_at.clone(),
+                    "list what a decision depends on: header:<name>, method, path",
+                );
+            }
+            for (i, k) in cache.key.iter().enumerate() {
+                let valid = match k.strip_prefix("header:") {
+                    Some(h) => HeaderName::from_bytes(h.as_bytes()).is_ok(),
+                    None => k == "method" || k == "path",
+                };
+                if !valid {
+                    self.err(
+                        item(&key_at, i),
+                        format!("`{k}` is not header:<name>, method or path"),
+                    );
+                }
+            }
+            if cache.ttl.get().is_zero() {
+                self.err(
+                    child(&child(at, "cache"), "ttl"),
+                    "must be above zero (leave `cache` out to ask every time)",
+                );
+            }
+        }
     }
 
     /// `token_from` and `forward_claims`, shared by JWT and introspection.

@@ -122,17 +122,29 @@ impl Checker {
                             );
                         }
                     }
+                    Some(("external", name)) => {
+                        if !config.auth.external.contains_key(name) {
+                            let hint = suggest::hint(
+                                name,
+                                config.auth.external.keys().map(String::as_str),
+                            );
+                            self.err(
+                                entry_at,
+                                format!("unknown external authorization `{name}`{hint}"),
+                            );
+                        }
+                    }
                     Some((kind, _)) => self.err(
                         entry_at,
                         format!(
-                            "unknown auth kind `{kind}`; expected jwt:<policy>, api_key:<set>, basic:<name> or introspection:<name>{}",
-                            suggest::hint(kind, ["jwt", "api_key", "basic", "introspection"])
+                            "unknown auth kind `{kind}`; expected jwt:<policy>, api_key:<set>, basic:<name>, introspection:<name> or external:<name>{}",
+                            suggest::hint(kind, ["jwt", "api_key", "basic", "introspection", "external"])
                         ),
                     ),
                     None => self.err(
                         entry_at,
                         format!(
-                            "expected jwt:<policy>, api_key:<set>, basic:<name> or introspection:<name>, got `{entry}`"
+                            "expected jwt:<policy>, api_key:<set>, basic:<name>, introspection:<name> or external:<name>, got `{entry}`"
                         ),
                     ),
                 }
