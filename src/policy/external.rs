@@ -221,13 +221,11 @@ impl External {
             X_FORWARDED_FOR.clone(),
             HeaderValue::from_str(&client_ip.to_string()).map_err(|e| e.to_string())?,
         );
-        let resp = self.client.request(req).await.map_err(|e| {
-            let mut msg = e.to_string();
-            if let Some(src) = std::error::Error::source(&e) {
-                msg = format!("{msg}: {src}");
-            }
-            msg
-        })?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| super::client_error(&e))?;
         let status = resp.status();
         let pick = |names: &[HeaderName], from: &HeaderMap| {
             names

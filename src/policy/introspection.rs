@@ -13,19 +13,17 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::request::Parts;
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::jwt::{JwtError, Verified, forward_claims, sha256, unix_now};
+use super::jwt::{JwtError, TokenHandling, Verified, sha256, unix_now};
 use crate::config::schema::{self, IntrospectionAuth};
-use crate::config::values::TokenSource;
 use crate::error::AuthFailure;
 use crate::metrics::IntrospectionMetrics;
 
@@ -69,10 +67,7 @@ pub struct Introspection {
     cache_ttl: Duration,
     negative_ttl: Duration,
     timeout: Duration,
-    pub sources: Vec<TokenSource>,
-    /// claim -> upstream header
-    pub forward_claims: Vec<(String, HeaderName)>,
-    pub strip_token: bool,
+    pub tokens: TokenHandling,
     client: Option<HttpsClient>,
     kept: quick_cache::sync::Cache<[u8; 32], Kept>,
     metrics: IntrospectionMetrics,
@@ -105,22 +100,11 @@ impl Introspection {
                 secret: cfg.client_secret.clone(),
             },
         };
-        let sources = match &cfg.token_from {
-            None => vec![TokenSource::Bearer],
-            Some(list) => list
-                .iter()
-                .map(|s| s.parse())
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        let forward_claims = cfg
-            .forward_claims
-            .iter()
-            .map(|(claim, h)| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map(|h| (claim.clone(), h))
-                    .map_err(|_| format!("`{h}` is not a valid header name"))
-            })
-            .collect::<Result<_, _>>()?;
+        let tokens = TokenHandling::compile(
+            cfg.token_from.as_deref(),
+            &cfg.forward_claims,
+            cfg.strip_token,
+        )?;
         let client = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
             .map_err(|e| format!("cannot set up TLS for introspection: {e}"))?
@@ -137,31 +121,11 @@ impl Introspection {
             cache_ttl: cfg.cache_ttl.map_or(DEFAULT_CACHE_TTL, |d| d.get()),
             negative_ttl: cfg.negative_ttl.map_or(DEFAULT_NEGATIVE_TTL, |d| d.get()),
             timeout: cfg.timeout.map_or(DEFAULT_TIMEOUT, |d| d.get()),
-            sources,
-            forward_claims,
-            strip_token: cfg.strip_token,
+            tokens,
             client: Some(client),
             kept: quick_cache::sync::Cache::new(REMEMBERED),
             metrics,
         })
-    }
-
-    /// The first token found, in `token_from` order, with the index of its source.
-    pub fn find_token<'a>(&self, parts: &'a Parts) -> Option<(usize, &'a str)> {
-        self.sources
-            .iter()
-            .enumerate()
-            .find_map(|(i, s)| s.find(parts).map(|t| (i, t)))
-    }
-
-    pub fn strip(&self, parts: &mut Parts, source: usize) {
-        if let Some(s) = self.sources.get(source) {
-            s.strip(parts);
-        }
-    }
-
-    pub fn forward(&self, claims: &Map<String, Value>, headers: &mut http::HeaderMap) {
-        forward_claims(&self.forward_claims, claims, headers);
     }
 
     /// The verdict on `token`: a kept answer while it holds, else one call
@@ -258,13 +222,10 @@ impl Introspection {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let resp = client.request(req).await.map_err(|e| {
-            let mut msg = e.to_string();
-            if let Some(src) = std::error::Error::source(&e) {
-                msg = format!("{msg}: {src}");
-            }
-            msg
-        })?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| super::client_error(&e))?;
         if resp.status() != http::StatusCode::OK {
             return Err(format!("status {}", resp.status()));
         }

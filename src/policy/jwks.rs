@@ -232,13 +232,10 @@ impl JwksSource {
             .header(header::ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let resp = client.request(req).await.map_err(|e| {
-            let mut msg = e.to_string();
-            if let Some(src) = std::error::Error::source(&e) {
-                msg = format!("{msg}: {src}");
-            }
-            msg
-        })?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| super::client_error(&e))?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }

@@ -297,10 +297,7 @@ pub struct JwtPolicy {
     /// of one `Validation` to share a family).
     validations: Vec<(Algorithm, Validation)>,
     keys: Keys,
-    pub sources: Vec<TokenSource>,
-    /// claim -> upstream header
-    pub forward_claims: Vec<(String, HeaderName)>,
-    pub strip_token: bool,
+    pub tokens: TokenHandling,
     cache: Option<TokenCache>,
 }
 
@@ -353,22 +350,11 @@ impl JwtPolicy {
                 return Err("needs exactly one of secret, jwks_file, jwks_url or discovery".into());
             }
         };
-        let sources = match &cfg.token_from {
-            None => vec![TokenSource::Bearer],
-            Some(list) => list
-                .iter()
-                .map(|s| s.parse())
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        let forward_claims = cfg
-            .forward_claims
-            .iter()
-            .map(|(claim, h)| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map(|h| (claim.clone(), h))
-                    .map_err(|_| format!("`{h}` is not a valid header name"))
-            })
-            .collect::<Result<_, _>>()?;
+        let tokens = TokenHandling::compile(
+            cfg.token_from.as_deref(),
+            &cfg.forward_claims,
+            cfg.strip_token,
+        )?;
         let leeway = cfg.leeway.map_or(30, |d| d.get().as_secs());
         let validations = algorithms
             .iter()
@@ -381,9 +367,7 @@ impl JwtPolicy {
             name: name.into(),
             validations,
             keys,
-            sources,
-            forward_claims,
-            strip_token: cfg.strip_token,
+            tokens,
             cache: Some(TokenCache::new(CACHE_CAPACITY)),
         })
     }
@@ -392,20 +376,6 @@ impl JwtPolicy {
     pub fn without_cache(mut self) -> Self {
         self.cache = None;
         self
-    }
-
-    /// The first token found, in `token_from` order, with the index of its source.
-    pub fn find_token<'a>(&self, parts: &'a Parts) -> Option<(usize, &'a str)> {
-        self.sources
-            .iter()
-            .enumerate()
-            .find_map(|(i, s)| s.find(parts).map(|t| (i, t)))
-    }
-
-    pub fn strip(&self, parts: &mut Parts, source: usize) {
-        if let Some(s) = self.sources.get(source) {
-            s.strip(parts);
-        }
     }
 
     /// Verifies a token: size, header, allow-listed `alg`, a key of that
@@ -484,39 +454,89 @@ impl JwtPolicy {
 
     /// The claim headers this policy sets (removed from the client's request
     /// first, so a client cannot forge them).
-    pub fn forward(&self, claims: &Map<String, Value>, headers: &mut http::HeaderMap) {
-        forward_claims(&self.forward_claims, claims, headers);
-    }
-
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
 }
 
-/// Sets each `claim -> header` of `pairs` from `claims` (lists joined with
-/// spaces), after removing what the client sent under that name.
-pub(crate) fn forward_claims(
-    pairs: &[(String, HeaderName)],
-    claims: &Map<String, Value>,
-    headers: &mut http::HeaderMap,
-) {
-    for (claim, name) in pairs {
-        headers.remove(name);
-        let text = match claims.get(claim) {
-            None | Some(Value::Null) => continue,
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(items)) => items
+/// Where a bearer-style token is found, what happens to it, and which of its
+/// claims go upstream: `token_from`, `strip_token` and `forward_claims` of JWT
+/// and introspection policies.
+pub struct TokenHandling {
+    pub sources: Vec<TokenSource>,
+    /// claim -> upstream header
+    pub forward_claims: Vec<(String, HeaderName)>,
+    pub strip_token: bool,
+}
+
+impl TokenHandling {
+    pub fn compile(
+        token_from: Option<&[String]>,
+        forward_claims: &std::collections::BTreeMap<String, String>,
+        strip_token: bool,
+    ) -> Result<TokenHandling, String> {
+        let sources = match token_from {
+            None => vec![TokenSource::Bearer],
+            Some(list) => list
                 .iter()
-                .map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-            Some(other) => other.to_string(),
+                .map(|s| s.parse())
+                .collect::<Result<Vec<_>, _>>()?,
         };
-        if let Ok(v) = HeaderValue::from_str(&text) {
-            headers.insert(name.clone(), v);
+        let forward_claims = forward_claims
+            .iter()
+            .map(|(claim, h)| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map(|h| (claim.clone(), h))
+                    .map_err(|_| format!("`{h}` is not a valid header name"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TokenHandling {
+            sources,
+            forward_claims,
+            strip_token,
+        })
+    }
+
+    /// The first token found, in `token_from` order, with the index of its source.
+    pub fn find_token<'a>(&self, parts: &'a Parts) -> Option<(usize, &'a str)> {
+        self.sources
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.find(parts).map(|t| (i, t)))
+    }
+
+    /// What a passed token does to the request: the token removed (with
+    /// `strip_token`) and its claims sent upstream.
+    pub fn accept(&self, parts: &mut Parts, source: usize, claims: &Map<String, Value>) {
+        if self.strip_token
+            && let Some(s) = self.sources.get(source)
+        {
+            s.strip(parts);
+        }
+        self.forward(claims, &mut parts.headers);
+    }
+
+    /// Sets each `claim -> header` from `claims` (lists joined with spaces),
+    /// after removing what the client sent under that name.
+    pub fn forward(&self, claims: &Map<String, Value>, headers: &mut http::HeaderMap) {
+        for (claim, name) in &self.forward_claims {
+            headers.remove(name);
+            let text = match claims.get(claim) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Some(other) => other.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                headers.insert(name.clone(), v);
+            }
         }
     }
 }

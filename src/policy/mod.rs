@@ -422,8 +422,8 @@ impl RoutePolicies {
         parts.headers.remove(&X_CONSUMER_ID);
         for m in &self.auth {
             let forwarded = match m {
-                AuthMethod::Jwt(p) => &p.forward_claims[..],
-                AuthMethod::Introspection(p) => &p.forward_claims[..],
+                AuthMethod::Jwt(p) => &p.tokens.forward_claims[..],
+                AuthMethod::Introspection(p) => &p.tokens.forward_claims[..],
                 _ => &[],
             };
             for (_, h) in forwarded {
@@ -449,14 +449,11 @@ impl RoutePolicies {
                     parts.headers.remove(http::header::AUTHORIZATION);
                     ex.consumer = Some(user.to_string());
                 }),
-                AuthMethod::Jwt(p) => match p.find_token(parts) {
+                AuthMethod::Jwt(p) => match p.tokens.find_token(parts) {
                     None => Err(AuthFailure::Missing),
                     Some((source, token)) => match p.verify(token).await {
                         Ok(v) => {
-                            if p.strip_token {
-                                p.strip(parts, source);
-                            }
-                            p.forward(&v.claims, &mut parts.headers);
+                            p.tokens.accept(parts, source, &v.claims);
                             ex.consumer = v.subject.as_deref().map(str::to_string);
                             ex.claims = Some(v.claims);
                             Ok(())
@@ -471,14 +468,11 @@ impl RoutePolicies {
                 },
                 // Asked after the any-of, in `check`.
                 AuthMethod::External(_) => continue,
-                AuthMethod::Introspection(p) => match p.find_token(parts) {
+                AuthMethod::Introspection(p) => match p.tokens.find_token(parts) {
                     None => Err(AuthFailure::Missing),
                     Some((source, token)) => match p.check(token).await {
                         Ok(v) => {
-                            if p.strip_token {
-                                p.strip(parts, source);
-                            }
-                            p.forward(&v.claims, &mut parts.headers);
+                            p.tokens.accept(parts, source, &v.claims);
                             ex.consumer = v.subject.as_deref().map(str::to_string);
                             ex.claims = Some(v.claims);
                             Ok(())
@@ -548,6 +542,15 @@ impl RoutePolicies {
             ex.response_headers
                 .append(name, HeaderValue::from_static(bearer));
         }
+    }
+}
+
+/// A client error with its cause (hyper-util's own message says little:
+/// "client error (Connect)").
+pub(crate) fn client_error(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
     }
 }
 
