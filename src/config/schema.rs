@@ -507,6 +507,10 @@ pub struct External {
     /// Request headers sent along.
     #[serde(default = "default_send_headers")]
     pub send_headers: Vec<String>,
+    /// Send the request body too, up to this size (0: never). The route then
+    /// takes no larger body (413), so the service judges all of it.
+    #[serde(default)]
+    pub send_body: ByteSize,
     /// Headers of a 2xx answer set on the upstream request.
     #[serde(default)]
     pub copy_to_upstream: Vec<String>,

@@ -62,7 +62,7 @@ impl fmt::Display for Duration {
 
 /// A byte count: a plain integer or a number with a unit (`16KiB`, `10MiB`, `1GiB`,
 /// and the decimal `KB`/`MB`/`GB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
 
 impl FromStr for ByteSize {

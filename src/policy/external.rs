@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -40,7 +40,7 @@ static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// What the service decided.
 #[derive(Clone, Debug)]
@@ -79,6 +79,8 @@ pub struct External {
     pub copy_to_upstream: Vec<HeaderName>,
     copy_to_client_on_deny: Vec<HeaderName>,
     pub failure: ExternalFailure,
+    /// Bytes of body the service is sent (0: none, and the request is a GET).
+    pub send_body: u64,
     cache: Option<Cache>,
     client: HttpsClient,
     metrics: ExternalAuthMetrics,
@@ -137,6 +139,7 @@ impl External {
             copy_to_upstream: names(&cfg.copy_to_upstream)?,
             copy_to_client_on_deny: names(&cfg.copy_to_client_on_deny)?,
             failure: cfg.failure,
+            send_body: cfg.send_body.0,
             cache,
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
@@ -146,9 +149,11 @@ impl External {
     }
 
     /// Asks the service about this request (or reuses a cached decision).
-    pub async fn decide(&self, parts: &Parts, client_ip: IpAddr) -> Decision {
+    /// `body` is the request body when `send_body` had it read.
+    pub async fn decide(&self, parts: &Parts, client_ip: IpAddr, body: Option<&Bytes>) -> Decision {
+        let body = body.filter(|_| self.send_body > 0);
         let Some(cache) = &self.cache else {
-            return self.ask(parts, client_ip).await;
+            return self.ask(parts, client_ip, body).await;
         };
         let key = cache_key(&cache.key, parts);
         let now = Instant::now();
@@ -156,7 +161,7 @@ impl External {
         let kept = cache
             .kept
             .get_or_insert_async(&key, async {
-                let d = self.ask(parts, client_ip).await;
+                let d = self.ask(parts, client_ip, None).await;
                 // A failure is not a decision: kept for a second only, so a
                 // queue of requests behind it does not wait out the timeout.
                 let ttl = match d {
@@ -172,8 +177,8 @@ impl External {
         }
     }
 
-    async fn ask(&self, parts: &Parts, client_ip: IpAddr) -> Decision {
-        let outcome = tokio::time::timeout(self.timeout, self.call(parts, client_ip)).await;
+    async fn ask(&self, parts: &Parts, client_ip: IpAddr, body: Option<&Bytes>) -> Decision {
+        let outcome = tokio::time::timeout(self.timeout, self.call(parts, client_ip, body)).await;
         let d = match outcome {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
@@ -195,11 +200,24 @@ impl External {
         d
     }
 
-    async fn call(&self, parts: &Parts, client_ip: IpAddr) -> Result<Decision, String> {
-        let mut req = Request::get(self.url.clone())
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+    async fn call(
+        &self,
+        parts: &Parts,
+        client_ip: IpAddr,
+        body: Option<&Bytes>,
+    ) -> Result<Decision, String> {
+        // With a body, a POST carrying it (and its type); else a GET.
+        let mut req = match body {
+            Some(b) => Request::post(self.url.clone()).body(Full::new(b.clone())),
+            None => Request::get(self.url.clone()).body(Full::new(Bytes::new())),
+        }
+        .map_err(|e| e.to_string())?;
         let h = req.headers_mut();
+        if body.is_some()
+            && let Some(kind) = parts.headers.get(header::CONTENT_TYPE)
+        {
+            h.insert(header::CONTENT_TYPE, kind.clone());
+        }
         for name in &self.send_headers {
             for v in parts.headers.get_all(name) {
                 h.append(name.clone(), v.clone());

@@ -89,6 +89,9 @@ pub struct PolicyContext {
     /// Headers every answer to this request carries, success or error (for
     /// example rate-limit or CORS headers added by policies).
     pub response_headers: http::HeaderMap,
+    /// The request body, when it was read for an external authorization
+    /// service (`send_body`).
+    pub body: Option<Bytes>,
 }
 
 impl PolicyContext {
@@ -98,6 +101,7 @@ impl PolicyContext {
             consumer: None,
             claims: None,
             response_headers: http::HeaderMap::new(),
+            body: None,
         }
     }
 }
@@ -292,6 +296,18 @@ impl RoutePolicies {
             require_claims,
             rate_limits: Vec::new(),
         })
+    }
+
+    /// The most body an external authorization service of the route wants
+    /// to see (`send_body`), when one does.
+    pub fn body_for_authorization(&self) -> Option<u64> {
+        self.auth
+            .iter()
+            .filter_map(|m| match m {
+                AuthMethod::External(p) if p.send_body > 0 => Some(p.send_body),
+                _ => None,
+            })
+            .max()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -564,7 +580,7 @@ async fn authorize(
     for name in &p.copy_to_upstream {
         parts.headers.remove(name);
     }
-    match p.decide(parts, ex.client_ip).await {
+    match p.decide(parts, ex.client_ip, ex.body.as_ref()).await {
         external::Decision::Allow(headers) => {
             for (n, v) in headers {
                 parts.headers.append(n, v);

@@ -11,7 +11,6 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::Exchange;
 use super::body::ResponseBody;
@@ -122,18 +121,26 @@ pub async fn replay(
     idem: &RouteIdempotency,
     answer: Arc<Answer>,
     digest: BodyDigest,
-    body: Incoming,
+    body: super::ClientBody,
     limits: &BodyLimits,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let digest = Arc::new(digest);
-    let received = Arc::default();
-    ex.bytes_in = Some(Arc::clone(&received));
-    let mut body = RequestBody::new(body, limits.max_bytes, limits.read_timeout, received)
-        .with_digest(digest.clone());
-    // Read to the end, keeping nothing but the digest.
-    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        frame.map_err(|e| super::body_error(e, limits.max_bytes))?;
+    match body {
+        super::ClientBody::Read(bytes) => {
+            digest.update(&bytes);
+            digest.finish();
+        }
+        super::ClientBody::Wire(body) => {
+            let received = Arc::default();
+            ex.bytes_in = Some(Arc::clone(&received));
+            let mut body = RequestBody::new(body, limits.max_bytes, limits.read_timeout, received)
+                .with_digest(digest.clone());
+            // Read to the end, keeping nothing but the digest.
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                frame.map_err(|e| super::body_error(e, limits.max_bytes))?;
+            }
+        }
     }
     let same = digest.get().is_some_and(|d| d == answer.fingerprint);
     if !same {

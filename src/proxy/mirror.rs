@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Exchange;
@@ -26,9 +25,8 @@ use crate::upstream::{Target, Upstream};
 /// Whether a sampled request can be mirrored: its body is empty or of a
 /// declared length within `max_body`, and fewer than `max_in_flight` copies
 /// are out. Counts the refusals.
-pub fn admit(m: &MirrorPolicy, body: &Incoming, declared: Option<u64>) -> Option<MirrorSlot> {
-    let fits =
-        hyper::body::Body::is_end_stream(body) || declared.is_some_and(|len| len <= m.max_body);
+pub fn admit(m: &MirrorPolicy, empty: bool, declared: Option<u64>) -> Option<MirrorSlot> {
+    let fits = empty || declared.is_some_and(|len| len <= m.max_body);
     if !fits {
         m.metrics.too_large.inc();
         return None;

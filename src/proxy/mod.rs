@@ -250,6 +250,7 @@ async fn serve(
     ex.upgrade = websocket::detect(&mut req)?;
     let route = route(&req, &target, snap, ex)?;
     let (mut parts, body) = req.into_parts();
+    let body = body_for_authorization(route, body, ex).await?;
     if let Decision::Respond(resp) = apply_policies(route, &mut parts, ex).await? {
         return Ok(resp.map(ResponseBody::full));
     }
@@ -295,7 +296,7 @@ async fn serve(
         .mirror
         .as_ref()
         .filter(|m| ex.upgrade.is_none() && m.sampled())
-        .and_then(|m| mirror::admit(m, &body, declared));
+        .and_then(|m| mirror::admit(m, body.is_empty(), declared));
     let whole = mirror.is_some();
     let body = outgoing_body(body, upstream, &parts, limits, declared, digest, whole, ex).await?;
     if let (Some(slot), Outgoing::Replayable(bytes)) = (mirror, &body) {
@@ -380,6 +381,46 @@ fn route<'s>(
     let idx = snap.router.find(&view).ok_or(GatewayError::NoRoute)?;
     ex.route = Some(idx);
     Ok(&snap.routes[idx])
+}
+
+/// The client's request body: still to be read, or read already for an
+/// external authorization service (`send_body`).
+pub enum ClientBody {
+    Wire(Incoming),
+    Read(Bytes),
+}
+
+impl ClientBody {
+    fn is_empty(&self) -> bool {
+        match self {
+            ClientBody::Wire(b) => hyper::body::Body::is_end_stream(b),
+            ClientBody::Read(b) => b.is_empty(),
+        }
+    }
+}
+
+/// A route whose external authorization service wants the body reads it
+/// first, whole: at most `send_body` bytes (413 beyond), within the route's
+/// body limit and stall timeout. Other routes leave it on the wire.
+async fn body_for_authorization(
+    route: &Route,
+    body: Incoming,
+    ex: &mut Exchange,
+) -> Result<ClientBody, GatewayError> {
+    let wanted = route.policies.body_for_authorization();
+    let Some(most) = wanted.filter(|_| ex.upgrade.is_none()) else {
+        return Ok(ClientBody::Wire(body));
+    };
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(ClientBody::Read(Bytes::new()));
+    }
+    let limit = most.min(route.body_limits.max_bytes);
+    let received = Arc::new(AtomicU64::new(0));
+    ex.bytes_in = Some(received.clone());
+    let body = RequestBody::new(body, limit, route.body_limits.read_timeout, received);
+    let bytes = read_body(body, limit).await?;
+    ex.policy.body = Some(bytes.clone());
+    Ok(ClientBody::Read(bytes))
 }
 
 /// The route's client policies: IP rules, CORS, auth, claims, rate limits.
@@ -564,7 +605,7 @@ fn upstream_request(
 /// request's, for its copy; `mirror::admit` checked its size).
 #[allow(clippy::too_many_arguments)]
 async fn outgoing_body(
-    body: Incoming,
+    body: ClientBody,
     upstream: &Upstream,
     parts: &http::request::Parts,
     limits: &BodyLimits,
@@ -573,6 +614,17 @@ async fn outgoing_body(
     whole: bool,
     ex: &mut Exchange,
 ) -> Result<Outgoing, GatewayError> {
+    let body = match body {
+        ClientBody::Wire(body) => body,
+        // Read for the authorization service: sent as it was read.
+        ClientBody::Read(bytes) => {
+            if let Some(d) = digest {
+                d.update(&bytes);
+                d.finish();
+            }
+            return Ok(Outgoing::Replayable(bytes));
+        }
+    };
     // An upgrade request has no body: what follows its head is the tunnel's.
     if ex.upgrade.is_some() || hyper::body::Body::is_end_stream(&body) {
         if let Some(d) = digest {

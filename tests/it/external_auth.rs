@@ -28,6 +28,7 @@ struct Authz {
     /// Headers of the last request, as `name: value` lines.
     last: Arc<Mutex<Vec<(String, String)>>>,
     last_method: Arc<Mutex<String>>,
+    last_body: Arc<Mutex<Bytes>>,
 }
 
 impl Authz {
@@ -39,6 +40,7 @@ impl Authz {
             hang: Arc::default(),
             last: Arc::default(),
             last_method: Arc::default(),
+            last_body: Arc::default(),
         };
         let server = a.clone();
         serve_fn(listener, move |req| {
@@ -63,7 +65,18 @@ impl Authz {
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+            .unwrap_or("")
+            .to_string();
+        let sent = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        *self.last_body.lock().unwrap() = sent.clone();
+        let auth = if sent.windows(6).any(|w| w == b"refuse") {
+            "Bearer forbidden"
+        } else {
+            auth.as_str()
+        };
         let (status, body, headers): (u16, &str, Vec<(&str, &str)>) = match auth {
             "Bearer good" => (
                 200,
@@ -344,7 +357,14 @@ fn bad_external_settings_are_located_errors() {
             "auth.external.authz.cache.key: list what a decision depends on",
         ),
         ("url: http://a/b\n      failure: maybe", "failure"),
-        ("url: http://a/b\n      send_body: 1KiB", "send_body"),
+        (
+            "url: http://a/b\n      send_body: 2MiB",
+            "auth.external.authz.send_body: at most 1MiB",
+        ),
+        (
+            "url: http://a/b\n      send_body: 1KiB\n      cache: { key: [path], ttl: 1s }",
+            "auth.external.authz.cache: not with send_body",
+        ),
     ] {
         let yaml = format!(
             "auth:\n  external:\n    authz:\n      {policy}\nroutes:\n  - name: r\n    match: {{ path: / }}\n    respond: {{ status: 200 }}\n    auth: [external:authz]\n"
@@ -354,4 +374,70 @@ fn bad_external_settings_are_located_errors() {
         };
         assert!(e.to_string().contains(want), "{e}\n--- want: {want}");
     }
+}
+
+#[tokio::test]
+async fn send_body_gives_the_service_the_whole_body_and_the_upstream_too() {
+    let authz = Authz::start().await;
+    let up = Upstream::echo("up").await;
+    let yaml = format!(
+        "{}
+upstreams:
+  up: {{ targets: [{{ url: 'http://${{UP}}' }}] }}
+auth:
+  external:
+    authz:
+      url: 'http://{}/check'
+      send_body: 1KiB
+routes:
+  - name: app
+    match: {{ path_prefix: / }}
+    upstream: up
+    auth: [external:authz]
+",
+        server_block(""),
+        authz.addr
+    );
+    let gw = Gateway::start(&yaml, &[("UP", up.host_port())]).await;
+    let post = |body: Vec<u8>| {
+        let req = Request::post(gw.url("/orders"))
+            .header("authorization", "Bearer good")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        send(req)
+    };
+
+    let r = post(br#"{"order": 7}"#.to_vec()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(authz.last_method.lock().unwrap().as_str(), "POST");
+    assert_eq!(authz.last("x-forwarded-method").as_deref(), Some("POST"));
+    assert_eq!(
+        authz.last("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(&authz.last_body.lock().unwrap()[..], br#"{"order": 7}"#);
+    // The upstream gets the same body, once read.
+    assert_eq!(r.json()["body_bytes"], 12);
+    assert_eq!(r.json()["body_complete"], true);
+
+    // The service may decide on the body.
+    let r = post(b"please refuse this".to_vec()).await.unwrap();
+    assert_eq!(r.status, 403);
+    // A body larger than send_body never reaches the service: 413.
+    let calls = authz.calls();
+    post(vec![b'x'; 2048])
+        .await
+        .unwrap()
+        .assert_error(413, "payload_too_large");
+    assert_eq!(authz.calls(), calls);
+    // Without a body it is a GET, as without send_body.
+    assert_eq!(
+        get_with(&gw.url("/orders"), &[("authorization", "Bearer good")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(authz.last_method.lock().unwrap().as_str(), "GET");
+    gw.shutdown().await;
 }

@@ -269,6 +269,15 @@ impl Checker {
                 }
             }
         }
+        if p.send_body.0 > 1024 * 1024 {
+            self.err(child(at, "send_body"), "at most 1MiB");
+        }
+        if p.send_body.0 > 0 && p.cache.is_some() {
+            self.err(
+                child(at, "cache"),
+                "not with send_body: a kept decision would answer for another body",
+            );
+        }
         if let Some(cache) = &p.cache {
             let key_at = child(&child(at, "cache"), "key");
             if cache.key.is_empty() {
