@@ -53,6 +53,9 @@ pub struct RoutePolicies {
     failures: Option<AuthFailureMetrics>,
     /// Every limit must admit the request.
     pub rate_limits: Vec<RouteLimit>,
+    /// The most body an external authorization service of the route wants
+    /// to see (`send_body`), when one does: read before the policies.
+    pub body_for_authorization: Option<u64>,
 }
 
 /// A rate-limit policy as applied on one route.
@@ -288,7 +291,15 @@ impl RoutePolicies {
             })
             .collect::<Vec<_>>();
         let guarded = ip.is_some() || !auth.is_empty() || !require_claims.is_empty();
+        let body_for_authorization = auth
+            .iter()
+            .filter_map(|m| match m {
+                AuthMethod::External(p) if p.send_body > 0 => Some(p.send_body),
+                _ => None,
+            })
+            .max();
         Ok(RoutePolicies {
+            body_for_authorization,
             failures: guarded.then(|| metrics.auth_failures(&route.name)),
             ip,
             cors,
@@ -296,18 +307,6 @@ impl RoutePolicies {
             require_claims,
             rate_limits: Vec::new(),
         })
-    }
-
-    /// The most body an external authorization service of the route wants
-    /// to see (`send_body`), when one does.
-    pub fn body_for_authorization(&self) -> Option<u64> {
-        self.auth
-            .iter()
-            .filter_map(|m| match m {
-                AuthMethod::External(p) if p.send_body > 0 => Some(p.send_body),
-                _ => None,
-            })
-            .max()
     }
 
     pub fn is_empty(&self) -> bool {

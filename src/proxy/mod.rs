@@ -250,7 +250,11 @@ async fn serve(
     ex.upgrade = websocket::detect(&mut req)?;
     let route = route(&req, &target, snap, ex)?;
     let (mut parts, body) = req.into_parts();
-    let body = body_for_authorization(route, body, ex).await?;
+    // Only a route whose authorization service wants the body reads it here.
+    let body = match route.policies.body_for_authorization {
+        None => ClientBody::Wire(body),
+        Some(most) => read_for_authorization(route, body, most, ex).await?,
+    };
     if let Decision::Respond(resp) = apply_policies(route, &mut parts, ex).await? {
         return Ok(resp.map(ResponseBody::full));
     }
@@ -399,18 +403,18 @@ impl ClientBody {
     }
 }
 
-/// A route whose external authorization service wants the body reads it
-/// first, whole: at most `send_body` bytes (413 beyond), within the route's
-/// body limit and stall timeout. Other routes leave it on the wire.
-async fn body_for_authorization(
+/// The body of a route whose external authorization service wants it, read
+/// first and whole: at most `send_body` bytes (413 beyond), within the
+/// route's body limit and stall timeout.
+async fn read_for_authorization(
     route: &Route,
     body: Incoming,
+    most: u64,
     ex: &mut Exchange,
 ) -> Result<ClientBody, GatewayError> {
-    let wanted = route.policies.body_for_authorization();
-    let Some(most) = wanted.filter(|_| ex.upgrade.is_none()) else {
+    if ex.upgrade.is_some() {
         return Ok(ClientBody::Wire(body));
-    };
+    }
     if hyper::body::Body::is_end_stream(&body) {
         return Ok(ClientBody::Read(Bytes::new()));
     }
