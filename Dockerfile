@@ -3,6 +3,9 @@
 # Run:   docker run -p 8080:8080 -v $PWD/tollgate.yaml:/etc/tollgate/tollgate.yaml:ro tollgate
 
 FROM rust:1.95-slim-bookworm AS build
+# Cargo features to build in, e.g. `--build-arg FEATURES=otel` for span export;
+# empty (the default) builds the default features only.
+ARG FEATURES=""
 WORKDIR /src
 # gcc is in the image; aws-lc-rs builds with it alone.
 # Dependencies first, in a layer of their own: with only the manifest and stub
@@ -15,14 +18,14 @@ RUN mkdir -p src benches \
  && for b in $(sed -n '/^\[\[bench\]\]/{n;s/^name = "\(.*\)"$/\1/p}' Cargo.toml); do \
       echo 'fn main() {}' > "benches/$b.rs"; \
     done \
- && cargo build --release --locked --bin tollgate \
+ && cargo build --release --locked --bin tollgate ${FEATURES:+--features "$FEATURES"} \
  && rm -rf src benches
 COPY src ./src
 COPY benches ./benches
 COPY config ./config
 # The stubs' build left newer timestamps behind: touch so tollgate itself is rebuilt.
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin tollgate \
+ && cargo build --release --locked --bin tollgate ${FEATURES:+--features "$FEATURES"} \
  && strip target/release/tollgate
 
 FROM debian:bookworm-slim

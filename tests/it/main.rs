@@ -18,6 +18,7 @@ mod compression;
 mod config_errors;
 mod config_examples;
 mod dashboard;
+mod deploy;
 mod discovery;
 mod docs;
 mod edge;
