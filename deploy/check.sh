@@ -73,7 +73,7 @@ promtool check rules config/prometheus/alerts.yaml
 
 step "tollgate validate (built with --features otel: the Compose config exports spans)"
 cargo build --quiet --features otel --bin tollgate
-tollgate=target/debug/tollgate
+tollgate=${CARGO_TARGET_DIR:-target}/debug/tollgate
 "$tollgate" validate --config deploy/compose/tollgate.yaml
 # The Kubernetes config reads its keys from the Secret's files: lay them out
 # from secret.yaml as the kubelet would, and point the paths there.

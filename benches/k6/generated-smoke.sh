@@ -11,7 +11,7 @@
 # Environment: SMOKE_BIND (default 127.0.0.1:8080) and SMOKE_ADMIN (default
 # 127.0.0.1:9901), the demo's listener and admin addresses; SMOKE_DURATION
 # (default 3s) per scenario; TOLLGATE (default: build and use
-# target/debug/tollgate). Exit status: 0 when every check held.
+# $CARGO_TARGET_DIR or target/, debug/tollgate). Exit status: 0 when every check held.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bind=${SMOKE_BIND:-127.0.0.1:8080}
@@ -25,7 +25,7 @@ command -v curl >/dev/null || fail "curl not found"
 
 if [[ -z ${TOLLGATE:-} ]]; then
     (cd "$root" && cargo build --quiet --bin tollgate)
-    TOLLGATE=$root/target/debug/tollgate
+    TOLLGATE=${CARGO_TARGET_DIR:-$root/target}/debug/tollgate
 fi
 
 work=$(mktemp -d)
