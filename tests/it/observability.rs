@@ -268,6 +268,24 @@ fn grafana_dashboard_parses_and_uses_only_spec_metrics() {
             "panel without query: {p}"
         );
     }
+    // Provisionable from a file as it is: no import-only `${DS_...}` input;
+    // every query goes through the `datasource` variable.
+    assert!(dash.get("__inputs").is_none() && !text.contains("${DS_"));
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    assert!(
+        vars.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "{vars:?}"
+    );
+    let uids = regex::Regex::new(r#""uid":\s*"([^"]*)""#).unwrap();
+    for c in uids.captures_iter(&text) {
+        assert!(
+            &c[1] == "${datasource}" || &c[1] == "tollgate",
+            "datasource uid {}",
+            &c[1]
+        );
+    }
     let used = referenced_metrics(&text);
     let spec = spec_metrics();
     let unknown: Vec<_> = used.difference(&spec).collect();
