@@ -32,6 +32,8 @@ pub struct Credentials {
     pub jwt_keys: BTreeMap<String, Vec<u8>>,
     /// `auth.jwt.<policy>` names whose HS* `secret` in the config signs tokens.
     pub mint: BTreeSet<String>,
+    /// `auth.introspection.<name>` -> an opaque token the server knows as active.
+    pub introspection: BTreeMap<String, String>,
 }
 
 /// How the scenarios run.
@@ -108,6 +110,16 @@ pub fn check_credentials(cfg: &Config, creds: &Credentials) -> Result<(), K6Erro
             ));
         }
     }
+    for name in creds.introspection.keys() {
+        if !cfg.auth.introspection.contains_key(name) {
+            return Err(unknown(
+                "--token",
+                "introspection",
+                name,
+                cfg.auth.introspection.keys().collect(),
+            ));
+        }
+    }
     let jwt_names = creds
         .jwt
         .keys()
@@ -133,6 +145,9 @@ enum Expect {
     Status(u16),
     /// Proxied: an answer below 500 that is none of 401, 403, 404.
     Upstream,
+    /// An external authorization service decides: any answer below 500
+    /// (it may redirect or refuse), but not the gateway's 503.
+    Decided,
 }
 
 /// One synthesized request.
@@ -220,6 +235,7 @@ pub fn generate(
             "expect": match expect {
                 Expect::Status(s) => json!({ "status": s }),
                 Expect::Upstream => json!({ "upstream": true }),
+                Expect::Decided => json!({ "decided": true }),
             },
             "single": rate_limited,
         }));
@@ -347,10 +363,22 @@ fn credential_for(
                     None
                 };
                 match (token, cfg.auth.jwt.get(name)) {
-                    (Some(token), Some(policy)) => Some(jwt_credential(policy, token)),
+                    (Some(token), Some(policy)) => {
+                        Some(token_credential(policy.token_from.as_deref(), token))
+                    }
                     _ => None,
                 }
             }
+            "introspection" => match (
+                creds.introspection.get(name),
+                cfg.auth.introspection.get(name),
+            ) {
+                (Some(token), Some(policy)) => Some(token_credential(
+                    policy.token_from.as_deref(),
+                    token.clone(),
+                )),
+                _ => None,
+            },
             _ => None,
         };
         if let Some(mut c) = found {
@@ -359,20 +387,21 @@ fn credential_for(
                 "jwt" if creds.jwt_keys.contains_key(name) => "a token signed with --jwt-key",
                 "jwt" => "a token minted from the config's secret",
                 "api_key" => "the key given with --api-key",
+                "introspection" => "the token given with --token",
                 _ => "the password given with --basic",
             };
             c.entry = Some(entry.clone());
-            c.is_jwt = kind == "jwt";
+            // Both carry claims for require_claims.
+            c.is_jwt = kind == "jwt" || kind == "introspection";
             return Ok((c, format!("{entry} with {how}")));
         }
     }
     Ok((Credential::default(), String::new()))
 }
 
-fn jwt_credential(policy: &crate::config::schema::JwtPolicy, token: String) -> Credential {
-    let source = policy
-        .token_from
-        .as_ref()
+/// A bearer-style token placed where the policy's `token_from` looks first.
+fn token_credential(token_from: Option<&[String]>, token: String) -> Credential {
+    let source = token_from
         .and_then(|s| s.first())
         .and_then(|s| TokenSource::from_str(s).ok())
         .unwrap_or(TokenSource::Bearer);
@@ -513,7 +542,10 @@ fn expectation(
     cred: &Credential,
     cred_note: &str,
 ) -> (Expect, String) {
-    let needs_auth = raw.auth.as_ref().is_some_and(|a| !a.is_empty());
+    let entries = raw.auth.as_deref().unwrap_or_default();
+    let decided = entries.iter().any(|e| e.starts_with("external:"));
+    // An `external:` entry is not a credential: the other entries are.
+    let needs_auth = entries.iter().any(|e| !e.starts_with("external:"));
     if needs_auth && cred.entry.is_none() {
         return (
             Expect::Status(401),
@@ -532,6 +564,12 @@ fn expectation(
     } else {
         format!(", auth {cred_note}")
     };
+    if decided {
+        return (
+            Expect::Decided,
+            format!("expects an answer below 500: an external authorization service decides{auth}"),
+        );
+    }
     match &snap.routes[i].action {
         Action::Respond { status, .. } => (
             Expect::Status(status.as_u16()),
@@ -1057,6 +1095,9 @@ const JS_RUNTIME: &str = r#"function expected(want, status) {
   if (want.status !== undefined) {
     return status === want.status;
   }
+  if (want.decided) {
+    return status >= 200 && status < 500;
+  }
   return status >= 200 && status < 500 && status !== 401 && status !== 403 && status !== 404;
 }
 
@@ -1070,7 +1111,9 @@ function probe(r) {
     redirects: 0,
     tags: { name: r.route },
   });
-  const want = r.expect.status !== undefined ? `status ${r.expect.status}` : 'an upstream answer';
+  const want = r.expect.status !== undefined
+    ? `status ${r.expect.status}`
+    : r.expect.decided ? 'the authorization service\'s answer' : 'an upstream answer';
   check(res, {
     [`${r.route}: ${want}`]: (res) => expected(r.expect, res.status),
   });

@@ -78,6 +78,10 @@ enum Command {
         /// Sign tokens for the JWT policy NAME with this PEM private key (RS*, PS*, ES*, EdDSA)
         #[arg(long = "jwt-key", value_name = "NAME=PEMFILE")]
         jwt_keys: Vec<String>,
+        /// An opaque token, active at the introspection endpoint of the
+        /// `auth.introspection` policy NAME, to send as is (repeatable)
+        #[arg(long = "token", value_name = "NAME=TOKEN")]
+        tokens: Vec<String>,
         /// Sign tokens for the JWT policy NAME with its HS* `secret` from the config (repeatable)
         #[arg(long = "mint-jwt", value_name = "NAME")]
         mint: Vec<String>,
@@ -206,12 +210,18 @@ fn run(cli: Cli, format: LogFormat) -> Result<(), Failure> {
             basic,
             jwt,
             jwt_keys,
+            tokens,
             mint,
             vus,
             duration,
             token_ttl,
         } => {
-            let creds = k6_credentials(&api_keys, &basic, &jwt, &jwt_keys, &mint).map_err(usage)?;
+            let mut creds =
+                k6_credentials(&api_keys, &basic, &jwt, &jwt_keys, &mint).map_err(usage)?;
+            for a in &tokens {
+                let (name, token) = name_value("--token", a).map_err(usage)?;
+                creds.introspection.insert(name.into(), token.into());
+            }
             if duration.is_zero() {
                 return Err(usage(anyhow::anyhow!("--duration must be above zero")));
             }

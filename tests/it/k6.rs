@@ -209,6 +209,7 @@ fn by_route<'a>(routes: &'a [Value], name: &str) -> &'a Value {
 fn meets(expect: &Value, status: u16) -> bool {
     match expect["status"].as_u64() {
         Some(s) => u64::from(status) == s,
+        None if expect["decided"] == true => (200..500).contains(&status),
         None => (200..500).contains(&status) && ![401, 403, 404].contains(&status),
     }
 }
@@ -536,4 +537,59 @@ fn bad_input_is_a_clear_error() {
             assert!(err.contains(w), "{args:?}: {w:?} not in: {err}");
         }
     }
+}
+
+#[test]
+fn introspection_tokens_and_external_services_get_their_own_expectations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &path,
+        "upstreams:
+  up: { targets: [{ url: 'http://127.0.0.1:9' }] }
+auth:
+  introspection:
+    idp: { url: 'http://127.0.0.1:9/i', client_id: gw, client_secret: s, token_from: ['header:X-Token'] }
+  external:
+    svc: { url: 'http://127.0.0.1:9/check' }
+routes:
+  - name: opaque
+    match: { path_prefix: /opaque }
+    upstream: up
+    auth: [introspection:idp]
+    require_claims: { scope: read }
+  - name: decided
+    match: { path_prefix: / }
+    upstream: up
+    auth: [external:svc]
+",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let routes = |extra: &[&str]| {
+        let mut args = vec!["--config", config, "k6"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        constant(&text(&out.stdout), "ROUTES")
+    };
+
+    let with = routes(&["--token", "idp=tok-123"]);
+    let list = with.as_array().unwrap();
+    let opaque = by_route(list, "opaque");
+    // Sent where the policy looks first; its claims may satisfy require_claims.
+    assert_eq!(opaque["headers"]["x-token"], "tok-123", "{opaque}");
+    assert_eq!(opaque["expect"], serde_json::json!({"upstream": true}));
+    // An external service may redirect or refuse: any answer below 500.
+    let decided = by_route(list, "decided");
+    assert_eq!(decided["expect"], serde_json::json!({"decided": true}));
+
+    let without = routes(&[]);
+    let opaque = by_route(without.as_array().unwrap(), "opaque");
+    assert_eq!(opaque["expect"], serde_json::json!({"status": 401}));
+
+    let out = run(&["--config", config, "k6", "--token", "nope=x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("--token nope") && err.contains("idp"), "{err}");
 }
