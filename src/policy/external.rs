@@ -157,7 +157,15 @@ impl External {
         };
         let key = cache_key(&cache.key, parts);
         let now = Instant::now();
-        cache.kept.remove_if(&key, |(_, until)| *until <= now);
+        // A kept decision is a shared read; only one past its time takes the
+        // shard's write lock, to be asked again.
+        match cache.kept.get(&key) {
+            Some((d, until)) if until > now => return d,
+            Some(_) => {
+                cache.kept.remove_if(&key, |(_, until)| *until <= now);
+            }
+            None => {}
+        }
         let kept = cache
             .kept
             .get_or_insert_async(&key, async {

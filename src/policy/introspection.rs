@@ -136,8 +136,15 @@ impl Introspection {
         }
         let key = sha256(token.as_bytes());
         let now = Instant::now();
-        // An answer past its time is asked again.
-        self.kept.remove_if(&key, |k| k.until <= now);
+        // A kept answer is a shared read; only one past its time takes the
+        // shard's write lock, to be asked again.
+        match self.kept.get(&key) {
+            Some(k) if k.until > now => return k.verdict,
+            Some(_) => {
+                self.kept.remove_if(&key, |k| k.until <= now);
+            }
+            None => {}
+        }
         let kept = self
             .kept
             .get_or_insert_async(&key, async {
