@@ -34,7 +34,7 @@ use crate::metrics::{AuthFailureMetrics, Metrics};
 use api_key::ApiKeySet;
 use cors::CorsPolicy;
 use ip::IpRules;
-use jwt::{JwtError, JwtPolicy};
+use jwt::{JwtError, JwtPolicy, TokenHandling, Verified};
 use rate_limit::{KeySource, Outcome, RateLimitPolicy, Verdict};
 
 /// Sent upstream with the id of the API key that authenticated the request.
@@ -48,6 +48,8 @@ pub struct RoutePolicies {
     cors: Option<Arc<CorsPolicy>>,
     /// Any one must pass; empty = public.
     auth: Vec<AuthMethod>,
+    /// `external:` entries of `auth`: asked after it, every one must allow.
+    external: Vec<Arc<external::External>>,
     /// Every entry must hold: (claim, accepted values).
     require_claims: Vec<(String, Vec<String>)>,
     failures: Option<AuthFailureMetrics>,
@@ -74,9 +76,30 @@ pub enum AuthMethod {
     ApiKey(Arc<ApiKeySet>),
     Basic(Arc<basic::BasicAuth>),
     Introspection(Arc<introspection::Introspection>),
-    /// Not one of the any-of: every external service must allow, after the
-    /// other methods (if any) have authenticated the request.
-    External(Arc<external::External>),
+}
+
+impl AuthMethod {
+    /// A JWT or introspection policy's name and token handling (the other
+    /// methods read no bearer-style token).
+    fn token_policy(&self) -> Option<(&Arc<str>, &TokenHandling)> {
+        match self {
+            AuthMethod::Jwt(p) => Some((&p.name, &p.tokens)),
+            AuthMethod::Introspection(p) => Some((&p.name, &p.tokens)),
+            AuthMethod::ApiKey(_) | AuthMethod::Basic(_) => None,
+        }
+    }
+
+    /// Verifies a token found by `token_policy`: a signature check, or a
+    /// question to the introspection endpoint.
+    async fn verify_token(&self, token: &str) -> Result<Verified, JwtError> {
+        match self {
+            AuthMethod::Jwt(p) => p.verify(token).await,
+            AuthMethod::Introspection(p) => p.check(token).await,
+            AuthMethod::ApiKey(_) | AuthMethod::Basic(_) => {
+                Err(JwtError::Failure(AuthFailure::Missing))
+            }
+        }
+    }
 }
 
 /// The four fields of a request that policies read or fill in; the proxy's
@@ -257,8 +280,14 @@ impl RoutePolicies {
             })?),
         };
         let mut auth = Vec::new();
+        let mut external = Vec::new();
         for (i, entry) in route.auth.iter().flatten().enumerate() {
             let unknown = || (format!("{at}.auth[{i}]"), format!("unknown auth `{entry}`"));
+            // Not one of the any-of: kept apart, asked after it.
+            if let Some(("external", name)) = entry.split_once(':') {
+                external.push(named.external.get(name).cloned().ok_or_else(unknown)?);
+                continue;
+            }
             auth.push(match entry.split_once(':') {
                 Some(("jwt", name)) => {
                     AuthMethod::Jwt(named.jwt.get(name).cloned().ok_or_else(unknown)?)
@@ -272,9 +301,6 @@ impl RoutePolicies {
                 Some(("introspection", name)) => AuthMethod::Introspection(
                     named.introspection.get(name).cloned().ok_or_else(unknown)?,
                 ),
-                Some(("external", name)) => {
-                    AuthMethod::External(named.external.get(name).cloned().ok_or_else(unknown)?)
-                }
                 _ => return Err(unknown()),
             });
         }
@@ -290,13 +316,12 @@ impl RoutePolicies {
                 (claim.clone(), values)
             })
             .collect::<Vec<_>>();
-        let guarded = ip.is_some() || !auth.is_empty() || !require_claims.is_empty();
-        let body_for_authorization = auth
+        let guarded =
+            ip.is_some() || !auth.is_empty() || !external.is_empty() || !require_claims.is_empty();
+        let body_for_authorization = external
             .iter()
-            .filter_map(|m| match m {
-                AuthMethod::External(p) if p.send_body > 0 => Some(p.send_body),
-                _ => None,
-            })
+            .map(|p| p.send_body)
+            .filter(|n| *n > 0)
             .max();
         Ok(RoutePolicies {
             body_for_authorization,
@@ -304,6 +329,7 @@ impl RoutePolicies {
             ip,
             cors,
             auth,
+            external,
             require_claims,
             rate_limits: Vec::new(),
         })
@@ -313,6 +339,7 @@ impl RoutePolicies {
         self.ip.is_none()
             && self.cors.is_none()
             && self.auth.is_empty()
+            && self.external.is_empty()
             && self.require_claims.is_empty()
             && self.rate_limits.is_empty()
     }
@@ -343,11 +370,7 @@ impl RoutePolicies {
         }
 
         // 3. Authentication: any one method must pass.
-        if self
-            .auth
-            .iter()
-            .any(|m| !matches!(m, AuthMethod::External(_)))
-        {
+        if !self.auth.is_empty() {
             self.authenticate(parts, ex).await?;
         }
 
@@ -367,10 +390,8 @@ impl RoutePolicies {
         }
 
         // 4b. External authorization: every service must allow.
-        for m in &self.auth {
-            if let AuthMethod::External(p) = m
-                && let Some(resp) = authorize(p, parts, ex).await?
-            {
+        for p in &self.external {
+            if let Some(resp) = authorize(p, parts, ex).await? {
                 return Ok(Decision::Respond(resp));
             }
         }
@@ -436,13 +457,10 @@ impl RoutePolicies {
         // Identity headers are the gateway's to set: never the client's.
         parts.headers.remove(&X_CONSUMER_ID);
         for m in &self.auth {
-            let forwarded = match m {
-                AuthMethod::Jwt(p) => &p.tokens.forward_claims[..],
-                AuthMethod::Introspection(p) => &p.tokens.forward_claims[..],
-                _ => &[],
-            };
-            for (_, h) in forwarded {
-                parts.headers.remove(h);
+            if let Some((_, tokens)) = m.token_policy() {
+                for (_, h) in &tokens.forward_claims {
+                    parts.headers.remove(h);
+                }
             }
         }
 
@@ -464,42 +482,29 @@ impl RoutePolicies {
                     parts.headers.remove(http::header::AUTHORIZATION);
                     ex.consumer = Some(user.to_string());
                 }),
-                AuthMethod::Jwt(p) => match p.tokens.find_token(parts) {
-                    None => Err(AuthFailure::Missing),
-                    Some((source, token)) => match p.verify(token).await {
-                        Ok(v) => {
-                            p.tokens.accept(parts, source, &v.claims);
-                            ex.consumer = v.subject.as_deref().map(str::to_string);
-                            ex.claims = Some(v.claims);
-                            Ok(())
-                        }
-                        Err(JwtError::Failure(f)) => Err(f),
-                        Err(JwtError::Unavailable) => {
-                            let r = Refusal::Unavailable(p.name.clone());
-                            worst = worst.max(Some(r));
-                            continue;
-                        }
-                    },
-                },
-                // Asked after the any-of, in `check`.
-                AuthMethod::External(_) => continue,
-                AuthMethod::Introspection(p) => match p.tokens.find_token(parts) {
-                    None => Err(AuthFailure::Missing),
-                    Some((source, token)) => match p.check(token).await {
-                        Ok(v) => {
-                            p.tokens.accept(parts, source, &v.claims);
-                            ex.consumer = v.subject.as_deref().map(str::to_string);
-                            ex.claims = Some(v.claims);
-                            Ok(())
-                        }
-                        Err(JwtError::Failure(f)) => Err(f),
-                        Err(JwtError::Unavailable) => {
-                            let r = Refusal::Unavailable(p.name.clone());
-                            worst = worst.max(Some(r));
-                            continue;
-                        }
-                    },
-                },
+                // JWT and introspection: a bearer-style token, verified.
+                AuthMethod::Jwt(_) | AuthMethod::Introspection(_) => {
+                    let Some((name, tokens)) = m.token_policy() else {
+                        continue;
+                    };
+                    match tokens.find_token(parts) {
+                        None => Err(AuthFailure::Missing),
+                        Some((source, token)) => match m.verify_token(token).await {
+                            Ok(v) => {
+                                tokens.accept(parts, source, &v.claims);
+                                ex.consumer = v.subject.as_deref().map(str::to_string);
+                                ex.claims = Some(v.claims);
+                                Ok(())
+                            }
+                            Err(JwtError::Failure(f)) => Err(f),
+                            Err(JwtError::Unavailable) => {
+                                let r = Refusal::Unavailable(name.clone());
+                                worst = worst.max(Some(r));
+                                continue;
+                            }
+                        },
+                    }
+                }
             };
             match result {
                 Ok(()) => {
