@@ -90,45 +90,33 @@ pub fn check_credentials(cfg: &Config, creds: &Credentials) -> Result<(), K6Erro
             format!(" (it has: {})", names.join(", "))
         },
     };
-    for name in creds.api_keys.keys() {
-        if !cfg.auth.api_keys.contains_key(name) {
-            return Err(unknown(
-                "--api-key",
-                "api_keys",
-                name,
-                cfg.auth.api_keys.keys().collect(),
-            ));
-        }
-    }
-    for name in creds.basic.keys() {
-        if !cfg.auth.basic.contains_key(name) {
-            return Err(unknown(
-                "--basic",
-                "basic",
-                name,
-                cfg.auth.basic.keys().collect(),
-            ));
-        }
-    }
-    for name in creds.introspection.keys() {
-        if !cfg.auth.introspection.contains_key(name) {
-            return Err(unknown(
-                "--token",
-                "introspection",
-                name,
-                cfg.auth.introspection.keys().collect(),
-            ));
-        }
-    }
-    let jwt_names = creds
-        .jwt
-        .keys()
-        .map(|n| ("--jwt", n))
-        .chain(creds.jwt_keys.keys().map(|n| ("--jwt-key", n)))
-        .chain(creds.mint.iter().map(|n| ("--mint-jwt", n)));
-    for (flag, name) in jwt_names {
-        if !cfg.auth.jwt.contains_key(name) {
-            return Err(unknown(flag, "jwt", name, cfg.auth.jwt.keys().collect()));
+    let jwt = || cfg.auth.jwt.keys().collect::<Vec<_>>();
+    let given: [(&'static str, &'static str, Vec<&String>, Vec<&String>); 6] = [
+        (
+            "--api-key",
+            "api_keys",
+            creds.api_keys.keys().collect(),
+            cfg.auth.api_keys.keys().collect(),
+        ),
+        (
+            "--basic",
+            "basic",
+            creds.basic.keys().collect(),
+            cfg.auth.basic.keys().collect(),
+        ),
+        (
+            "--token",
+            "introspection",
+            creds.introspection.keys().collect(),
+            cfg.auth.introspection.keys().collect(),
+        ),
+        ("--jwt", "jwt", creds.jwt.keys().collect(), jwt()),
+        ("--jwt-key", "jwt", creds.jwt_keys.keys().collect(), jwt()),
+        ("--mint-jwt", "jwt", creds.mint.iter().collect(), jwt()),
+    ];
+    for (flag, section, names, known) in given {
+        if let Some(name) = names.into_iter().find(|n| !known.contains(n)) {
+            return Err(unknown(flag, section, name, known));
         }
     }
     // Sign once now, so that a bad key or an unusable secret is an error here.
