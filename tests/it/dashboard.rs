@@ -148,6 +148,33 @@ async fn js(client: &Client, script: &str) -> Value {
         .unwrap_or_else(|e| panic!("script {script}: {e}"))
 }
 
+/// Fills the explain form with `path` and `host`, submits it, and returns the
+/// route the page names once its answer for this path is shown.
+async fn explain(client: &Client, path: &str, host: &str) -> String {
+    let form = client.find(Locator::Css("#explain")).await.unwrap();
+    for (field, value) in [("path", path), ("host", host)] {
+        let input = form
+            .find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = format!("[data-explained-path=\"{path}\"] [data-explained-route]");
+    let verdict = client
+        .wait()
+        .for_element(Locator::Css(&shown))
+        .await
+        .unwrap();
+    verdict.text().await.unwrap()
+}
+
 async fn admin_json(gw: &Gateway, path: &str) -> Value {
     let req = http::Request::get(gw.admin_url(path))
         .header("authorization", format!("Bearer {TOKEN}"))
@@ -381,49 +408,10 @@ async fn the_dashboard_shows_what_the_api_reports_and_a_target_going_down_in_one
     );
 
     // The explain form asks /explain on the live config.
-    let form = client.find(Locator::Css("#explain")).await.unwrap();
-    let path = form.find(Locator::Css("input[name=path]")).await.unwrap();
-    path.clear().await.unwrap();
-    path.send_keys("/ping").await.unwrap();
-    form.find(Locator::Css("input[name=host]"))
-        .await
-        .unwrap()
-        .send_keys("ping.example.com")
-        .await
-        .unwrap();
-    form.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let verdict = client
-        .wait()
-        .for_element(Locator::Css("[data-explained-route]"))
-        .await
-        .unwrap();
-    assert_eq!(verdict.text().await.unwrap(), "ping");
+    assert_eq!(explain(client, "/ping", "ping.example.com").await, "ping");
     // A route that sets a credential upstream: its whole answer is on the
     // page, the credential is not.
-    path.clear().await.unwrap();
-    path.send_keys("/api/x").await.unwrap();
-    form.find(Locator::Css("input[name=host]"))
-        .await
-        .unwrap()
-        .clear()
-        .await
-        .unwrap();
-    form.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .wait()
-        .for_element(Locator::Css("[data-explained-route=api]"))
-        .await
-        .unwrap();
+    assert_eq!(explain(client, "/api/x", "").await, "api");
     let answer = js(
         client,
         "return document.querySelector('#explained pre').textContent",

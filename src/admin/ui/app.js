@@ -405,6 +405,7 @@ $('explain').addEventListener('submit', async (ev) => {
     }
     lines.push(el('details', {}, el('summary', {}, 'the whole answer'), el('pre', {}, JSON.stringify(body, null, 2))));
     out.replaceChildren(...lines);
+    out.dataset.explainedPath = form.get('path');
   } catch (e) {
     if (e instanceof Unauthorized) needToken();
     else out.replaceChildren(el('p', { class: 'note bad' }, e.message));

@@ -1294,3 +1294,14 @@ where
         }
     });
 }
+
+/// Asserts that `yaml` is refused as a config with an error containing
+/// `want`, and returns the whole error text.
+pub fn assert_refused(yaml: &str, want: &str) -> String {
+    let Err(e) = tollgate::config::load_str(yaml, "t.yaml") else {
+        panic!("accepted:\n{yaml}");
+    };
+    let e = e.to_string();
+    assert!(e.contains(want), "{e}\n--- want: {want}");
+    e
+}
