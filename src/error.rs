@@ -37,6 +37,14 @@ pub enum GatewayError {
         policy: std::sync::Arc<str>,
         retry_after_secs: u64,
     },
+    #[error(
+        "the {period} quota of consumer group `{group}` is used up; it renews in {retry_after_secs} s"
+    )]
+    QuotaExceeded {
+        group: std::sync::Arc<str>,
+        period: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("the rate-limit store is unreachable")]
     RateLimitUnavailable,
     #[error("upstream `{upstream}` is at its concurrent request limit")]
@@ -132,7 +140,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Overloaded
             | GatewayError::RateLimitUnavailable
             | GatewayError::UpstreamOverloaded { .. }
@@ -164,6 +174,7 @@ impl GatewayError {
             GatewayError::BodyTimeout => "request_timeout",
             GatewayError::Overloaded | GatewayError::UpstreamOverloaded { .. } => "overloaded",
             GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::QuotaExceeded { .. } => "quota_exceeded",
             GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::CircuitOpen { .. } => "circuit_open",
@@ -190,6 +201,7 @@ impl GatewayError {
             | GatewayError::HeadersTooLarge { .. }
             | GatewayError::BodyTimeout
             | GatewayError::RateLimited { .. }
+            | GatewayError::QuotaExceeded { .. }
             | GatewayError::Unauthorized(_)
             | GatewayError::Forbidden(_) => Fault::Client,
             GatewayError::Idempotency(IdempotencyFailure::Unavailable) => Fault::Gateway,
@@ -234,7 +246,8 @@ impl GatewayError {
             GatewayError::NoRoute => UNIMPLEMENTED,
             GatewayError::PayloadTooLarge { .. }
             | GatewayError::HeadersTooLarge { .. }
-            | GatewayError::RateLimited { .. } => RESOURCE_EXHAUSTED,
+            | GatewayError::RateLimited { .. }
+            | GatewayError::QuotaExceeded { .. } => RESOURCE_EXHAUSTED,
             GatewayError::BodyTimeout | GatewayError::UpstreamTimeout { .. } => DEADLINE_EXCEEDED,
             GatewayError::Overloaded
             | GatewayError::RateLimitUnavailable
@@ -299,6 +312,9 @@ impl GatewayError {
     /// Headers every shape of this error's answer carries.
     fn extra_headers(&self, headers: &mut http::HeaderMap) {
         if let GatewayError::RateLimited {
+            retry_after_secs, ..
+        }
+        | GatewayError::QuotaExceeded {
             retry_after_secs, ..
         } = self
         {

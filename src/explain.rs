@@ -160,6 +160,14 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                 "  rate limits: {}",
                 list_or(raw.rate_limit.as_deref(), "none")
             );
+            let plans = consumer_plans(cfg, raw);
+            if !plans.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  consumer plans: {} (the authenticated consumer's group)",
+                    plans.join(", ")
+                );
+            }
             if let Some(idem) = &route.idempotency {
                 let p = &idem.policy;
                 let _ = writeln!(
@@ -283,6 +291,19 @@ fn redirect_location(r: &crate::steering::Redirect, probe: &Probe, path: &str) -
         .unwrap_or_else(|| "nowhere: the request has no host (400)".to_owned())
 }
 
+/// The consumer groups whose plan (rate limit or quota) can apply on a route:
+/// every group with one, on a route with `auth` (empty otherwise).
+fn consumer_plans<'a>(cfg: &'a Config, raw: &crate::config::schema::Route) -> Vec<&'a str> {
+    if raw.auth.as_ref().is_none_or(|a| a.is_empty()) || cfg.consumers.is_empty() {
+        return Vec::new();
+    }
+    cfg.consumer_groups
+        .iter()
+        .filter(|(_, g)| g.rate_limit.is_some() || g.quota.is_some())
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
 fn list_or(items: Option<&[String]>, none: &str) -> String {
     match items {
         Some(v) if !v.is_empty() => v.join(", "),
@@ -354,6 +375,7 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
             "auth": raw.auth.clone().unwrap_or_default(),
             "require_claims": raw.require_claims,
             "rate_limits": raw.rate_limit.clone().unwrap_or_default(),
+            "consumer_plans": consumer_plans(cfg, raw),
             "idempotency": raw.idempotency,
             "cors": raw.cors,
             "ip_allow": raw.ip_allow,

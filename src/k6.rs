@@ -190,7 +190,13 @@ pub fn generate(
         let exec = format!("route_{i}_{scenario}");
         // A rate-limited route gets one request: more could be refused (429)
         // by the very limit the config asks for.
-        let rate_limited = raw.rate_limit.as_ref().is_some_and(|r| !r.is_empty());
+        let rate_limited = raw.rate_limit.as_ref().is_some_and(|r| !r.is_empty())
+            || (raw.auth.as_ref().is_some_and(|a| !a.is_empty())
+                && !cfg.consumers.is_empty()
+                && cfg
+                    .consumer_groups
+                    .values()
+                    .any(|g| g.rate_limit.is_some() || g.quota.is_some()));
         let idempotency_key = raw.idempotency.is_some() && !is_safe(&probe.method);
         let mut headers = serde_json::Map::new();
         for (name, value) in probe.headers.iter().chain(&cred.headers) {

@@ -51,6 +51,7 @@ pub struct Metrics {
     jwks_age: GaugeVec,
     introspection_requests_total: IntCounterVec,
     external_auth_total: IntCounterVec,
+    consumer_requests_total: IntCounterVec,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
     pub spans: crate::otel::SpanMetrics,
@@ -511,6 +512,14 @@ impl Metrics {
             &["policy", "result"],
         )?;
         registry.register(Box::new(external_auth_total.clone()))?;
+        let consumer_requests_total = IntCounterVec::new(
+            Opts::new(
+                "tollgate_consumer_requests_total",
+                "Requests of consumers in a consumer group, by route, group and status class.",
+            ),
+            &["route", "group", "class"],
+        )?;
+        registry.register(Box::new(consumer_requests_total.clone()))?;
         registry.register(Box::new(auth_failures_total.clone()))?;
         registry.register(Box::new(jwks_refreshes_total.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
@@ -544,6 +553,7 @@ impl Metrics {
             jwks_age,
             introspection_requests_total,
             external_auth_total,
+            consumer_requests_total,
             compressed_total,
             idempotency_total,
             mirror_total,
@@ -683,6 +693,11 @@ impl Metrics {
 
     pub fn rate_limited(&self, route: &str, policy: &str) -> IntCounter {
         self.rate_limited_total.with_label_values(&[route, policy])
+    }
+
+    /// `tollgate_consumer_requests_total`, for per-route handles.
+    pub fn consumer_requests(&self) -> IntCounterVec {
+        self.consumer_requests_total.clone()
     }
 
     /// [allowed, denied] decisions taken while the store of `policy` failed.

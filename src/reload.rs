@@ -685,6 +685,18 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         &values(&old.auth.external),
         &values(&new.auth.external),
     );
+    compare(
+        &mut changes,
+        "consumer",
+        &values(&old.consumers),
+        &values(&new.consumers),
+    );
+    compare(
+        &mut changes,
+        "consumer_group",
+        &values(&old.consumer_groups),
+        &values(&new.consumer_groups),
+    );
     compare(&mut changes, "cors", &values(&old.cors), &values(&new.cors));
     compare(&mut changes, "listener", &listeners(old), &listeners(new));
     let sections: [(&str, Value, Value); 7] = [

@@ -88,6 +88,23 @@ impl StoreBreaker {
     }
 }
 
+/// A Redis connection made on first use and re-made by the connection
+/// manager after Redis comes back; every call bounded by the timeouts.
+pub fn redis_connection(
+    url: &str,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<redis::aio::ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("bad redis url: {e}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| format!("redis: {e}"))
+}
+
 /// A PING within `timeout`, for a breaker's background probe.
 pub fn redis_probe(conn: &redis::aio::ConnectionManager, timeout: Duration) -> Probe {
     let conn = conn.clone();

@@ -412,6 +412,10 @@ fn deserialize(value: Value, problems: &mut Vec<Problem>) -> Option<Config> {
             "idempotency" => {
                 entries(value, "idempotency", problems).map(|v| config.idempotency = v)
             }
+            "consumers" => entries(value, "consumers", problems).map(|v| config.consumers = v),
+            "consumer_groups" => {
+                entries(value, "consumer_groups", problems).map(|v| config.consumer_groups = v)
+            }
             "auth" => auth(value, problems).map(|v| config.auth = v),
             "server" => server(value, problems).map(|v| config.server = v),
             _ => {
@@ -454,6 +458,7 @@ fn server(value: Value, problems: &mut Vec<Problem>) -> Option<Server> {
                 "shutdown_grace" => server.shutdown_grace = p.shutdown_grace,
                 "trusted_proxies" => server.trusted_proxies = p.trusted_proxies,
                 "path_normalization" => server.path_normalization = p.path_normalization,
+                "consumer_header" => server.consumer_header = p.consumer_header,
                 _ => {}
             }),
             None => {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{ByteSize, Duration, Rate, StatusRange};
+use super::units::{ByteSize, Duration, QuotaLimit, Rate, StatusRange};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -37,6 +37,13 @@ pub struct Config {
     /// it, those of /etc/resolv.conf.
     #[serde(default)]
     pub resolvers: Option<Vec<String>>,
+    /// Who the authenticated credentials belong to (docs/reference/config.md,
+    /// `consumers`).
+    #[serde(default)]
+    pub consumers: BTreeMap<String, Consumer>,
+    /// The plans consumers are on: a rate limit and a calendar quota each.
+    #[serde(default)]
+    pub consumer_groups: BTreeMap<String, ConsumerGroup>,
 }
 
 /// `tracing:` — W3C trace context is always propagated; this section only
@@ -69,6 +76,13 @@ pub struct Server {
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// The request header that carries the resolved consumer's name upstream.
+    #[serde(default = "default_consumer_header")]
+    pub consumer_header: String,
+}
+
+fn default_consumer_header() -> String {
+    "X-Consumer".into()
 }
 
 /// `server.path_normalization`: how a request path is put in its one canonical
@@ -113,6 +127,7 @@ impl Default for Server {
             shutdown_grace: default_shutdown_grace(),
             trusted_proxies: Vec::new(),
             path_normalization: PathNormalization::default(),
+            consumer_header: default_consumer_header(),
         }
     }
 }
@@ -675,6 +690,124 @@ fn default_on_store_error() -> String {
 }
 fn default_max_keys() -> usize {
     100_000
+}
+
+/// `consumers.<name>`: the credentials that identify one consumer. Each
+/// credential belongs to at most one consumer.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Ids of keys in `auth.api_keys` sets.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// `sub` of tokens verified by a JWT or introspection policy.
+    #[serde(default)]
+    pub jwt_subjects: Vec<String>,
+    /// Users of `auth.basic` htpasswd files.
+    #[serde(default)]
+    pub basic_users: Vec<String>,
+}
+
+/// `consumer_groups.<name>`: a plan, applied to the group's consumers on
+/// every route that authenticates them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGroup {
+    #[serde(default)]
+    pub rate_limit: Option<GroupRateLimit>,
+    #[serde(default)]
+    pub quota: Option<GroupQuota>,
+}
+
+/// A group's token bucket: a `rate_limits` policy whose key defaults to the
+/// consumer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRateLimit {
+    pub rate: Rate,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default = "default_group_key")]
+    pub key: String,
+    #[serde(default = "default_rl_store")]
+    pub store: String,
+    #[serde(default = "default_on_store_error")]
+    pub on_store_error: String,
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+impl GroupRateLimit {
+    /// The same bucket as a `rate_limits` policy.
+    pub fn as_policy(&self) -> RateLimit {
+        RateLimit {
+            rate: self.rate,
+            burst: self.burst,
+            key: self.key.clone(),
+            store: self.store.clone(),
+            on_store_error: self.on_store_error.clone(),
+            max_keys: self.max_keys,
+        }
+    }
+}
+
+fn default_group_key() -> String {
+    "consumer".into()
+}
+
+/// A group's calendar quota: `1000000/month`, or the map form with its key
+/// and store-error policy. Counted in Redis.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupQuota {
+    pub limit: QuotaLimit,
+    /// `consumer` (each consumer its own count) or `consumer_group` (one
+    /// count for the whole group).
+    pub key: String,
+    pub on_store_error: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupQuotaMap {
+    limit: QuotaLimit,
+    #[serde(default = "default_group_key")]
+    key: String,
+    #[serde(default = "default_on_store_error")]
+    on_store_error: String,
+}
+
+impl<'de> Deserialize<'de> for GroupQuota {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = GroupQuota;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a quota like 1000000/month, or `{limit, key, on_store_error}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<GroupQuota, E> {
+                Ok(GroupQuota {
+                    limit: v.parse().map_err(E::custom)?,
+                    key: default_group_key(),
+                    on_store_error: default_on_store_error(),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<GroupQuota, A::Error> {
+                let m =
+                    GroupQuotaMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(GroupQuota {
+                    limit: m.limit,
+                    key: m.key,
+                    on_store_error: m.on_store_error,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

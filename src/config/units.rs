@@ -136,6 +136,71 @@ impl fmt::Display for Rate {
     }
 }
 
+/// A calendar window of a quota, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    Minute,
+    Hour,
+    Day,
+    /// Monday 00:00 to Monday 00:00 (ISO weeks).
+    Week,
+    Month,
+}
+
+impl Period {
+    pub const NAMES: [&'static str; 5] = ["minute", "hour", "day", "week", "month"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// A quota: requests per calendar window, `1000000/month`, `5000/day`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuotaLimit {
+    pub count: u64,
+    pub period: Period,
+}
+
+impl FromStr for QuotaLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("expected a quota like 1000000/month, 5000/day or 100/hour, got `{s}`");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().replace('_', "").parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("a quota must be above zero, got `{s}`"));
+        }
+        let period = match unit.trim() {
+            "minute" => Period::Minute,
+            "hour" => Period::Hour,
+            "day" => Period::Day,
+            "week" => Period::Week,
+            "month" => Period::Month,
+            other => {
+                let hint = super::suggest::hint(other, Period::NAMES);
+                return Err(format!(
+                    "unknown quota period `{other}`; expected minute, hour, day, week or month{hint}"
+                ));
+            }
+        };
+        Ok(QuotaLimit { count, period })
+    }
+}
+
+impl fmt::Display for QuotaLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.period.name())
+    }
+}
+
 /// An inclusive range of HTTP statuses: `200`, `200-399`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StatusRange {
@@ -229,6 +294,7 @@ macro_rules! string_serde {
 string_serde!(Duration, "a duration like 250ms, 10s, 1m or 1h", false);
 string_serde!(ByteSize, "a size like 512, 16KiB or 10MiB", true);
 string_serde!(Rate, "a rate like 100/s, 6000/m or 50000/h", false);
+string_serde!(QuotaLimit, "a quota like 1000000/month or 5000/day", false);
 string_serde!(StatusRange, "a status or a range like 200-399", true);
 
 #[cfg(test)]
@@ -263,6 +329,12 @@ mod tests {
         assert_eq!((r.count, r.per.as_secs()), (6000, 60));
         assert!("0/s".parse::<Rate>().is_err());
         assert!("5/d".parse::<Rate>().is_err());
+        let q: QuotaLimit = "1_000_000/month".parse().unwrap();
+        assert_eq!((q.count, q.period), (1_000_000, Period::Month));
+        assert_eq!(q.to_string(), "1000000/month");
+        assert!("0/day".parse::<QuotaLimit>().is_err());
+        let e = "10/mnth".parse::<QuotaLimit>().unwrap_err();
+        assert!(e.contains("did you mean `month`?"), "{e}");
         let s: StatusRange = "200-399".parse().unwrap();
         assert!(s.contains(302) && !s.contains(404));
         assert!("399-200".parse::<StatusRange>().is_err());

@@ -18,18 +18,26 @@ pub enum KeyKind {
     ApiKey,
     /// One bucket shared by every request of the route.
     Route,
+    /// The consumer the credential resolved to (`consumers`).
+    Consumer,
+    /// The resolved consumer's group: one bucket for the whole group.
+    ConsumerGroup,
 }
 
 impl std::str::FromStr for KeyKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("expected client_ip, header:<name>, jwt:<claim>, api_key or route, got `{s}`")
+            format!(
+                "expected client_ip, header:<name>, jwt:<claim>, api_key, route, consumer or consumer_group, got `{s}`"
+            )
         };
         Ok(match s.split_once(':') {
             None if s == "client_ip" => KeyKind::ClientIp,
             None if s == "api_key" => KeyKind::ApiKey,
             None if s == "route" => KeyKind::Route,
+            None if s == "consumer" => KeyKind::Consumer,
+            None if s == "consumer_group" => KeyKind::ConsumerGroup,
             Some(("header", name)) => KeyKind::Header(
                 HeaderName::from_bytes(name.trim().as_bytes())
                     .map_err(|_| format!("`{name}` is not a valid header name"))?,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::Policy;
-use crate::store_breaker::{StoreBreaker, redis_probe};
+use crate::store_breaker::{StoreBreaker, redis_connection, redis_probe};
 
 /// A request's lock on a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,14 +556,7 @@ impl RedisStore {
     /// Creates the store without connecting: the connection is made on first
     /// use and re-made by the connection manager after Redis comes back.
     fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad redis url: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(ADMIN_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("redis: {e}"))?;
+        let conn = redis_connection(url, timeout, ADMIN_TIMEOUT)?;
         Ok(RedisStore {
             breaker: StoreBreaker::new(
                 format!("idempotency store {prefix}"),

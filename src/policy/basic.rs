@@ -69,6 +69,11 @@ impl BasicAuth {
         })
     }
 
+    /// Whether the file lists `user`.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// The user the request's `Authorization: Basic` header proves.
     pub async fn check(&self, parts: &Parts) -> Result<Arc<str>, AuthFailure> {
         let mut values = parts.headers.get_all(AUTHORIZATION).iter();

@@ -11,12 +11,14 @@
 
 pub mod api_key;
 pub mod basic;
+pub mod consumers;
 pub mod cors;
 pub mod external;
 pub mod introspection;
 pub mod ip;
 pub mod jwks;
 pub mod jwt;
+pub mod quota;
 pub mod rate_limit;
 
 use std::collections::HashMap;
@@ -32,6 +34,7 @@ use crate::config::schema;
 use crate::error::{AuthFailure, GatewayError};
 use crate::metrics::{AuthFailureMetrics, Metrics};
 use api_key::ApiKeySet;
+use consumers::{Consumer, Credential, RouteConsumers};
 use cors::CorsPolicy;
 use ip::IpRules;
 use jwt::{JwtError, JwtPolicy, TokenHandling, Verified};
@@ -58,6 +61,9 @@ pub struct RoutePolicies {
     /// The most body an external authorization service of the route wants
     /// to see (`send_body`), when one does: read before the policies.
     pub body_for_authorization: Option<u64>,
+    /// With `consumers` configured: the consumer header to strip (and, on a
+    /// route with `auth`, to set) and the route's counters per group.
+    pub consumers: Option<RouteConsumers>,
 }
 
 /// A rate-limit policy as applied on one route.
@@ -118,6 +124,8 @@ pub struct PolicyContext {
     /// The request body, when it was read for an external authorization
     /// service (`send_body`).
     pub body: Option<Bytes>,
+    /// The consumer the credential belongs to (`consumers`), if one does.
+    pub resolved: Option<Arc<Consumer>>,
 }
 
 impl PolicyContext {
@@ -128,6 +136,7 @@ impl PolicyContext {
             claims: None,
             response_headers: http::HeaderMap::new(),
             body: None,
+            resolved: None,
         }
     }
 }
@@ -162,6 +171,9 @@ pub struct NamedPolicies {
     pub introspection: HashMap<String, Arc<introspection::Introspection>>,
     pub external: HashMap<String, Arc<external::External>>,
     pub cors: HashMap<String, Arc<CorsPolicy>>,
+    /// `consumers`, when any is configured (set after `compile`, once the
+    /// groups' limits are built).
+    pub consumers: Option<Arc<consumers::Directory>>,
 }
 
 impl NamedPolicies {
@@ -323,7 +335,12 @@ impl RoutePolicies {
             .map(|p| p.send_body)
             .filter(|n| *n > 0)
             .max();
+        let consumers = named
+            .consumers
+            .as_ref()
+            .map(|d| RouteConsumers::new(d, &route.name, !auth.is_empty(), metrics));
         Ok(RoutePolicies {
+            consumers,
             body_for_authorization,
             failures: guarded.then(|| metrics.auth_failures(&route.name)),
             ip,
@@ -342,6 +359,7 @@ impl RoutePolicies {
             && self.external.is_empty()
             && self.require_claims.is_empty()
             && self.rate_limits.is_empty()
+            && self.consumers.is_none()
     }
 
     /// Runs every policy of the route in phase order.
@@ -350,6 +368,11 @@ impl RoutePolicies {
         parts: &mut Parts,
         ex: &mut PolicyContext,
     ) -> Result<Decision, GatewayError> {
+        // Identity headers are the gateway's to set, on every route.
+        if let Some(c) = &self.consumers {
+            parts.headers.remove(&c.directory.header);
+        }
+
         // 1. IP rules: the cheapest refusal, before anything else is looked at.
         if let Some(ip) = &self.ip
             && !ip.admits(ex.client_ip)
@@ -397,39 +420,91 @@ impl RoutePolicies {
         }
 
         // 5. Rate limits: after auth, so a refused request spends no tokens and
-        //    `jwt:<claim>` / `api_key` keys can use `ex.claims` / `ex.consumer`.
-        if !self.rate_limits.is_empty() {
+        //    `jwt:<claim>` / `api_key` / `consumer` keys can use what auth found.
+        //    The consumer group's limit first, its quota last: a request
+        //    refused by a rate limit uses none of the quota.
+        let group = ex
+            .resolved
+            .as_ref()
+            .and_then(|c| Some((c.clone(), c.group.clone()?)));
+        if !self.rate_limits.is_empty() || group.as_ref().is_some_and(|(_, g)| g.limit.is_some()) {
             self.check_rate_limits(parts, ex).await?;
+        }
+        if let Some((consumer, group)) = &group
+            && let Some(quota) = &group.quota
+        {
+            self.check_quota(quota, consumer, group).await?;
         }
 
         Ok(Decision::Continue)
     }
 
-    /// Every limit must admit the request. The `RateLimit-*` headers describe
-    /// the tightest limit (the fewest remaining tokens), or the one that refused.
+    /// The metric handles of `group` on this route.
+    fn group_counters(&self, group: &consumers::Group) -> Option<&consumers::RouteGroup> {
+        self.consumers.as_ref()?.groups.get(group.index)
+    }
+
+    /// Counts one request of `consumer` against its group's quota.
+    async fn check_quota(
+        &self,
+        quota: &quota::QuotaPolicy,
+        consumer: &Consumer,
+        group: &consumers::Group,
+    ) -> Result<(), GatewayError> {
+        match quota.check(consumer).await {
+            Ok(quota::QuotaVerdict::Exceeded { retry_after_secs }) => {
+                if let Some(c) = self
+                    .group_counters(group)
+                    .and_then(|g| g.over_quota.as_ref())
+                {
+                    c.inc();
+                }
+                Err(GatewayError::QuotaExceeded {
+                    group: group.name.clone(),
+                    period: quota.limit.period.name(),
+                    retry_after_secs,
+                })
+            }
+            Ok(_) => Ok(()),
+            Err(_) => Err(GatewayError::RateLimitUnavailable),
+        }
+    }
+
+    /// Every limit must admit the request: the consumer group's, then the
+    /// route's. The `RateLimit-*` headers describe the tightest limit (the
+    /// fewest remaining tokens), or the one that refused.
     async fn check_rate_limits(
         &self,
         parts: &Parts,
         ex: &mut PolicyContext,
     ) -> Result<(), GatewayError> {
+        let resolved = ex.resolved.clone();
+        let group_limit = resolved
+            .as_ref()
+            .and_then(|c| c.group.as_ref())
+            .and_then(|g| Some((g.limit.as_ref()?, self.group_counters(g)?.limited.as_ref()?)));
         let src = KeySource {
             client_ip: ex.client_ip,
             parts,
             consumer: ex.consumer.as_deref(),
             claims: ex.claims.as_deref(),
+            resolved: resolved.as_deref(),
         };
+        let limits = group_limit
+            .into_iter()
+            .chain(self.rate_limits.iter().map(|l| (&l.policy, &l.refused)));
         let mut tightest: Option<Verdict> = None;
-        for limit in &self.rate_limits {
-            let verdict = match limit.policy.check(&src).await {
+        for (policy, refused) in limits {
+            let verdict = match policy.check(&src).await {
                 Ok(Outcome::Decided(v)) => v,
                 Ok(Outcome::AllowedWithoutStore) => continue,
                 Err(_) => return Err(GatewayError::RateLimitUnavailable),
             };
             if !verdict.allowed {
-                limit.refused.inc();
+                refused.inc();
                 set_rate_limit_headers(ex, &verdict);
                 return Err(GatewayError::RateLimited {
-                    policy: limit.policy.name.clone(),
+                    policy: policy.name.clone(),
                     retry_after_secs: verdict.retry_after_secs,
                 });
             }
@@ -472,6 +547,7 @@ impl RoutePolicies {
                     if let Ok(v) = HeaderValue::from_str(&id) {
                         parts.headers.insert(X_CONSUMER_ID.clone(), v);
                     }
+                    self.resolve_consumer(Credential::ApiKey, &id, parts, ex);
                     ex.consumer = Some(id.to_string());
                 }),
                 AuthMethod::Basic(b) => b.check(parts).await.map(|user| {
@@ -480,6 +556,7 @@ impl RoutePolicies {
                     }
                     // The password is the gateway's to check, not the upstream's.
                     parts.headers.remove(http::header::AUTHORIZATION);
+                    self.resolve_consumer(Credential::BasicUser, &user, parts, ex);
                     ex.consumer = Some(user.to_string());
                 }),
                 // JWT and introspection: a bearer-style token, verified.
@@ -492,6 +569,9 @@ impl RoutePolicies {
                         Some((source, token)) => match m.verify_token(token).await {
                             Ok(v) => {
                                 tokens.accept(parts, source, &v.claims);
+                                if let Some(sub) = v.subject.as_deref() {
+                                    self.resolve_consumer(Credential::Subject, sub, parts, ex);
+                                }
                                 ex.consumer = v.subject.as_deref().map(str::to_string);
                                 ex.claims = Some(v.claims);
                                 Ok(())
@@ -538,6 +618,26 @@ impl RoutePolicies {
                 self.challenge(AuthFailure::Missing, ex);
                 Err(GatewayError::Unauthorized(AuthFailure::Missing))
             }
+        }
+    }
+
+    /// Looks the proven credential up in `consumers`: its consumer goes
+    /// upstream in the consumer header and into `ex`.
+    fn resolve_consumer(
+        &self,
+        kind: Credential,
+        id: &str,
+        parts: &mut Parts,
+        ex: &mut PolicyContext,
+    ) {
+        let Some(c) = &self.consumers else {
+            return;
+        };
+        if let Some(consumer) = c.directory.resolve(kind, id) {
+            parts
+                .headers
+                .insert(c.directory.header.clone(), consumer.header.clone());
+            ex.resolved = Some(consumer.clone());
         }
     }
 

@@ -24,7 +24,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::schema;
 use crate::config::values::KeyKind;
-use crate::store_breaker::{StoreBreaker, redis_probe};
+use crate::store_breaker::{StoreBreaker, redis_connection, redis_probe};
 
 /// The facts a key is taken from.
 pub struct KeySource<'a> {
@@ -32,6 +32,8 @@ pub struct KeySource<'a> {
     pub parts: &'a Parts,
     pub consumer: Option<&'a str>,
     pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// The consumer the credential resolved to (`consumers`), if any.
+    pub resolved: Option<&'a crate::policy::consumers::Consumer>,
 }
 
 impl KeyKind {
@@ -57,6 +59,21 @@ impl KeyKind {
             KeyKind::ApiKey => src.consumer.map(|id| {
                 h.write_u8(3);
                 h.write(id.as_bytes());
+            }),
+            KeyKind::Consumer => src.resolved.map(|c| {
+                h.write_u8(4);
+                h.write(c.name.as_bytes());
+            }),
+            // A consumer without a group is a group of its own.
+            KeyKind::ConsumerGroup => src.resolved.map(|c| match &c.group {
+                Some(g) => {
+                    h.write_u8(5);
+                    h.write(g.name.as_bytes());
+                }
+                None => {
+                    h.write_u8(4);
+                    h.write(c.name.as_bytes());
+                }
             }),
         };
         if hashed_value.is_none() {
@@ -334,14 +351,7 @@ impl RedisLimiter {
     /// Creates the limiter without connecting: the connection is made on first
     /// use and re-made by the connection manager after Redis comes back.
     pub fn new(url: &str, timeout: Duration, policy: &str, quota: Quota) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad redis url: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("redis: {e}"))?;
+        let conn = redis_connection(url, timeout, timeout)?;
         let interval = quota.replenish_interval();
         let breaker = StoreBreaker::new(
             format!("rate limit policy {policy}"),
@@ -596,6 +606,7 @@ mod tests {
             parts: &parts,
             consumer: None,
             claims: None,
+            resolved: None,
         };
         let by_header: KeyKind = "header:x-user".parse().unwrap();
         assert_eq!(

@@ -143,6 +143,9 @@ impl Drop for RequestRecord {
             Some(r) => {
                 r.metrics.count(&self.method, status);
                 r.metrics.duration.observe(latency);
+                if let (Some(c), Some(consumer)) = (&r.policies.consumers, &ex.policy.resolved) {
+                    c.count(consumer, status);
+                }
             }
             None => {
                 snap.unmatched.count(&self.method, status);
@@ -190,7 +193,12 @@ impl Drop for RequestRecord {
             retries: ex.retries,
             error,
             client_cert: ex.client_cert_subject.as_deref(),
-            consumer: ex.policy.consumer.as_deref(),
+            // The consumer's name when `consumers` lists the credential,
+            // else the credential's id, user or subject.
+            consumer: match &ex.policy.resolved {
+                Some(c) => Some(&*c.name),
+                None => ex.policy.consumer.as_deref(),
+            },
         });
     }
 }

@@ -19,6 +19,8 @@ use crate::config::values::Encoding;
 use crate::config::values::{KeyKind, parse_net};
 use crate::idempotency::RouteIdempotency;
 use crate::metrics::Metrics;
+use crate::policy::consumers::{Directory, Group};
+use crate::policy::quota::{self, QuotaPolicy};
 use crate::policy::rate_limit::{
     LocalLimiter, RateLimitPolicy, RedisLimiter, Store, definition, quota,
 };
@@ -133,8 +135,13 @@ pub fn compile(
     let base_dir = std::path::Path::new(&loaded.source)
         .parent()
         .unwrap_or(std::path::Path::new(""));
-    let named =
+    let mut named =
         NamedPolicies::compile(cfg, base_dir, metrics, carry).map_err(|(p, m)| err(p, m))?;
+    let mut quotas = Vec::new();
+    let groups = consumer_groups(cfg, carry, metrics, &mut rate_limits, &mut quotas)?;
+    named.consumers = Directory::compile(cfg, &named, groups)
+        .map_err(|(p, m)| err(p, m))?
+        .map(Arc::new);
 
     let mut specs = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
@@ -316,6 +323,7 @@ pub fn compile(
         routes,
         upstreams,
         rate_limits,
+        quotas,
         idempotency,
         unmatched: metrics.route("_none"),
         limits: RequestLimits {
@@ -777,6 +785,61 @@ fn header_ops(ops: &schema::HeaderOps, path: &str) -> Result<HeaderOps, CompileE
             })
             .collect::<Result<_, _>>()?,
     })
+}
+
+/// The consumer groups' plans. Their rate limits join `rate_limits` and
+/// their quotas `quotas` (so reloads keep both while unchanged).
+fn consumer_groups(
+    cfg: &schema::Config,
+    carry: &Carryover,
+    metrics: &Metrics,
+    rate_limits: &mut Vec<Arc<RateLimitPolicy>>,
+    quotas: &mut Vec<Arc<QuotaPolicy>>,
+) -> Result<Vec<Arc<Group>>, CompileError> {
+    let mut groups = Vec::with_capacity(cfg.consumer_groups.len());
+    for (index, (name, g)) in cfg.consumer_groups.iter().enumerate() {
+        let at = format!("consumer_groups.{name}");
+        let limit = g
+            .rate_limit
+            .as_ref()
+            .map(|rl| {
+                let rl = rl.as_policy();
+                let policy = format!("group:{name}");
+                carry
+                    .rate_limit(&policy, definition(&rl), || {
+                        rate_limit_policy(&policy, &rl, cfg.redis.as_ref(), metrics)
+                    })
+                    .map_err(|m| err(format!("{at}.rate_limit"), m))
+            })
+            .transpose()?;
+        rate_limits.extend(limit.clone());
+        let quota = g
+            .quota
+            .as_ref()
+            .map(|q| {
+                let redis = cfg.redis.as_ref().ok_or_else(|| {
+                    err(
+                        format!("{at}.quota"),
+                        "a quota is counted in Redis: it needs the top-level `redis` section",
+                    )
+                })?;
+                carry
+                    .quota(name, quota::definition(q, redis), || {
+                        let errors = metrics.rate_limit_store_errors(&format!("quota:{name}"));
+                        QuotaPolicy::new(name, q, redis, errors)
+                    })
+                    .map_err(|m| err(format!("{at}.quota"), m))
+            })
+            .transpose()?;
+        quotas.extend(quota.clone());
+        groups.push(Arc::new(Group {
+            name: name.as_str().into(),
+            index,
+            limit,
+            quota,
+        }));
+    }
+    Ok(groups)
 }
 
 fn rate_limit_policy(

@@ -17,6 +17,7 @@ use crate::config::schema;
 use crate::idempotency;
 use crate::policy::KeepJwks;
 use crate::policy::jwks::JwksSource;
+use crate::policy::quota::QuotaPolicy;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::snapshot::Snapshot;
 
@@ -33,11 +34,15 @@ type TargetKey = (String, String);
 pub struct Carryover {
     targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
     pools: Mutex<HashMap<String, (PoolSettings, Arc<UpstreamClient>)>>,
-    /// Rate-limit policies by name, with the definition they were built from.
-    rate_limits: Mutex<HashMap<String, (String, Arc<RateLimitPolicy>)>>,
-    /// Idempotency policies by name, with their definition: an unchanged
-    /// policy keeps its store (the memory store's keys and answers).
-    idempotency: Mutex<HashMap<String, (String, Arc<idempotency::Policy>)>>,
+    /// Rate-limit policies (and consumer groups' limits) by name: an
+    /// unchanged policy keeps its buckets.
+    rate_limits: ByDefinition<RateLimitPolicy>,
+    /// Idempotency policies by name: an unchanged policy keeps its store (the
+    /// memory store's keys and answers).
+    idempotency: ByDefinition<idempotency::Policy>,
+    /// Consumer groups' quotas by group: an unchanged quota keeps its Redis
+    /// connection and store breaker.
+    quotas: ByDefinition<QuotaPolicy>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     /// Running health-check tasks per upstream, with what they were started for.
     health: Mutex<HashMap<String, (HealthKey, CancellationToken)>>,
@@ -108,18 +113,7 @@ impl Carryover {
         definition: String,
         make: impl FnOnce() -> Result<RateLimitPolicy, String>,
     ) -> Result<Arc<RateLimitPolicy>, String> {
-        let mut map = self
-            .rate_limits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((def, policy)) = map.get(name)
-            && *def == definition
-        {
-            return Ok(policy.clone());
-        }
-        let policy = Arc::new(make()?);
-        map.insert(name.to_string(), (definition, policy.clone()));
-        Ok(policy)
+        self.rate_limits.get_or_make(name, definition, make)
     }
 
     /// The idempotency policy called `name`: the existing one (its store and
@@ -130,18 +124,18 @@ impl Carryover {
         definition: String,
         make: impl FnOnce() -> Result<idempotency::Policy, String>,
     ) -> Result<Arc<idempotency::Policy>, String> {
-        let mut map = self
-            .idempotency
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((def, policy)) = map.get(name)
-            && *def == definition
-        {
-            return Ok(policy.clone());
-        }
-        let policy = Arc::new(make()?);
-        map.insert(name.to_string(), (definition, policy.clone()));
-        Ok(policy)
+        self.idempotency.get_or_make(name, definition, make)
+    }
+
+    /// The quota of consumer group `group`, kept while its definition is
+    /// unchanged.
+    pub fn quota(
+        &self,
+        group: &str,
+        definition: String,
+        make: impl FnOnce() -> Result<QuotaPolicy, String>,
+    ) -> Result<Arc<QuotaPolicy>, String> {
+        self.quotas.get_or_make(group, definition, make)
     }
 
     /// The retry budget of `upstream` (its window survives reloads).
@@ -247,17 +241,44 @@ impl Carryover {
         let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
         budgets.retain(|up, _| snap.upstreams.iter().any(|u| &*u.name == up));
         drop(budgets);
-        let mut limits = self
-            .rate_limits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        limits.retain(|_, (_, policy)| snap.rate_limits.iter().any(|p| Arc::ptr_eq(p, policy)));
-        drop(limits);
-        let mut idem = self
-            .idempotency
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        idem.retain(|_, (_, policy)| snap.idempotency.iter().any(|p| Arc::ptr_eq(p, policy)));
+        self.rate_limits.retain(&snap.rate_limits);
+        self.idempotency.retain(&snap.idempotency);
+        self.quotas.retain(&snap.quotas);
+    }
+}
+
+/// Policies by name, each with the definition it was built from.
+struct ByDefinition<T>(Mutex<HashMap<String, (String, Arc<T>)>>);
+
+impl<T> Default for ByDefinition<T> {
+    fn default() -> Self {
+        ByDefinition(Mutex::default())
+    }
+}
+
+impl<T> ByDefinition<T> {
+    /// The kept policy while `definition` is unchanged, else a new one.
+    fn get_or_make(
+        &self,
+        name: &str,
+        definition: String,
+        make: impl FnOnce() -> Result<T, String>,
+    ) -> Result<Arc<T>, String> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((def, policy)) = map.get(name)
+            && *def == definition
+        {
+            return Ok(policy.clone());
+        }
+        let policy = Arc::new(make()?);
+        map.insert(name.to_string(), (definition, policy.clone()));
+        Ok(policy)
+    }
+
+    /// Forgets every policy the running snapshot does not hold.
+    fn retain(&self, live: &[Arc<T>]) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, (_, policy)| live.iter().any(|p| Arc::ptr_eq(p, policy)));
     }
 }
 

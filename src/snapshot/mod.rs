@@ -17,6 +17,7 @@ use crate::idempotency::{self, RouteIdempotency};
 use crate::metrics::RouteMetrics;
 use crate::policy::RoutePolicies;
 use crate::policy::jwks::JwksSource;
+use crate::policy::quota::QuotaPolicy;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::router::Router;
 use crate::steering::{MirrorPolicy, Redirect, Split};
@@ -29,8 +30,11 @@ pub struct Snapshot {
     /// In file order; `router.find` returns indexes into it.
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
-    /// Every `rate_limits` policy (routes hold their own references).
+    /// Every `rate_limits` policy and consumer group limit (routes and
+    /// groups hold their own references).
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
+    /// Every consumer group's quota (groups hold their own references).
+    pub quotas: Vec<Arc<QuotaPolicy>>,
     /// Every `idempotency` policy (routes hold their own references).
     pub idempotency: Vec<Arc<idempotency::Policy>>,
     /// Metric handles for requests no route matched (`route="_none"`).

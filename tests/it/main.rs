@@ -17,6 +17,7 @@ mod cli;
 mod compression;
 mod config_errors;
 mod config_examples;
+mod consumers;
 mod dashboard;
 mod deploy;
 mod discovery;

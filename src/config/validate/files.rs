@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::Issue;
 use crate::config::positions::{child, item};
 use crate::config::schema::Config;
+use crate::config::suggest;
 
 /// Reads the files the config names (certificates, keys, CAs) and checks they
 /// parse and belong together; `resolve` places a name from the file. Run after
@@ -29,6 +30,7 @@ pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
             issues.push((child(&child(&at, "client_auth"), "ca"), m));
         }
     }
+    let mut basic_users = Vec::new();
     for (name, b) in &config.auth.basic {
         let path = resolve(&b.htpasswd);
         let at = child(&child("auth.basic", name), "htpasswd");
@@ -36,12 +38,29 @@ pub fn files(config: &Config, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<Issue> {
             Err(e) => Some(format!("cannot read {}: {e}", path.display())),
             Ok(text) => match crate::config::htpasswd::parse(&text) {
                 Ok(users) if users.is_empty() => Some(format!("{} lists no user", path.display())),
-                Ok(_) => None,
+                Ok(users) => {
+                    basic_users.extend(users.into_iter().map(|u| u.user));
+                    None
+                }
                 Err((line, m)) => Some(format!("{}:{line}: {m}", path.display())),
             },
         };
         if let Some(m) = problem {
             issues.push((at, m));
+        }
+    }
+    // Only once every file was read: a broken file says so itself.
+    if issues.is_empty() && !config.auth.basic.is_empty() {
+        for (name, c) in &config.consumers {
+            for (i, user) in c.basic_users.iter().enumerate() {
+                if !basic_users.contains(user) {
+                    let hint = suggest::hint(user, basic_users.iter().map(String::as_str));
+                    issues.push((
+                        item(&child(&child("consumers", name), "basic_users"), i),
+                        format!("no htpasswd file of `auth.basic` lists the user `{user}`{hint}"),
+                    ));
+                }
+            }
         }
     }
     for (name, u) in &config.upstreams {

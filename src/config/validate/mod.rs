@@ -19,6 +19,8 @@ mod upstreams;
 
 mod auth;
 
+mod consumers;
+
 mod cors;
 
 mod routes;
@@ -46,6 +48,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
         v.upstream(&child("upstreams", name), upstream);
     }
     v.auth(config);
+    v.consumers(config);
     v.cors(config);
     v.routes(config);
     v.rate_limits(config);
