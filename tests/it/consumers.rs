@@ -66,16 +66,19 @@ routes:
     )
 }
 
+/// An htpasswd file with alice (password `s3cret`), in its own directory.
+fn users() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.htpasswd");
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(&file, format!("alice:{hash}\n")).unwrap();
+    (dir, file)
+}
+
 const NO_PLAN: &str = "  gold: {}\n  silver: {}\n";
 
 async fn start(groups: &str, redis: &str) -> (Gateway, Upstream, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &file,
-        format!("alice:{}\n", bcrypt::hash("s3cret", 4).unwrap()),
-    )
-    .unwrap();
+    let (dir, file) = users();
     let up = Upstream::echo("up").await;
     let gw = Gateway::start(&config(&file, groups, redis), &[("UP", up.host_port())]).await;
     (gw, up, dir)
@@ -232,13 +235,7 @@ async fn a_group_rate_limit_is_each_consumers_plan() {
 
 #[tokio::test]
 async fn route_limits_key_on_the_consumer_or_its_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &file,
-        format!("alice:{}\n", bcrypt::hash("s3cret", 4).unwrap()),
-    )
-    .unwrap();
+    let (_dir, file) = users();
     let yaml = config(&file, NO_PLAN, "")
         .replace(
             "    auth: ['api_key:keys', 'basic:ops', 'jwt:main']\n",
@@ -294,13 +291,7 @@ async fn two_gateways_on_one_redis_share_the_quota_exactly() {
     };
     clear_of_the_month_boundary().await;
     let groups = "  gold:\n    quota: 7/month\n  silver:\n    quota: { limit: 3/month, key: consumer_group }\n";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &file,
-        format!("alice:{}\n", bcrypt::hash("s3cret", 4).unwrap()),
-    )
-    .unwrap();
+    let (_dir, file) = users();
     let yaml = config(&file, groups, &redis.redis_block("500ms")).replace(
         "    api_keys: [k-beta]\n",
         "    api_keys: [k-beta]\n  gamma:\n    group: silver\n    api_keys: [k-free]\n",
@@ -447,13 +438,7 @@ async fn a_dead_quota_store_follows_on_store_error() {
 
 #[test]
 fn bad_consumer_configs_are_refused_with_their_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &file,
-        format!("alice:{}\n", bcrypt::hash("s3cret", 4).unwrap()),
-    )
-    .unwrap();
+    let (_dir, file) = users();
     let good = config(&file, NO_PLAN, "").replace("${UP}", "127.0.0.1:9");
     tollgate::config::load_str(&good, "t.yaml").expect("the base config loads");
 
