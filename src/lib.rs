@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod compression;
 pub mod config;
 pub mod conn;

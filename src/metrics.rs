@@ -52,6 +52,7 @@ pub struct Metrics {
     introspection_requests_total: IntCounterVec,
     external_auth_total: IntCounterVec,
     consumer_requests_total: IntCounterVec,
+    cache: CacheFamilies,
     websocket: WebSocketFamilies,
     #[cfg(feature = "otel")]
     pub spans: crate::otel::SpanMetrics,
@@ -520,6 +521,7 @@ impl Metrics {
             &["route", "group", "class"],
         )?;
         registry.register(Box::new(consumer_requests_total.clone()))?;
+        let cache = CacheFamilies::register(&registry)?;
         registry.register(Box::new(auth_failures_total.clone()))?;
         registry.register(Box::new(jwks_refreshes_total.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
@@ -554,6 +556,7 @@ impl Metrics {
             introspection_requests_total,
             external_auth_total,
             consumer_requests_total,
+            cache,
             compressed_total,
             idempotency_total,
             mirror_total,
@@ -693,6 +696,25 @@ impl Metrics {
 
     pub fn rate_limited(&self, route: &str, policy: &str) -> IntCounter {
         self.rate_limited_total.with_label_values(&[route, policy])
+    }
+
+    /// `tollgate_cache_requests_total` of one route, in the `cache` module's outcome order.
+    pub fn cache_requests(&self, route: &str) -> [IntCounter; 6] {
+        ["hit", "miss", "stale", "revalidated", "bypass", "coalesced"]
+            .map(|result| self.cache.requests.with_label_values(&[route, result]))
+    }
+
+    /// The handles of one `caches.<name>`.
+    pub fn cache(&self, name: &str) -> CacheMetrics {
+        let f = &self.cache;
+        CacheMetrics {
+            bytes: f.bytes.with_label_values(&[name]),
+            entries: f.entries.with_label_values(&[name]),
+            evictions: f.evictions.with_label_values(&[name]),
+            purges: ["url", "prefix", "tag", "unsafe_method"]
+                .map(|kind| f.purges.with_label_values(&[name, kind])),
+            store_errors: f.store_errors.with_label_values(&[name]),
+        }
     }
 
     /// `tollgate_consumer_requests_total`, for per-route handles.
@@ -988,5 +1010,70 @@ impl WebSocketFamilies {
             let _ = self.tunnels_active.remove_label_values(&[route]);
             let _ = self.tunnel_duration.remove_label_values(&[route]);
         }
+    }
+}
+
+/// The handles of one cache's own metrics.
+pub struct CacheMetrics {
+    pub bytes: IntGauge,
+    pub entries: IntGauge,
+    pub evictions: IntCounter,
+    /// [url, prefix, tag, unsafe_method].
+    pub purges: [IntCounter; 4],
+    pub store_errors: IntCounter,
+}
+
+/// The response cache's metric families.
+struct CacheFamilies {
+    requests: IntCounterVec,
+    bytes: IntGaugeVec,
+    entries: IntGaugeVec,
+    evictions: IntCounterVec,
+    purges: IntCounterVec,
+    store_errors: IntCounterVec,
+}
+
+impl CacheFamilies {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["cache"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        Ok(CacheFamilies {
+            requests: counter(
+                "tollgate_cache_requests_total",
+                "Requests on cached routes, by how the cache served them.",
+                &["route", "result"],
+            )?,
+            bytes: gauge(
+                "tollgate_cache_bytes",
+                "Bytes held by a cache's memory tier (updated when scraped).",
+            )?,
+            entries: gauge(
+                "tollgate_cache_entries",
+                "Entries held by a cache's memory tier (updated when scraped).",
+            )?,
+            evictions: counter(
+                "tollgate_cache_evictions_total",
+                "Entries evicted from a cache's memory tier to stay within max_bytes.",
+                &["cache"],
+            )?,
+            purges: counter(
+                "tollgate_cache_purges_total",
+                "Purges of a cache, by kind (url, prefix, tag, unsafe_method).",
+                &["cache", "kind"],
+            )?,
+            store_errors: counter(
+                "tollgate_cache_store_errors_total",
+                "Calls to a cache's Redis tier that failed, timed out or were skipped (a bypass of that tier).",
+                &["cache"],
+            )?,
+        })
     }
 }

@@ -413,6 +413,7 @@ fn deserialize(value: Value, problems: &mut Vec<Problem>) -> Option<Config> {
                 entries(value, "idempotency", problems).map(|v| config.idempotency = v)
             }
             "consumers" => entries(value, "consumers", problems).map(|v| config.consumers = v),
+            "caches" => entries(value, "caches", problems).map(|v| config.caches = v),
             "consumer_groups" => {
                 entries(value, "consumer_groups", problems).map(|v| config.consumer_groups = v)
             }

@@ -44,6 +44,65 @@ pub struct Config {
     /// The plans consumers are on: a rate limit and a calendar quota each.
     #[serde(default)]
     pub consumer_groups: BTreeMap<String, ConsumerGroup>,
+    /// Response caches that routes store answers in (`cache.use`).
+    #[serde(default)]
+    pub caches: BTreeMap<String, Cache>,
+}
+
+/// `caches.<name>`: a memory tier, optionally backed by a shared Redis tier.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    /// The memory tier's bound: entries and their index.
+    pub max_bytes: ByteSize,
+    /// Larger responses stream through and are not stored.
+    #[serde(default = "default_max_object_bytes")]
+    pub max_object_bytes: ByteSize,
+    #[serde(default)]
+    pub redis: Option<CacheRedis>,
+}
+
+fn default_max_object_bytes() -> ByteSize {
+    ByteSize(8 << 20)
+}
+
+/// `caches.<name>.redis`: the shared tier.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRedis {
+    pub url: String,
+    #[serde(default = "default_cache_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_cache_prefix() -> String {
+    "tg:cache:".into()
+}
+
+/// A route's `cache:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCache {
+    /// A key of `caches`.
+    #[serde(rename = "use")]
+    pub cache: String,
+    /// The lifetime of a response that gives none; without it such a
+    /// response is stored only to be revalidated.
+    #[serde(default)]
+    pub default_ttl: Option<Duration>,
+    /// `host`, `path`, `query`, `header:<name>`; the method is always part of it.
+    #[serde(default = "default_cache_key")]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Duration>,
+    #[serde(default)]
+    pub stale_if_error: Option<Duration>,
+}
+
+fn default_cache_key() -> Vec<String> {
+    vec!["host".into(), "path".into(), "query".into()]
 }
 
 /// `tracing:` — W3C trace context is always propagated; this section only
@@ -958,6 +1017,9 @@ pub struct Route {
     /// The `idempotency` policy of this route.
     #[serde(default)]
     pub idempotency: Option<String>,
+    /// Response caching through one of `caches` (RFC 9111).
+    #[serde(default)]
+    pub cache: Option<RouteCache>,
     #[serde(default)]
     pub request_headers: HeaderOps,
     #[serde(default)]

@@ -11,6 +11,9 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::cache::route::RouteCache;
+use crate::cache::shared::SharedTier;
+use crate::cache::store::Cache;
 use crate::compression::Compression;
 use crate::config::LoadedConfig;
 use crate::config::schema;
@@ -123,6 +126,30 @@ pub fn compile(
             )
             .map_err(|m| err(format!("idempotency.{name}"), m))?;
         idempotency.push(policy);
+    }
+    let mut caches = Vec::with_capacity(cfg.caches.len());
+    for (name, c) in &cfg.caches {
+        let definition = serde_json::to_string(c).unwrap_or_default();
+        let cache = carry
+            .cache(name, definition, || {
+                let shared = c
+                    .redis
+                    .as_ref()
+                    .map(|r| {
+                        SharedTier::new(name, r, metrics.cache(name).store_errors).map(Arc::new)
+                    })
+                    .transpose()?;
+                Ok(Cache::new(
+                    name,
+                    c.max_bytes.0,
+                    c.max_object_bytes.0,
+                    shared,
+                    metrics.cache(name),
+                ))
+            })
+            .map_err(|m| err(format!("caches.{name}"), m))?;
+        cache.start();
+        caches.push(cache);
     }
     let by_name: std::collections::HashMap<&str, usize> = upstreams
         .iter()
@@ -302,6 +329,27 @@ pub fn compile(
                     }))
                 })
                 .transpose()?,
+            cache: r
+                .cache
+                .as_ref()
+                .map(|rc| {
+                    let cache = caches
+                        .iter()
+                        .find(|c| &*c.name == rc.cache.as_str())
+                        .ok_or_else(|| {
+                            err(
+                                format!("{path}.cache.use"),
+                                format!("unknown cache `{}`", rc.cache),
+                            )
+                        })?;
+                    Ok(RouteCache::new(
+                        &r.name,
+                        rc,
+                        cache.clone(),
+                        metrics.cache_requests(&r.name),
+                    ))
+                })
+                .transpose()?,
             metrics: metrics.route(&r.name),
         });
     }
@@ -324,6 +372,7 @@ pub fn compile(
         upstreams,
         rate_limits,
         quotas,
+        caches,
         idempotency,
         unmatched: metrics.route("_none"),
         limits: RequestLimits {

@@ -43,6 +43,8 @@ pub struct Carryover {
     /// Consumer groups' quotas by group: an unchanged quota keeps its Redis
     /// connection and store breaker.
     quotas: ByDefinition<QuotaPolicy>,
+    /// Caches by name: an unchanged `caches.<name>` keeps its entries.
+    caches: ByDefinition<crate::cache::store::Cache>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     /// Running health-check tasks per upstream, with what they were started for.
     health: Mutex<HashMap<String, (HealthKey, CancellationToken)>>,
@@ -125,6 +127,17 @@ impl Carryover {
         make: impl FnOnce() -> Result<idempotency::Policy, String>,
     ) -> Result<Arc<idempotency::Policy>, String> {
         self.idempotency.get_or_make(name, definition, make)
+    }
+
+    /// The cache called `name`, kept (entries and all) while its definition
+    /// is unchanged.
+    pub fn cache(
+        &self,
+        name: &str,
+        definition: String,
+        make: impl FnOnce() -> Result<crate::cache::store::Cache, String>,
+    ) -> Result<Arc<crate::cache::store::Cache>, String> {
+        self.caches.get_or_make(name, definition, make)
     }
 
     /// The quota of consumer group `group`, kept while its definition is
@@ -244,6 +257,7 @@ impl Carryover {
         self.rate_limits.retain(&snap.rate_limits);
         self.idempotency.retain(&snap.idempotency);
         self.quotas.retain(&snap.quotas);
+        self.caches.retain(&snap.caches);
     }
 }
 

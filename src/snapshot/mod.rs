@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
     /// Every consumer group's quota (groups hold their own references).
     pub quotas: Vec<Arc<QuotaPolicy>>,
+    /// Every `caches` entry (routes hold their own references).
+    pub caches: Vec<Arc<crate::cache::store::Cache>>,
     /// Every `idempotency` policy (routes hold their own references).
     pub idempotency: Vec<Arc<idempotency::Policy>>,
     /// Metric handles for requests no route matched (`route="_none"`).
@@ -94,6 +96,8 @@ pub struct Route {
     pub compress: Option<Compression>,
     /// `idempotency:`: the route's key policy, when it has one.
     pub idempotency: Option<Arc<RouteIdempotency>>,
+    /// `cache:`: the route's response cache, when it has one.
+    pub cache: Option<crate::cache::route::RouteCache>,
     pub metrics: RouteMetrics,
 }
 

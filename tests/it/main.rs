@@ -13,6 +13,7 @@ mod auth_config;
 mod backpressure;
 mod balancing;
 mod basic_auth;
+mod cache;
 mod cli;
 mod compression;
 mod config_errors;

@@ -29,6 +29,8 @@ mod rate_limits;
 
 mod idempotency;
 
+mod cache;
+
 mod tracing;
 
 // After `validate`, at every load.
@@ -53,6 +55,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     v.routes(config);
     v.rate_limits(config);
     v.idempotency(config);
+    v.caches(config);
     v.tracing(config);
     v.issues
 }

@@ -1,0 +1,389 @@
+//! One `caches.<name>`: the memory tier (moka, bounded by bytes), the misses
+//! in flight (stampede protection), and the optional shared tier in Redis.
+//!
+//! Keys are the full key text, never a hash of it: two URLs can never share
+//! an entry, however they are crafted. A primary key (route, method, URL parts)
+//! holds either the response itself or, when the answer varies on request
+//! headers, a `Variants` marker naming those headers; each variant is then
+//! stored under the primary key, the marker's generation and the header
+//! values. Dropping the marker (a purge) orphans the variants: a new marker
+//! has a new generation, so they are never found again and age out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use moka::notification::RemovalCause;
+use tokio::sync::watch;
+
+use super::shared::SharedTier;
+use crate::metrics::CacheMetrics;
+
+/// Bytes an entry costs beyond its body and headers: the key, the map slot,
+/// moka's own node (measured as roughly 200 bytes; counted high).
+const ENTRY_OVERHEAD: usize = 320;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// The upstream's headers, hop-by-hop and `Age` removed.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// `host` + path + `?query`, for purges by URL and prefix.
+    pub url: Box<str>,
+    /// From `Cache-Tag` / `Surrogate-Key`.
+    pub tags: Box<[Box<str>]>,
+    /// When the response arrived.
+    pub response_time: SystemTime,
+    /// Its age then (RFC 9111 §4.2.3).
+    pub initial_age: Duration,
+    /// How long it is fresh, counted in age.
+    pub lifetime: Duration,
+    /// Beyond its lifetime, how long it may be served while refreshed in the
+    /// background, or while the upstream fails.
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// `no-cache` (or `must-revalidate` once stale): revalidate before use.
+    pub revalidate: bool,
+    /// May answer a request with credentials (`public`, `s-maxage`,
+    /// `must-revalidate`).
+    pub shared_with_credentials: bool,
+}
+
+impl Entry {
+    /// Its age at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age + now.duration_since(self.response_time).unwrap_or_default()
+    }
+
+    /// Seconds of freshness left at `now` (negative once stale).
+    pub fn ttl(&self, now: SystemTime) -> i64 {
+        let age = self.age(now);
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        if age <= self.lifetime {
+            secs(self.lifetime - age)
+        } else {
+            -secs(age - self.lifetime).max(1)
+        }
+    }
+
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        !self.revalidate && self.age(now) < self.lifetime
+    }
+
+    /// Stale by at most `window` (zero: never).
+    pub fn stale_within(&self, now: SystemTime, window: Duration) -> bool {
+        !window.is_zero() && self.age(now) < self.lifetime + window
+    }
+
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(http::header::ETAG)
+    }
+
+    pub fn last_modified(&self) -> Option<&HeaderValue> {
+        self.headers.get(http::header::LAST_MODIFIED)
+    }
+
+    /// How long anything may still use it (fresh or stale): the shared tier's expiry.
+    pub fn keep_for(&self, now: SystemTime) -> Duration {
+        (self.lifetime + self.stale_while_revalidate.max(self.stale_if_error))
+            .saturating_sub(self.age(now))
+    }
+
+    fn weight(&self, key: &str) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
+        let total = ENTRY_OVERHEAD + key.len() + self.url.len() + headers + tags + self.body.len();
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+}
+
+/// A primary key's request headers that select a variant.
+#[derive(Debug)]
+pub struct Variants {
+    pub names: Box<[HeaderName]>,
+    pub generation: u64,
+    pub url: Box<str>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Response(Arc<Entry>),
+    Variants(Arc<Variants>),
+}
+
+impl Stored {
+    fn url(&self) -> &str {
+        match self {
+            Stored::Response(e) => &e.url,
+            Stored::Variants(v) => &v.url,
+        }
+    }
+
+    fn weight(&self, key: &str) -> u32 {
+        match self {
+            Stored::Response(e) => e.weight(key),
+            Stored::Variants(v) => {
+                let names: usize = v.names.iter().map(|n| n.as_str().len() + 24).sum();
+                u32::try_from(ENTRY_OVERHEAD + key.len() + v.url.len() + names).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+/// What a purge removes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Purge {
+    /// `host` + path + `?query`; with `any_host`, the host is not compared.
+    Url {
+        url: String,
+        any_host: bool,
+    },
+    /// A path prefix, on one host or any.
+    Prefix {
+        prefix: String,
+        host: Option<String>,
+    },
+    Tag(String),
+    /// These exact primary keys (an unsafe request's URL).
+    Keys(Vec<String>),
+}
+
+impl Purge {
+    fn kind(&self) -> usize {
+        match self {
+            Purge::Url { .. } => 0,
+            Purge::Prefix { .. } => 1,
+            Purge::Tag(_) => 2,
+            Purge::Keys(_) => 3,
+        }
+    }
+
+    fn matches(&self, key: &str, stored: &Stored) -> bool {
+        let url = stored.url();
+        match self {
+            Purge::Url {
+                url: want,
+                any_host,
+            } => {
+                if *any_host {
+                    url.find('/').is_some_and(|i| url[i..] == **want)
+                } else {
+                    url == want
+                }
+            }
+            Purge::Prefix { prefix, host } => {
+                let (h, path) = url.split_at(url.find('/').unwrap_or(url.len()));
+                host.as_ref().is_none_or(|want| want == h) && path.starts_with(prefix.as_str())
+            }
+            Purge::Tag(tag) => match stored {
+                Stored::Response(e) => e.tags.iter().any(|t| **t == **tag),
+                Stored::Variants(_) => false,
+            },
+            Purge::Keys(keys) => keys.iter().any(|k| k == key),
+        }
+    }
+}
+
+pub struct Cache {
+    pub name: Arc<str>,
+    pub max_object_bytes: u64,
+    memory: moka::sync::Cache<Arc<str>, Stored>,
+    flights: Flights,
+    pub shared: Option<Arc<SharedTier>>,
+    pub metrics: CacheMetrics,
+}
+
+impl Cache {
+    pub fn new(
+        name: &str,
+        max_bytes: u64,
+        max_object_bytes: u64,
+        shared: Option<Arc<SharedTier>>,
+        metrics: CacheMetrics,
+    ) -> Cache {
+        let evictions = metrics.evictions.clone();
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &Arc<str>, v: &Stored| v.weight(k))
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
+            .build();
+        Cache {
+            name: name.into(),
+            max_object_bytes,
+            memory,
+            flights: Flights::default(),
+            shared,
+            metrics,
+        }
+    }
+
+    /// What the memory tier holds under `key`.
+    pub fn get(&self, key: &str) -> Option<Stored> {
+        self.memory.get(key)
+    }
+
+    /// Stores in the memory tier only.
+    pub fn put_local(&self, key: &str, value: Stored) {
+        self.memory.insert(key.into(), value);
+    }
+
+    pub fn remove_local(&self, key: &str) {
+        self.memory.invalidate(key);
+    }
+
+    /// Removes what `purge` names from the memory tier; the number removed.
+    pub fn purge_local(&self, purge: &Purge) -> usize {
+        // Exact keys (a marker's variants go with it): no scan.
+        if let Purge::Keys(keys) = purge {
+            return keys
+                .iter()
+                .filter(|k| self.memory.remove(k.as_str()).is_some())
+                .count();
+        }
+        let keys: Vec<(Arc<str>, bool)> = self
+            .memory
+            .iter()
+            .filter(|(k, v)| purge.matches(k, v))
+            .map(|(k, v)| ((*k).clone(), matches!(v, Stored::Response(_))))
+            .collect();
+        for (k, _) in &keys {
+            self.memory.invalidate(k);
+        }
+        // Answers, not the markers that name their variants.
+        keys.iter().filter(|(_, answer)| *answer).count()
+    }
+
+    /// Removes what `purge` names here, in the shared tier and (through the
+    /// shared tier's channel) on every other instance.
+    pub async fn purge(&self, purge: Purge) -> usize {
+        self.metrics.purges[purge.kind()].inc();
+        let n = self.purge_local(&purge);
+        if let Some(shared) = &self.shared {
+            shared.purge(&purge).await;
+        }
+        n
+    }
+
+    /// Removes what `purge` names here at once; the shared tier and the
+    /// other instances follow in the background (an unsafe request's
+    /// invalidation, which must not wait on Redis).
+    pub fn purge_soon(self: &Arc<Self>, purge: Purge) -> usize {
+        self.metrics.purges[purge.kind()].inc();
+        let n = self.purge_local(&purge);
+        if let Some(shared) = self.shared.clone()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            tokio::spawn(async move { shared.purge(&purge).await });
+        }
+        n
+    }
+
+    /// Starts listening for other instances' purges (once).
+    pub fn start(self: &Arc<Self>) {
+        if let Some(shared) = &self.shared {
+            shared.subscribe(Arc::downgrade(self));
+        }
+    }
+
+    /// Updates the size gauges (at scrape time).
+    pub fn observe(&self) {
+        self.memory.run_pending_tasks();
+        self.metrics
+            .bytes
+            .set(i64::try_from(self.memory.weighted_size()).unwrap_or(i64::MAX));
+        self.metrics
+            .entries
+            .set(i64::try_from(self.memory.entry_count()).unwrap_or(i64::MAX));
+    }
+
+    /// Bytes held by the memory tier after its pending evictions.
+    pub fn weighted_size(&self) -> u64 {
+        self.memory.run_pending_tasks();
+        self.memory.weighted_size()
+    }
+
+    /// Joins the miss in flight for `key`, or leads a new one.
+    pub fn flight(self: &Arc<Self>, key: &str) -> Flight {
+        let mut map = self
+            .flights
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = map.get(key) {
+            return Flight::Follow(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        let key: Arc<str> = key.into();
+        map.insert(key.clone(), rx);
+        Flight::Lead(FlightGuard {
+            key,
+            _done: tx,
+            cache: self.clone(),
+        })
+    }
+}
+
+/// A miss for one key: the first request leads it, the others wait.
+pub enum Flight {
+    /// Forward, and drop the guard once the answer is stored (or known not
+    /// to be): that wakes the followers.
+    Lead(FlightGuard),
+    /// Wait for the leader (`changed` returns when it is done), then look again.
+    Follow(watch::Receiver<()>),
+}
+
+const FLIGHT_SHARDS: usize = 32;
+
+/// The misses in flight of one shard, by key.
+type InFlight = HashMap<Arc<str>, watch::Receiver<()>>;
+
+struct Flights {
+    shards: Box<[Mutex<InFlight>]>,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            shards: (0..FLIGHT_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl Flights {
+    fn shard(&self, key: &str) -> &Mutex<InFlight> {
+        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        &self.shards[(h % FLIGHT_SHARDS as u64) as usize]
+    }
+}
+
+/// Held by the request that leads a miss; dropping it ends the flight:
+/// followers wake and look the key up again.
+pub struct FlightGuard {
+    key: Arc<str>,
+    /// Dropped after the key left the map: `changed` returns in every follower.
+    _done: watch::Sender<()>,
+    cache: Arc<Cache>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.cache
+            .flights
+            .shard(&self.key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
