@@ -87,6 +87,9 @@ pub struct AccessLine<'a> {
     /// Who the request authenticated as (an API key id or a JWT subject),
     /// never a credential. Null when public.
     pub consumer: Option<&'a str>,
+    /// How a `cache:` route's cache served the request (hit, miss, stale,
+    /// revalidated, bypass, coalesced). Null on routes without one.
+    pub cache: Option<&'a str>,
 }
 
 fn rfc3339<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -235,6 +238,7 @@ fn write_json(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
         json_field(buf, "client_cert", l.client_cert);
     }
     json_field(buf, "consumer", l.consumer);
+    json_field(buf, "cache", l.cache);
     buf.push(b'}');
 }
 
@@ -274,7 +278,7 @@ fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
         buf,
         "{} request_id={} listener={} client_ip={} method={} host={} path={} route={} \
          upstream={} target={} status={} duration_ms={:.3} upstream_ms={} bytes_in={} \
-         bytes_out={} retries={} error={} consumer={}",
+         bytes_out={} retries={} error={} consumer={} cache={}",
         humantime::format_rfc3339_millis(l.ts),
         text_value(l.request_id),
         text_value(l.listener),
@@ -293,6 +297,7 @@ fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
         l.retries,
         opt(l.error),
         opt(l.consumer),
+        opt(l.cache),
     );
     if let Some(subject) = l.client_cert {
         let _ = write!(buf, " client_cert={}", text_value(subject));
@@ -338,6 +343,7 @@ mod tests {
             error: None,
             client_cert: None,
             consumer: None,
+            cache: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The admin listener (docs/reference/admin-api.md): `/healthz`, `/readyz`, `/metrics`, `/config`,
-//! `/reload`, `/reloads`, `/explain`, `/upstreams`, `/idempotency/{route}/{key}` and the dashboard
+//! `/reload`, `/reloads`, `/explain`, `/upstreams`, `/idempotency/{route}/{key}`, `/cache/purge` and the dashboard
 //! at `/ui/`. It is a separate, plain HTTP/1.1 and h2c listener meant for a private address; with
 //! `server.admin.token` set, everything but the probes and the dashboard's static files needs that
 //! bearer token.
@@ -60,7 +60,17 @@ pub async fn serve(
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &shared, &reloader).await) }
+                async move {
+                    if req.uri().path() == "/cache/purge" {
+                        let resp = if authorized(&req, &shared) {
+                            cache_purge(req, &shared).await
+                        } else {
+                            unauthorized()
+                        };
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    Ok::<_, Infallible>(answer(&req, &shared, &reloader).await)
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
@@ -129,8 +139,12 @@ async fn answer(
             shared
                 .metrics
                 .sync_access_log_dropped(u64::try_from(dropped).unwrap_or(u64::MAX));
-            for source in &shared.snapshot.load().jwks {
+            let snap = shared.snapshot.load();
+            for source in &snap.jwks {
                 source.update_age();
+            }
+            for cache in &snap.caches {
+                cache.observe();
             }
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
             r.headers_mut().insert(
@@ -179,7 +193,7 @@ async fn answer(
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz, /metrics, /config, /explain, /upstreams, \
-             /reloads, /idempotency/{route}/{key}, /ui/ or POST /reload\n",
+             /reloads, /idempotency/{route}/{key}, /ui/, POST /reload or POST /cache/purge\n",
         ),
     }
 }
@@ -459,6 +473,110 @@ fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, String> {
         }
     }
     String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8"))
+}
+
+/// `POST /cache/purge`: `{"url": …}`, `{"prefix": …, "host": …}` or
+/// `{"tag": …}`, optionally with `"cache"` (else every cache). Answers the
+/// entries this instance removed; with a shared tier the purge also reaches
+/// Redis and every other instance.
+async fn cache_purge(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    use crate::cache::store::Purge;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        url: Option<String>,
+        prefix: Option<String>,
+        host: Option<String>,
+        tag: Option<String>,
+        cache: Option<String>,
+    }
+    let bad = |message: String| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "bad_request", "message": message }),
+        )
+    };
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /cache/purge\n");
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let raw = match http_body_util::BodyExt::collect(limited).await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return bad("the body must be JSON of at most 64 KiB".into()),
+    };
+    let body: Body = match serde_json::from_slice(&raw) {
+        Ok(b) => b,
+        Err(e) => return bad(format!("the body is not a purge: {e}")),
+    };
+    let snap = shared.snapshot.load_full();
+    let purge = match (body.url, body.prefix, body.tag) {
+        (Some(url), None, None) if body.host.is_none() => match purge_url(&url, &snap) {
+            Ok(p) => p,
+            Err(m) => return bad(m),
+        },
+        (None, Some(prefix), None) if prefix.starts_with('/') => Purge::Prefix {
+            prefix,
+            host: body
+                .host
+                .map(|h| crate::cache::route::host_name(&h).to_ascii_lowercase()),
+        },
+        (None, Some(_), None) => return bad("`prefix` is a path: it starts with `/`".into()),
+        (None, None, Some(tag)) if body.host.is_none() && !tag.is_empty() => Purge::Tag(tag),
+        _ => {
+            return bad(
+                "give exactly one of `url`, `prefix` (with an optional `host`) or `tag`".into(),
+            );
+        }
+    };
+    let caches: Vec<_> = match &body.cache {
+        None => snap.caches.iter().collect(),
+        Some(name) => match snap.caches.iter().find(|c| &*c.name == name.as_str()) {
+            Some(c) => vec![c],
+            None => {
+                let hint = crate::config::suggest::hint(name, snap.caches.iter().map(|c| &*c.name));
+                return bad(format!("unknown cache `{name}`{hint}"));
+            }
+        },
+    };
+    let mut purged = 0;
+    for cache in &caches {
+        purged += cache.purge(purge.clone()).await;
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "purged": purged,
+            "caches": caches.iter().map(|c| &*c.name).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// A purge's `url`: `http(s)://host/path?query` for one host, or
+/// `/path?query` for any; the path spelt as the gateway stores it.
+fn purge_url(
+    url: &str,
+    snap: &crate::snapshot::Snapshot,
+) -> Result<crate::cache::store::Purge, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("`url` is not a URL or a path: `{url}`"))?;
+    let any_host = uri.authority().is_none();
+    if uri.scheme().is_some() == any_host || !uri.path().starts_with('/') {
+        return Err(format!("`url` is not a URL or a path: `{url}`"));
+    }
+    let path = crate::normalize::path::normalize(uri.path(), &snap.path_rules)
+        .map_err(|e| format!("`url`: {}", e.message()))?;
+    let mut out = String::new();
+    if let Some(a) = uri.authority() {
+        out.push_str(&crate::cache::route::host_name(a.as_str()).to_ascii_lowercase());
+    }
+    out.push_str(&path.path);
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(crate::cache::store::Purge::Url { url: out, any_host })
 }
 
 #[cfg(test)]

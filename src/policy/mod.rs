@@ -352,6 +352,12 @@ impl RoutePolicies {
         })
     }
 
+    /// Whether requests on the route carry credentials the gateway checks
+    /// (`auth`): a shared cache treats them as authorized requests.
+    pub fn authenticates(&self) -> bool {
+        !self.auth.is_empty() || !self.external.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ip.is_none()
             && self.cors.is_none()

@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::compress::CompressedBody;
 use super::idempotent::KeptBody;
 use super::record::RequestRecord;
+use crate::cache::route::CachingBody;
 use crate::upstream::pool::UpstreamBody;
 
 /// Why a response body stopped before its end.
@@ -30,6 +31,8 @@ enum Kind {
     Compressed(Box<CompressedBody>),
     /// The upstream body, stored for replay as it streams (`idempotency:`).
     Kept(Box<KeptBody>),
+    /// The upstream body, stored in the route's cache as it streams (`cache:`).
+    Cached(Box<CachingBody>),
 }
 
 /// What the client receives.
@@ -81,6 +84,15 @@ impl ResponseBody {
         }
     }
 
+    pub fn cached(body: Box<CachingBody>) -> Self {
+        ResponseBody {
+            kind: Kind::Cached(body),
+            sent: 0,
+            failed: false,
+            record: None,
+        }
+    }
+
     /// Attaches the record that is finished when this body is done.
     pub fn set_record(&mut self, record: Box<RequestRecord>) {
         self.record = Some(record);
@@ -105,6 +117,9 @@ impl Body for ResponseBody {
             Kind::Kept(body) => Pin::new(&mut **body)
                 .poll_frame(cx)
                 .map_err(ResponseBodyError::Upstream),
+            Kind::Cached(body) => Pin::new(&mut **body)
+                .poll_frame(cx)
+                .map_err(ResponseBodyError::Upstream),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -124,6 +139,7 @@ impl Body for ResponseBody {
             Kind::Upstream(body) => body.is_end_stream(),
             Kind::Compressed(body) => body.is_end_stream(),
             Kind::Kept(body) => body.is_end_stream(),
+            Kind::Cached(body) => body.is_end_stream(),
         }
     }
 
@@ -134,6 +150,7 @@ impl Body for ResponseBody {
             Kind::Upstream(body) => body.size_hint(),
             Kind::Compressed(_) => SizeHint::default(),
             Kind::Kept(body) => body.size_hint(),
+            Kind::Cached(body) => body.size_hint(),
         }
     }
 }

@@ -3,24 +3,16 @@
 //! sees its outcome; the outcome is counted in
 //! `tollgate_mirror_requests_total{route,result}`.
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Uri, Version};
-use tokio::time::Instant;
 
 use super::Exchange;
-use crate::body::RequestBody;
-use crate::metrics::Outcome;
+use super::aside::{self, Aside, Sent};
 use crate::snapshot::Snapshot;
 use crate::steering::{MirrorPolicy, MirrorSlot, shadow_host};
-use crate::upstream::balancer::PickContext;
-use crate::upstream::outlier::Seen;
-use crate::upstream::{Target, Upstream};
 
 /// Whether a sampled request can be mirrored: its body is empty or of a
 /// declared length within `max_body`, and fewer than `max_in_flight` copies
@@ -35,13 +27,7 @@ pub fn admit(m: &MirrorPolicy, empty: bool, declared: Option<u64>) -> Option<Mir
 }
 
 /// The copy: the upstream request as the route made it, with the shadow Host.
-pub struct Copy {
-    method: Method,
-    path_and_query: PathAndQuery,
-    headers: HeaderMap,
-    body: Bytes,
-    client_ip: IpAddr,
-}
+pub struct Copy(Aside);
 
 impl Copy {
     pub fn new(
@@ -57,20 +43,14 @@ impl Copy {
         {
             headers.insert(header::HOST, host);
         }
-        Copy {
+        Copy(Aside {
             method: parts.method.clone(),
             path_and_query: path_and_query.clone(),
             headers,
             body,
             client_ip: ex.policy.client_ip,
-        }
+        })
     }
-}
-
-/// What became of a copy.
-enum Sent {
-    Answered(u16),
-    Failed,
 }
 
 /// Sends the copy to the mirror upstream of `snap.routes[route]`, reads the
@@ -82,89 +62,10 @@ pub async fn send(snap: Arc<Snapshot>, route: usize, copy: Copy, slot: MirrorSlo
         return;
     };
     let up = &snap.upstreams[m.upstream];
-    match tokio::time::timeout(up.request_timeout, exchange(up, copy)).await {
-        Ok(Sent::Answered(status)) if status >= 500 => m.metrics.http_5xx.inc(),
-        Ok(Sent::Answered(_)) => m.metrics.ok.inc(),
+    match tokio::time::timeout(up.request_timeout, aside::send(up, copy.0, 0)).await {
+        Ok(Sent::Answered { head, .. }) if head.status.as_u16() >= 500 => m.metrics.http_5xx.inc(),
+        Ok(Sent::Answered { .. }) => m.metrics.ok.inc(),
         Ok(Sent::Failed) => m.metrics.error.inc(),
         Err(_elapsed) => m.metrics.timeout.inc(),
-    }
-}
-
-/// A target's in-flight count, given back however the copy ends (also when
-/// its timeout drops it).
-struct InFlight<'a>(&'a Target);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A bulkhead slot of the mirror upstream.
-struct Bulkhead<'a>(&'a Upstream);
-
-impl Drop for Bulkhead<'_> {
-    fn drop(&mut self) {
-        if self.0.max_concurrent > 0 {
-            self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-async fn exchange(up: &Upstream, copy: Copy) -> Sent {
-    if !up.try_acquire() {
-        return Sent::Failed;
-    }
-    let _bulkhead = Bulkhead(up);
-    let ctx = PickContext {
-        client_ip: copy.client_ip,
-        headers: &copy.headers,
-    };
-    let set = up.current();
-    let Ok(idx) = up.pick(&set, &ctx, &[], Instant::now()) else {
-        return Sent::Failed;
-    };
-    let target = &set.targets[idx];
-    let _in_flight = InFlight(target);
-    let body = if copy.body.is_empty() {
-        RequestBody::empty()
-    } else {
-        RequestBody::buffered(copy.body)
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = copy.method;
-    *req.uri_mut() = Uri::from(copy.path_and_query);
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = copy.headers;
-    let started = Instant::now();
-    let result = up.client.send(&target.endpoint, req).await;
-    let done = Instant::now();
-    target
-        .metrics
-        .duration
-        .observe(done.duration_since(started).as_secs_f64());
-    match result {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            up.record_answer(&set, idx, status, resp.headers(), done);
-            let mut body = resp.into_body();
-            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-                if frame.is_err() {
-                    break;
-                }
-            }
-            Sent::Answered(status)
-        }
-        Err(e) => {
-            let (outcome, seen) = match e {
-                crate::upstream::pool::SendError::Connect(_) => {
-                    (Outcome::ConnectError, Seen::ConnectError)
-                }
-                _ => (Outcome::Reset, Seen::Other),
-            };
-            target.metrics.record(outcome);
-            up.record_attempt(&set, idx, Some(true), seen, done);
-            Sent::Failed
-        }
     }
 }

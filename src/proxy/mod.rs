@@ -3,7 +3,9 @@
 //! with a timeout) -> response edits. Every failure is a `GatewayError`, turned
 //! into a response in one place (`GatewayError::to_response`).
 
+pub mod aside;
 pub mod body;
+pub mod cache;
 pub mod compress;
 pub mod grpc;
 pub mod idempotent;
@@ -69,6 +71,8 @@ pub struct Exchange {
     pub grpc: bool,
     /// A WebSocket handshake in progress (`websocket::detect`).
     pub upgrade: Option<websocket::Upgrade>,
+    /// How the route's cache served the request (`cache:` routes only).
+    pub cache: Option<crate::cache::route::Outcome>,
     /// This hop's trace context when the request is recorded as a span.
     #[cfg(feature = "otel")]
     pub trace: Option<headers::TraceContext>,
@@ -118,6 +122,7 @@ pub async fn handle(
         holds_global_slot: false,
         grpc: grpc::is_grpc(req.headers()),
         upgrade: None,
+        cache: None,
         #[cfg(feature = "otel")]
         trace: snapshot.spans.as_ref().and_then(|s| s.begin(req.headers())),
     };
@@ -276,6 +281,32 @@ async fn serve(
             split.sides()[choice.side].upstream
         }
     };
+    // A cached route answers from its cache before anything of the upstream
+    // is claimed.
+    let plan = match &route.cache {
+        None => None,
+        Some(rc) => {
+            let credentials =
+                parts.headers.contains_key(header::AUTHORIZATION) || route.policies.authenticates();
+            let wait = route
+                .timeout
+                .unwrap_or(snap.upstreams[upstream_idx].request_timeout);
+            let host = ex.host.clone();
+            let host = host.as_ref().and_then(|h| h.to_str().ok());
+            match cache::lookup(rc, &mut parts, host, credentials, wait, ex).await {
+                cache::Lookup::Answer(resp) => return Ok(resp),
+                cache::Lookup::Stale(resp, refresh) => {
+                    if let Some(refresh) = refresh {
+                        let pq = upstream_request(&mut parts, route, conn, ex)?;
+                        let idx = route_index(ex);
+                        cache::spawn_refresh(snap, idx, upstream_idx, &parts, pq, refresh, ex);
+                    }
+                    return Ok(resp);
+                }
+                cache::Lookup::Forward(plan) => Some(plan),
+            }
+        }
+    };
     // The key is read and taken before anything of the upstream is claimed:
     // a replay or a refusal costs the upstream nothing.
     let keyed = match &route.idempotency {
@@ -289,52 +320,72 @@ async fn serve(
             }
         },
     };
-    let declared = declared_length(&parts.headers);
-    let limits = &route.body_limits;
-    let upstream = claim_upstream(snap, upstream_idx, limits, declared, ex)?;
-    let path_and_query = upstream_request(&mut parts, route, conn, ex)?;
-    let digest = keyed.as_ref().map(|k| &k.digest);
-    // A mirrored request's body is read first (when small enough), so that
-    // the copy can carry it.
-    let mirror = route
-        .mirror
-        .as_ref()
-        .filter(|m| ex.upgrade.is_none() && m.sampled())
-        .and_then(|m| mirror::admit(m, body.is_empty(), declared));
-    let whole = mirror.is_some();
-    let body = outgoing_body(body, upstream, &parts, limits, declared, digest, whole, ex).await?;
-    if let (Some(slot), Outgoing::Replayable(bytes)) = (mirror, &body) {
-        let copy = mirror::Copy::new(&parts, &path_and_query, bytes.clone(), ex);
-        tokio::spawn(mirror::send(Arc::clone(snap), route_index(ex), copy, slot));
-    }
-    // A gRPC client's deadline caps the route's timeout (and still goes upstream).
-    let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
     // A keyed answer is stored as the upstream made it, so a replay is the
     // same bytes whatever the retry accepts: the gateway does not compress it.
     let offered = route.compress.as_ref().filter(|_| keyed.is_none());
     let compression = compress::Negotiated::new(offered, &parts);
-    let attempt = Attempt {
-        upstream_idx,
-        path_and_query,
-        timeout: route
-            .timeout
-            .unwrap_or(upstream.request_timeout)
-            .min(grpc_deadline.unwrap_or(Duration::MAX)),
-        body_limit: limits.max_bytes,
-        keyed: keyed.is_some(),
+    let digest = keyed.as_ref().map(|k| k.digest.clone());
+    let answered = async {
+        let declared = declared_length(&parts.headers);
+        let limits = &route.body_limits;
+        let upstream = claim_upstream(snap, upstream_idx, limits, declared, ex)?;
+        let path_and_query = upstream_request(&mut parts, route, conn, ex)?;
+        // A mirrored request's body is read first (when small enough), so that
+        // the copy can carry it.
+        let mirror = route
+            .mirror
+            .as_ref()
+            .filter(|m| ex.upgrade.is_none() && m.sampled())
+            .and_then(|m| mirror::admit(m, body.is_empty(), declared));
+        let whole = mirror.is_some();
+        let body = outgoing_body(
+            body,
+            upstream,
+            &parts,
+            limits,
+            declared,
+            digest.as_ref(),
+            whole,
+            ex,
+        )
+        .await?;
+        if let (Some(slot), Outgoing::Replayable(bytes)) = (mirror, &body) {
+            let copy = mirror::Copy::new(&parts, &path_and_query, bytes.clone(), ex);
+            tokio::spawn(mirror::send(Arc::clone(snap), route_index(ex), copy, slot));
+        }
+        // A gRPC client's deadline caps the route's timeout (and still goes upstream).
+        let grpc_deadline = ex.grpc.then(|| grpc::timeout(&parts.headers)).flatten();
+        let attempt = Attempt {
+            upstream_idx,
+            path_and_query,
+            timeout: route
+                .timeout
+                .unwrap_or(upstream.request_timeout)
+                .min(grpc_deadline.unwrap_or(Duration::MAX)),
+            body_limit: limits.max_bytes,
+            keyed: digest.is_some(),
+        };
+        let resp = forward(parts, body, upstream, attempt, ex).await?;
+        answer(resp, route, upstream, ex)
+    }
+    .await;
+    let answered = match (plan, &route.cache) {
+        (Some(plan), Some(rc)) => cache::finish(rc, plan, answered, ex)?,
+        _ => answered?,
     };
-    let resp = forward(parts, body, upstream, attempt, ex).await?;
-    match (answer(resp, route, upstream, ex)?, keyed) {
-        (Answered::Switched(resp), _) => Ok(resp),
+    match (answered, keyed) {
+        (Answered::Switched(resp) | Answered::Cached(resp), _) => Ok(resp),
         (Answered::Upstream(resp), Some(keyed)) => Ok(idempotent::keep(resp, keyed)),
         (Answered::Upstream(resp), None) => Ok(compression.respond(resp)),
     }
 }
 
-/// The upstream's answer after `answer`: a switched upgrade's answer, or
-/// still the upstream's body (to compress, or to keep for replay).
+/// The upstream's answer after `answer`: a switched upgrade's answer, one
+/// the cache made or is storing, or still the upstream's body (to compress,
+/// or to keep for replay).
 enum Answered {
     Switched(Response<ResponseBody>),
+    Cached(Response<ResponseBody>),
     Upstream(Response<UpstreamBody>),
 }
 

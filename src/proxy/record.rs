@@ -199,6 +199,7 @@ impl Drop for RequestRecord {
                 Some(c) => Some(&*c.name),
                 None => ex.policy.consumer.as_deref(),
             },
+            cache: ex.cache.map(crate::cache::route::Outcome::as_str),
         });
     }
 }
