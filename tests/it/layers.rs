@@ -35,6 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "upstream",
             "idempotency",
             "steering",
+            "cache",
         ],
     ),
     ("state", &["snapshot", "shared"]),
