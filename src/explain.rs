@@ -8,7 +8,7 @@ use http::{HeaderMap, Method};
 use crate::config::schema::Config;
 use crate::normalize::path::{PathError, normalize};
 use crate::router::{Explanation, RequestView};
-use crate::snapshot::{Action, Snapshot};
+use crate::snapshot::{Action, Route, Snapshot};
 use crate::upstream::discovery::SourceStatus;
 use crate::upstream::{Origin, Targets};
 
@@ -166,6 +166,15 @@ pub fn explain(snap: &Snapshot, cfg: &Config, probe: &Probe) -> String {
                     out,
                     "  consumer plans: {} (the authenticated consumer's group)",
                     plans.join(", ")
+                );
+            }
+            if let Some(c) = cache_state(route, probe, path) {
+                let _ = writeln!(
+                    out,
+                    "  cache: {} (key {}); this request now: {}",
+                    c.cache,
+                    c.key.join(", "),
+                    c.answer
                 );
             }
             if let Some(idem) = &route.idempotency {
@@ -345,6 +354,49 @@ fn upstream_json(
     })
 }
 
+/// What a `cache:` route's cache would do with the probe now, judged on
+/// this instance's memory tier (the shared tier is not asked).
+struct CacheState<'a> {
+    cache: &'a str,
+    key: &'a [String],
+    /// `hit`, `stale`, `miss` or `bypass`.
+    answer: &'static str,
+    /// Seconds of freshness left (negative once stale) of the stored copy.
+    ttl: Option<i64>,
+}
+
+fn cache_state<'a>(route: &'a Route, probe: &Probe, path: &str) -> Option<CacheState<'a>> {
+    let rc = route.cache.as_ref()?;
+    let query = probe.target.split_once('?').map(|(_, q)| q);
+    let cacheable = matches!(probe.method, Method::GET | Method::HEAD)
+        && !crate::cache::control::request_directives(&probe.headers).no_store;
+    let credentials =
+        probe.headers.contains_key(http::header::AUTHORIZATION) || route.policies.authenticates();
+    let found = cacheable
+        .then(|| {
+            rc.peek(
+                &rc.keys(&probe.method, path, query, probe.host.as_deref()),
+                &probe.headers,
+            )
+        })
+        .flatten()
+        .filter(|e| crate::cache::route::RouteCache::usable(e, credentials));
+    let now = std::time::SystemTime::now();
+    let answer = match &found {
+        _ if !cacheable => "bypass",
+        None => "miss",
+        Some(e) if e.is_fresh(now) => "hit",
+        Some(e) if e.stale_within(now, e.stale_while_revalidate) && !e.revalidate => "stale",
+        Some(_) => "revalidate",
+    };
+    Some(CacheState {
+        cache: &rc.cache.name,
+        key: rc.key_parts(),
+        answer,
+        ttl: found.map(|e| e.ttl(now)),
+    })
+}
+
 /// The same answer as `explain`, as JSON for `GET /explain` on the admin API:
 /// `{request, route, near_misses: [{route, reason}]}`; `route` is `null` when
 /// nothing matches (the gateway would answer 404 no_route).
@@ -425,6 +477,14 @@ pub fn explain_json(snap: &Snapshot, cfg: &Config, probe: &Probe) -> serde_json:
                     "path": route.rewrite.path(path).unwrap_or_else(|| path.to_string()),
                 });
             }
+        }
+        if let Some(c) = cache_state(route, probe, path) {
+            out["cache"] = json!({
+                "use": c.cache,
+                "key": c.key,
+                "answer": c.answer,
+                "ttl": c.ttl,
+            });
         }
         if let Some(m) = &route.mirror {
             out["mirror"] = json!({

@@ -1218,7 +1218,6 @@ mod tests {
             for response in [
                 [("cache-control", "max-age=60")],
                 [("cache-control", "s-maxage=60")],
-                [("cache-control", "public")],
                 [("expires", "Sun, 06 Nov 1994 08:49:37 GMT")],
                 [("expires", "0")],
             ] {
@@ -1228,6 +1227,20 @@ mod tests {
                     "{status} {response:?}"
                 );
             }
+            // `public` lifts the status rule; a lifetime or a validator is
+            // still needed, else the copy could never be used.
+            let public = [("cache-control", "public")];
+            assert_eq!(
+                storable_with(Method::GET, status, &[], &public, false),
+                Some("no-lifetime"),
+                "{status}"
+            );
+            let public_etag = [("cache-control", "public"), ("etag", "\"a\"")];
+            assert_eq!(
+                storable_with(Method::GET, status, &[], &public_etag, false),
+                None,
+                "{status}"
+            );
         }
     }
 

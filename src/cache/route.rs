@@ -66,6 +66,8 @@ struct KeySpec {
 
 pub struct RouteCache {
     pub cache: Arc<Cache>,
+    /// The key as configured (for `/explain`).
+    parts: Box<[String]>,
     /// A fingerprint of the route's cache settings: a changed route starts
     /// from an empty cache, an unchanged one keeps its entries over a reload.
     id: u64,
@@ -131,6 +133,7 @@ impl RouteCache {
         );
         RouteCache {
             cache,
+            parts: rc.key.clone().into(),
             id,
             key: KeySpec {
                 host,
@@ -443,6 +446,10 @@ pub fn refreshed(
 impl RouteCache {
     pub fn default_ttl(&self) -> Option<Duration> {
         self.default_ttl
+    }
+
+    pub fn key_parts(&self) -> &[String] {
+        &self.parts
     }
 }
 

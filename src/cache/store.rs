@@ -387,3 +387,110 @@ impl Drop for FlightGuard {
             .remove(&self.key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{IntCounter, IntGauge};
+    use proptest::prelude::*;
+
+    fn metrics() -> CacheMetrics {
+        let g = || IntGauge::new("g", "g").expect("gauge");
+        let c = || IntCounter::new("c", "c").expect("counter");
+        CacheMetrics {
+            bytes: g(),
+            entries: g(),
+            evictions: c(),
+            purges: [c(), c(), c(), c()],
+            store_errors: c(),
+        }
+    }
+
+    fn entry(url: &str, body: usize, headers: usize) -> Stored {
+        let mut h = HeaderMap::new();
+        for i in 0..headers {
+            h.append(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).expect("name"),
+                HeaderValue::from_static("some value"),
+            );
+        }
+        Stored::Response(Arc::new(Entry {
+            status: StatusCode::OK,
+            headers: h,
+            body: Bytes::from(vec![b'x'; body]),
+            url: url.into(),
+            tags: Box::new([]),
+            response_time: SystemTime::now(),
+            initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            revalidate: false,
+            shared_with_credentials: false,
+        }))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever is stored (many distinct keys, sizes up to the largest
+        /// object, hot keys rewritten), the memory tier's bytes, body and
+        /// headers and keys counted, stay within `max_bytes`.
+        #[test]
+        fn the_memory_tier_stays_within_max_bytes(
+            max_kib in 16u64..256,
+            writes in proptest::collection::vec((0u32..5_000, 0usize..8_192, 0usize..12), 1..600),
+        ) {
+            let max = max_kib * 1024;
+            let cache = Cache::new("t", max, 8_192, None, metrics());
+            let mut body_bytes_offered = 0usize;
+            for (k, body, headers) in writes {
+                let key = format!("{k:08} GET host|/p/{k}|");
+                cache.put_local(&key, entry(&format!("host/p/{k}"), body, headers));
+                body_bytes_offered += body;
+                prop_assert!(cache.weighted_size() <= max, "{} > {max}", cache.weighted_size());
+            }
+            // What is held is counted at least at its body's size.
+            let held: usize = cache
+                .memory
+                .iter()
+                .map(|(_, v)| match v {
+                    Stored::Response(e) => e.body.len(),
+                    Stored::Variants(_) => 0,
+                })
+                .sum();
+            prop_assert!(held as u64 <= cache.weighted_size());
+            prop_assert!(held <= body_bytes_offered);
+        }
+    }
+
+    #[test]
+    fn purges_remove_what_they_name_and_count_answers_only() {
+        let cache = Cache::new("t", 1 << 20, 1 << 16, None, metrics());
+        cache.put_local("a", entry("shop/x/1?q", 10, 0));
+        cache.put_local("b", entry("shop/x/2", 10, 0));
+        cache.put_local("c", entry("other/x/1?q", 10, 0));
+        cache.put_local(
+            "m",
+            Stored::Variants(Arc::new(Variants {
+                names: Box::new([]),
+                generation: 1,
+                url: "shop/x/3".into(),
+            })),
+        );
+        let url = |url: &str, any_host| Purge::Url {
+            url: url.into(),
+            any_host,
+        };
+        assert_eq!(cache.purge_local(&url("/x/1?q", true)), 2);
+        assert_eq!(cache.purge_local(&url("shop/x/2", false)), 1);
+        assert_eq!(cache.purge_local(&url("shop/x/2", false)), 0);
+        let prefix = Purge::Prefix {
+            prefix: "/x/".into(),
+            host: Some("shop".into()),
+        };
+        // The marker goes, but it is not an answer.
+        assert_eq!(cache.purge_local(&prefix), 0);
+        assert!(cache.get("m").is_none());
+    }
+}

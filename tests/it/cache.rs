@@ -2254,3 +2254,49 @@ async fn a_hung_redis_is_a_bypass_of_the_shared_tier_not_a_failed_request() {
     assert_hit(&hit);
     gw.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// /explain
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn explain_says_what_the_cache_would_do_with_a_request_now() {
+    let origin = Origin::start(|s| Reply::ok(format!("{} {}", s.uri, s.n)).cc("max-age=60")).await;
+    let gw = start(&catalog(""), &origin).await;
+    let explain = async |query: &str| {
+        let r = get(&gw.admin_url(&format!("/explain?{query}")))
+            .await
+            .expect("GET /explain");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["route"]["cache"].clone()
+    };
+    let probe = "method=GET&host=shop.example&path=%2Fcatalog%2Fe%3Fx%3D1";
+    let c = explain(probe).await;
+    assert_eq!(c["use"], "edge");
+    assert_eq!(c["key"], serde_json::json!(["host", "path", "query"]));
+    assert_eq!(c["answer"], "miss", "{c}");
+    assert!(c["ttl"].is_null(), "{c}");
+
+    fetch(&gw, "/catalog/e?x=1", &[("host", "shop.example")]).await;
+    let c = explain(probe).await;
+    assert_eq!(c["answer"], "hit", "{c}");
+    assert!(
+        c["ttl"].as_i64().is_some_and(|t| (55..=60).contains(&t)),
+        "{c}"
+    );
+    // Another query, another host, credentials, an unsafe method.
+    for other in [
+        "method=GET&host=shop.example&path=%2Fcatalog%2Fe%3Fx%3D2",
+        "method=GET&host=other.example&path=%2Fcatalog%2Fe%3Fx%3D1",
+        "method=GET&host=shop.example&path=%2Fcatalog%2Fe%3Fx%3D1&header.authorization=Bearer%20a",
+    ] {
+        assert_eq!(explain(other).await["answer"], "miss", "{other}");
+    }
+    let post = "method=POST&host=shop.example&path=%2Fcatalog%2Fe%3Fx%3D1";
+    assert_eq!(explain(post).await["answer"], "bypass");
+    let plain = get(&gw.admin_url("/explain?method=GET&path=/plain/e"))
+        .await
+        .expect("GET /explain");
+    assert!(plain.json()["route"]["cache"].is_null());
+    gw.shutdown().await;
+}
