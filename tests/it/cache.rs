@@ -1977,6 +1977,13 @@ fn bad_cache_config_is_refused_with_the_field_and_its_position() {
     assert!(e.contains("compress"), "{e}");
     assert_positioned(&e);
 
+    let respond = format!(
+        "{edge}routes:\n  - name: r\n    match: {{ path_prefix: / }}\n    respond: {{ status: 200 }}\n    cache: {{ use: edge }}\n"
+    );
+    let e = assert_refused(&respond, "routes[0].cache");
+    assert!(e.contains("respond"), "{e}");
+    assert_positioned(&e);
+
     // And the same config without the mistakes loads.
     tollgate::config::load_str(
         &static_config(

@@ -35,6 +35,7 @@ fn the_benchmark_configs_are_valid() {
     for file in [
         "benches/bench.yaml",
         "benches/bench-policy.yaml",
+        "benches/bench-cache.yaml",
         "benches/k6/reload.yaml",
     ] {
         if let Err(errors) = load_file_with_env(&root.join(file), &env) {

@@ -63,6 +63,12 @@ impl Checker {
                     format!("unknown cache `{}`{hint}", rc.cache),
                 );
             }
+            if route.upstream.is_none() {
+                self.err(
+                    &at,
+                    "a cache stores upstream answers; this route answers with `respond` or `redirect`",
+                );
+            }
             if route.compress.is_some() {
                 self.err(
                     &at,
