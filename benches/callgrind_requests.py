@@ -14,8 +14,12 @@ matter; the figure repeats within a fraction of a percent.
 the first-request path) or same (one key: every request after the first is a
 replay).
 
+--query fresh appends `?q=<a new value per request>` to the path: on a cached
+route every request is then a miss that is stored (the cost of a miss); the
+same flag on a plain route gives the like-for-like baseline.
+
 Usage: callgrind_requests.py --pid PID --dir DIR --port PORT --path /pay
-           [--method POST] [--body TEXT] [--key none|fresh|same]
+           [--method POST] [--body TEXT] [--key none|fresh|same] [--query none|fresh]
            [--warmup 2000] [--count 10000]
 """
 
@@ -57,6 +61,7 @@ def main():
     p.add_argument("--method", default="GET")
     p.add_argument("--body", default="")
     p.add_argument("--key", choices=["none", "fresh", "same"], default="none")
+    p.add_argument("--query", choices=["none", "fresh"], default="none")
     p.add_argument("--warmup", type=int, default=2000)
     p.add_argument("--count", type=int, default=10000)
     a = p.parse_args()
@@ -70,8 +75,9 @@ def main():
 
     def send(i):
         nonlocal buf
+        target = a.path if a.query == "none" else f"{a.path}?q={run}-{i}"
         lines = [
-            f"{a.method} {a.path} HTTP/1.1",
+            f"{a.method} {target} HTTP/1.1",
             "Host: bench",
             f"Content-Length: {len(body)}",
         ]
@@ -110,7 +116,7 @@ def main():
                 summary = int(line.split()[1])
     if summary is None:
         raise SystemExit(f"no summary line in {dump}")
-    print(f"{a.method} {a.path} key={a.key}: {summary / a.count:,.0f} instructions/request "
+    print(f"{a.method} {a.path} key={a.key} query={a.query}: {summary / a.count:,.0f} instructions/request "
           f"(statuses {statuses}, dump {os.path.basename(dump)})")
 
 

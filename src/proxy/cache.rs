@@ -153,9 +153,12 @@ pub async fn lookup(
             } else {
                 match rc.cache.flight(&key) {
                     Flight::Lead(guard) => Some(guard),
-                    Flight::Follow(mut done) if tokio::time::Instant::now() < deadline => {
+                    Flight::Follow(mut done)
+                        if !followed && tokio::time::Instant::now() < deadline =>
+                    {
                         // Woken when the leader's answer is stored or known
-                        // not to be; then look again.
+                        // not to be; then look again. Once only: an answer
+                        // that is never stored must not queue its requests.
                         let _ = tokio::time::timeout_at(deadline, done.changed()).await;
                         followed = true;
                         continue;
@@ -221,7 +224,7 @@ pub async fn lookup(
         } else {
             match rc.cache.flight(&key) {
                 Flight::Lead(guard) => Some(guard),
-                Flight::Follow(mut done) if tokio::time::Instant::now() < deadline => {
+                Flight::Follow(mut done) if !followed && tokio::time::Instant::now() < deadline => {
                     let _ = tokio::time::timeout_at(deadline, done.changed()).await;
                     followed = true;
                     continue;

@@ -1242,6 +1242,60 @@ async fn concurrent_misses_for_one_key_make_one_upstream_request() {
     gw.shutdown().await;
 }
 
+/// Misses wait for the one in flight once: when its answer cannot be stored,
+/// they all go upstream together instead of queueing behind one another.
+#[tokio::test]
+async fn waiting_misses_of_an_answer_that_is_not_stored_go_upstream_together() {
+    let origin =
+        Origin::start(|s| Reply::ok(format!("private {}", s.n)).cc("no-store").held()).await;
+    let gw = start(&catalog(""), &origin).await;
+    let url = gw.url("/catalog/never");
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    wait_until(
+        "one request at the origin and 10 in the gateway",
+        async || {
+            let in_gateway =
+                metric(&gw.metrics().await, "tollgate_in_flight_requests").unwrap_or(0.0);
+            if origin.in_flight() == 1 && in_gateway >= 10.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} at the origin, {in_gateway} in the gateway",
+                    origin.in_flight()
+                ))
+            }
+        },
+    )
+    .await;
+    origin.release(1);
+    // The nine that waited are at the origin at once, not one after another.
+    wait_until(
+        "the nine waiting misses at the origin together",
+        async || {
+            if origin.in_flight() == 9 {
+                Ok(())
+            } else {
+                Err(format!("{} at the origin", origin.in_flight()))
+            }
+        },
+    )
+    .await;
+    origin.release(9);
+    for c in clients {
+        let r = c.await.expect("client task").expect("response");
+        assert_eq!(r.status, 200);
+        assert_cs(&r, "tollgate; fwd=miss");
+    }
+    assert_eq!(origin.total(), 10);
+    assert_eq!(requests(&gw, "catalog", "miss").await, 10.0);
+    gw.shutdown().await;
+}
+
 /// An entry that goes stale after 2 s, with stale-while-revalidate from the
 /// route's `settings` or the response's `cache_control`: the stale copy is
 /// served at once while one background refresh (held at the origin) runs,
