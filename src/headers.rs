@@ -313,9 +313,60 @@ pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> 
         .filter(|v| !v.is_empty())
 }
 
+/// The fields of `h` with their values copied into one allocation of their
+/// own: values parsed by hyper are slices of the connection's read buffer,
+/// and an answer kept in memory (the response cache, the idempotency store)
+/// must not keep that buffer alive: their memory bounds count what an entry holds.
+pub fn owned(h: &HeaderMap) -> HeaderMap {
+    let total: usize = h.values().map(HeaderValue::len).sum();
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for v in h.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut out = HeaderMap::with_capacity(h.len());
+    let mut at = 0;
+    for (name, v) in h {
+        let end = at + v.len();
+        let mut value =
+            HeaderValue::from_maybe_shared(buf.slice(at..end)).unwrap_or_else(|_| v.clone());
+        value.set_sensitive(v.is_sensitive());
+        out.append(name.clone(), value);
+        at = end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_headers_hold_their_own_bytes_not_the_read_buffer() {
+        // As hyper parses them: values are slices of one large buffer.
+        let buffer = bytes::Bytes::from(vec![b'a'; 64 * 1024]);
+        let mut h = HeaderMap::new();
+        let slice = |r: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(buffer.slice(r)).expect("value")
+        };
+        h.insert("x-one", slice(0..3));
+        h.append("x-many", slice(3..5));
+        h.append("x-many", slice(5..9));
+        let mut secret = slice(9..12);
+        secret.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, secret);
+        let out = owned(&h);
+        assert_eq!(out, h);
+        assert_eq!(out.get_all("x-many").iter().count(), 2);
+        assert!(out[header::AUTHORIZATION].is_sensitive());
+        let range = buffer.as_ptr_range();
+        for v in out.values() {
+            assert!(
+                !range.contains(&v.as_bytes().as_ptr()),
+                "still in the read buffer"
+            );
+        }
+    }
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -181,7 +181,7 @@ pub fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<ResponseBody
         limit,
         keyed,
         status: parts.status,
-        headers: parts.headers.clone(),
+        headers: crate::headers::owned(&parts.headers),
         body: BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0)),
     };
     if body.is_end_stream() {
