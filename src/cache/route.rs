@@ -17,7 +17,10 @@ use prometheus::IntCounter;
 use super::control;
 use super::store::{Cache, Entry, FlightGuard, Stored, Variants};
 use crate::config::schema;
+use crate::headers::owned as owned_headers;
 use crate::upstream::pool::UpstreamBody;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
@@ -172,29 +175,45 @@ impl RouteCache {
             url.push('?');
             url.push_str(q);
         }
-        let primary = format!(
-            "{:016x} {} {}|{}|{}",
-            self.id,
-            method.as_str(),
+        let (kh, kp, kq) = (
             if self.key.host { &url[..host_len] } else { "" },
             if self.key.path { p } else { "" },
             if self.key.query { q } else { "" },
         );
+        let mut primary = String::with_capacity(26 + kh.len() + kp.len() + kq.len());
+        let id = self.id.to_be_bytes();
+        for b in id {
+            primary.push(char::from(HEX[usize::from(b >> 4)]));
+            primary.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        primary.push(' ');
+        primary.push_str(method.as_str());
+        primary.push(' ');
+        primary.push_str(kh);
+        primary.push('|');
+        primary.push_str(kp);
+        primary.push('|');
+        primary.push_str(kq);
         Keys { primary, url }
     }
 
     /// The stored answer for the request, from memory or else the shared tier
     /// (copied into memory when found there), and the key it is (or would
-    /// be) under: the variant's key once the primary key names variants.
-    pub async fn find(&self, keys: &Keys, request: &HeaderMap) -> (String, Option<Arc<Entry>>) {
+    /// be) under when that is not the primary key: the variant's key once the
+    /// primary key names variants.
+    pub async fn find(
+        &self,
+        keys: &Keys,
+        request: &HeaderMap,
+    ) -> (Option<String>, Option<Arc<Entry>>) {
         match self.load(&keys.primary).await {
-            None => (keys.primary.clone(), None),
-            Some(Stored::Response(e)) => (keys.primary.clone(), Some(e)),
+            None => (None, None),
+            Some(Stored::Response(e)) => (None, Some(e)),
             Some(Stored::Variants(v)) => {
                 let key = variant_key(&keys.primary, &v, request);
                 match self.load(&key).await {
-                    Some(Stored::Response(e)) => (key, Some(e)),
-                    _ => (key, None),
+                    Some(Stored::Response(e)) => (Some(key), Some(e)),
+                    _ => (Some(key), None),
                 }
             }
         }
@@ -281,18 +300,23 @@ impl RouteCache {
         let lifetime =
             control::freshness_lifetime(&d, response, self.default_ttl).unwrap_or_default();
         let secs = |v: Option<u64>| v.map_or(Duration::ZERO, Duration::from_secs);
-        let mut headers = response.clone();
-        crate::headers::strip_hop_by_hop(&mut headers);
+        // Hop-by-hop fields are gone already (the answer as the client gets it).
+        let mut headers = owned_headers(response);
         headers.remove(header::AGE);
-        let tags = [&CACHE_TAG, &SURROGATE_KEY]
-            .iter()
-            .flat_map(|h| response.get_all(*h))
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split([',', ' ']))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(Box::from)
-            .collect();
+        let tagged = response.contains_key(&CACHE_TAG) || response.contains_key(&SURROGATE_KEY);
+        let tags = if tagged {
+            [&CACHE_TAG, &SURROGATE_KEY]
+                .iter()
+                .flat_map(|h| response.get_all(*h))
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split([',', ' ']))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Box::from)
+                .collect()
+        } else {
+            Box::default()
+        };
         let entry = Entry {
             status,
             headers,
@@ -387,9 +411,18 @@ impl Pending {
 
     /// Stores it (memory at once, the shared tier in the background).
     pub fn store(mut self) {
-        self.entry.body = self.body.split().freeze();
-        let now = SystemTime::now();
-        let keep = self.entry.keep_for(now);
+        // A body that grew frame by frame holds spare room: stored in an
+        // allocation of its own size, so the memory bound counts what is held.
+        let (len, room) = (self.body.len(), self.body.capacity());
+        self.entry.body = if room > len + len / 8 + 64 {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.split().freeze()
+        };
+        let keep = match &self.cache.shared {
+            Some(_) => self.entry.keep_for(SystemTime::now()),
+            None => Duration::ZERO,
+        };
         if let Some(m) = &self.marker {
             let marker = Stored::Variants(m.clone());
             self.cache.put_local(&self.primary, marker.clone());
@@ -423,7 +456,7 @@ pub fn refreshed(
     not_modified: &HeaderMap,
     default_ttl_hint: Option<Duration>,
 ) -> Entry {
-    let headers = control::merge_304(&old.headers, not_modified);
+    let headers = owned_headers(&control::merge_304(&old.headers, not_modified));
     let d = control::response_directives(&headers);
     let now = SystemTime::now();
     let lifetime = control::freshness_lifetime(&d, &headers, default_ttl_hint).unwrap_or_default();
@@ -503,8 +536,17 @@ pub struct CachingBody {
 }
 
 impl CachingBody {
-    pub fn new(inner: UpstreamBody, pending: Pending, flight: Option<FlightGuard>) -> CachingBody {
+    pub fn new(
+        inner: UpstreamBody,
+        mut pending: Pending,
+        flight: Option<FlightGuard>,
+    ) -> CachingBody {
         let limit = pending.cache.max_object_bytes;
+        // The entry's body in one allocation of its size when it is known
+        // (what the memory bound counts is what is held).
+        if let Some(n) = inner.size_hint().exact().filter(|&n| n <= limit) {
+            pending.body = BytesMut::with_capacity(usize::try_from(n).unwrap_or(0));
+        }
         CachingBody {
             inner,
             pending: Some(pending),

@@ -1,4 +1,4 @@
-//! One `caches.<name>`: the memory tier (moka, bounded by bytes), the misses
+//! One `caches.<name>`: the memory tier (quick_cache, bounded by bytes), the misses
 //! in flight (stampede protection), and the optional shared tier in Redis.
 //!
 //! Keys are the full key text, never a hash of it: two URLs can never share
@@ -10,20 +10,26 @@
 //! has a new generation, so they are never found again and age out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use moka::notification::RemovalCause;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::shared::SharedTier;
 use crate::metrics::CacheMetrics;
 
-/// Bytes an entry costs beyond its body and headers: the key, the map slot,
-/// moka's own node (measured as roughly 200 bytes; counted high).
+/// Bytes an entry costs beyond its body and headers: the key's and the
+/// entry's allocations, the map slot and the cache's own bookkeeping
+/// (counted high).
 const ENTRY_OVERHEAD: usize = 320;
+
+/// A header map's own allocation beyond its fields.
+const HEADER_MAP_BASE: usize = 64;
+/// What one field costs in a header map besides its name and value bytes.
+const HEADER_SLOT: usize = 120;
 
 /// A stored response.
 #[derive(Debug)]
@@ -94,11 +100,14 @@ impl Entry {
     }
 
     fn weight(&self, key: &str) -> u32 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 32)
-            .sum();
+        // The map's slot per field (name, value handle, links, index) is
+        // about 110 bytes; names of standard fields are static.
+        let headers: usize = HEADER_MAP_BASE
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + HEADER_SLOT)
+                .sum::<usize>();
         let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
         let total = ENTRY_OVERHEAD + key.len() + self.url.len() + headers + tags + self.body.len();
         u32::try_from(total).unwrap_or(u32::MAX)
@@ -192,10 +201,50 @@ impl Purge {
     }
 }
 
+/// The memory tier's weigher: the bytes an entry holds.
+#[derive(Clone)]
+struct ByWeight;
+
+impl quick_cache::Weighter<Arc<str>, Stored> for ByWeight {
+    fn weight(&self, key: &Arc<str>, value: &Stored) -> u64 {
+        u64::from(value.weight(key))
+    }
+}
+
+/// Counts the entries evicted to stay within `max_bytes` (and answers too
+/// heavy to be admitted at all). quick_cache reports a replaced value through
+/// the same hook: the key being stored is not counted.
+#[derive(Clone)]
+struct Evictions;
+
+#[derive(Default)]
+struct Inserting {
+    key: Option<Arc<str>>,
+    evicted: u64,
+}
+
+impl quick_cache::Lifecycle<Arc<str>, Stored> for Evictions {
+    type RequestState = Inserting;
+
+    fn on_evict(&self, state: &mut Inserting, key: Arc<str>, _value: Stored) {
+        if state.key.as_ref() != Some(&key) {
+            state.evicted += 1;
+        }
+    }
+}
+
+type Memory = quick_cache::sync::Cache<
+    Arc<str>,
+    Stored,
+    ByWeight,
+    quick_cache::DefaultHashBuilder,
+    Evictions,
+>;
+
 pub struct Cache {
     pub name: Arc<str>,
     pub max_object_bytes: u64,
-    memory: moka::sync::Cache<Arc<str>, Stored>,
+    memory: Memory,
     flights: Flights,
     pub shared: Option<Arc<SharedTier>>,
     pub metrics: CacheMetrics,
@@ -208,25 +257,36 @@ impl Cache {
         max_object_bytes: u64,
         shared: Option<Arc<SharedTier>>,
         metrics: CacheMetrics,
-    ) -> Cache {
-        let evictions = metrics.evictions.clone();
-        let memory = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|k: &Arc<str>, v: &Stored| v.weight(k))
-            .eviction_listener(move |_k, _v, cause| {
-                if cause == RemovalCause::Size {
-                    evictions.inc();
-                }
-            })
-            .build();
-        Cache {
+    ) -> Result<Cache, String> {
+        // Each shard is bounded by its share of max_bytes: shards are kept
+        // large enough for a few of the largest answers (a heavier one would
+        // not be admitted).
+        let shards = (max_bytes / max_object_bytes.max(1) / 4).clamp(1, 64);
+        let shards = 1usize << (63 - shards.leading_zeros());
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(
+                usize::try_from(max_bytes / 2048)
+                    .unwrap_or(usize::MAX)
+                    .max(64),
+            )
+            .weight_capacity(max_bytes)
+            .shards(shards)
+            .build()
+            .map_err(|e| format!("the memory tier's options: {e}"))?;
+        let memory = Memory::with_options(
+            options,
+            ByWeight,
+            quick_cache::DefaultHashBuilder::default(),
+            Evictions,
+        );
+        Ok(Cache {
             name: name.into(),
             max_object_bytes,
             memory,
             flights: Flights::default(),
             shared,
             metrics,
-        }
+        })
     }
 
     /// What the memory tier holds under `key`.
@@ -236,11 +296,19 @@ impl Cache {
 
     /// Stores in the memory tier only.
     pub fn put_local(&self, key: &str, value: Stored) {
-        self.memory.insert(key.into(), value);
+        let key: Arc<str> = key.into();
+        let mut state = Inserting {
+            key: Some(key.clone()),
+            evicted: 0,
+        };
+        self.memory.insert_with_lifecycle(key, value, &mut state);
+        if state.evicted > 0 {
+            self.metrics.evictions.inc_by(state.evicted);
+        }
     }
 
     pub fn remove_local(&self, key: &str) {
-        self.memory.invalidate(key);
+        self.memory.remove(key);
     }
 
     /// Removes what `purge` names from the memory tier; the number removed.
@@ -252,17 +320,16 @@ impl Cache {
                 .filter(|k| self.memory.remove(k.as_str()).is_some())
                 .count();
         }
-        let keys: Vec<(Arc<str>, bool)> = self
-            .memory
-            .iter()
-            .filter(|(k, v)| purge.matches(k, v))
-            .map(|(k, v)| ((*k).clone(), matches!(v, Stored::Response(_))))
-            .collect();
-        for (k, _) in &keys {
-            self.memory.invalidate(k);
-        }
         // Answers, not the markers that name their variants.
-        keys.iter().filter(|(_, answer)| *answer).count()
+        let answers = std::sync::atomic::AtomicUsize::new(0);
+        self.memory.retain(|k, v| {
+            let hit = purge.matches(k, v);
+            if hit && matches!(v, Stored::Response(_)) {
+                answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            !hit
+        });
+        answers.into_inner()
     }
 
     /// Removes what `purge` names here, in the shared tier and (through the
@@ -299,37 +366,37 @@ impl Cache {
 
     /// Updates the size gauges (at scrape time).
     pub fn observe(&self) {
-        self.memory.run_pending_tasks();
         self.metrics
             .bytes
-            .set(i64::try_from(self.memory.weighted_size()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.memory.weight()).unwrap_or(i64::MAX));
         self.metrics
             .entries
-            .set(i64::try_from(self.memory.entry_count()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.memory.len()).unwrap_or(i64::MAX));
     }
 
-    /// Bytes held by the memory tier after its pending evictions.
+    /// Bytes held by the memory tier.
     pub fn weighted_size(&self) -> u64 {
-        self.memory.run_pending_tasks();
-        self.memory.weighted_size()
+        self.memory.weight()
     }
 
     /// Joins the miss in flight for `key`, or leads a new one.
     pub fn flight(self: &Arc<Self>, key: &str) -> Flight {
+        // By the key's hash: two keys that collide only make one wait for
+        // the other, then look its own key up again.
+        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         let mut map = self
             .flights
-            .shard(key)
+            .shard(hash)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(rx) = map.get(key) {
-            return Flight::Follow(rx.clone());
+        if let Some(done) = map.get(&hash) {
+            return Flight::Follow(Follower(done.clone()));
         }
-        let (tx, rx) = watch::channel(());
-        let key: Arc<str> = key.into();
-        map.insert(key.clone(), rx);
+        let done = Arc::new(Done::default());
+        map.insert(hash, done.clone());
         Flight::Lead(FlightGuard {
-            key,
-            _done: tx,
+            hash,
+            done,
             cache: self.clone(),
         })
     }
@@ -340,14 +407,39 @@ pub enum Flight {
     /// Forward, and drop the guard once the answer is stored (or known not
     /// to be): that wakes the followers.
     Lead(FlightGuard),
-    /// Wait for the leader (`changed` returns when it is done), then look again.
-    Follow(watch::Receiver<()>),
+    /// Wait for the leader, then look again.
+    Follow(Follower),
+}
+
+/// The end of one miss in flight.
+#[derive(Default)]
+struct Done {
+    over: AtomicBool,
+    notify: Notify,
+}
+
+/// A request waiting for another's miss.
+pub struct Follower(Arc<Done>);
+
+impl Follower {
+    /// Returns once the leader is done.
+    pub async fn done(&self) {
+        let notified = self.0.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a leader that finishes in
+        // between still wakes this waiter.
+        notified.as_mut().enable();
+        if self.0.over.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
 }
 
 const FLIGHT_SHARDS: usize = 32;
 
-/// The misses in flight of one shard, by key.
-type InFlight = HashMap<Arc<str>, watch::Receiver<()>>;
+/// The misses in flight of one shard, by key hash.
+type InFlight = HashMap<u64, Arc<Done>>;
 
 struct Flights {
     shards: Box<[Mutex<InFlight>]>,
@@ -362,18 +454,16 @@ impl Default for Flights {
 }
 
 impl Flights {
-    fn shard(&self, key: &str) -> &Mutex<InFlight> {
-        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        &self.shards[(h % FLIGHT_SHARDS as u64) as usize]
+    fn shard(&self, hash: u64) -> &Mutex<InFlight> {
+        &self.shards[(hash % FLIGHT_SHARDS as u64) as usize]
     }
 }
 
 /// Held by the request that leads a miss; dropping it ends the flight:
 /// followers wake and look the key up again.
 pub struct FlightGuard {
-    key: Arc<str>,
-    /// Dropped after the key left the map: `changed` returns in every follower.
-    _done: watch::Sender<()>,
+    hash: u64,
+    done: Arc<Done>,
     cache: Arc<Cache>,
 }
 
@@ -381,10 +471,12 @@ impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.cache
             .flights
-            .shard(&self.key)
+            .shard(self.hash)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+            .remove(&self.hash);
+        self.done.over.store(true, Ordering::Release);
+        self.done.notify.notify_waiters();
     }
 }
 
@@ -442,7 +534,7 @@ mod tests {
             writes in proptest::collection::vec((0u32..5_000, 0usize..8_192, 0usize..12), 1..600),
         ) {
             let max = max_kib * 1024;
-            let cache = Cache::new("t", max, 8_192, None, metrics());
+            let cache = Cache::new("t", max, 8_192, None, metrics()).expect("cache");
             let mut body_bytes_offered = 0usize;
             for (k, body, headers) in writes {
                 let key = format!("{k:08} GET host|/p/{k}|");
@@ -465,8 +557,23 @@ mod tests {
     }
 
     #[test]
+    fn evictions_count_what_made_room_not_what_was_replaced() {
+        let cache = Cache::new("t", 64 * 1024, 8 * 1024, None, metrics()).expect("cache");
+        for _ in 0..10 {
+            cache.put_local("same", entry("h/same", 4096, 2));
+        }
+        assert_eq!(cache.metrics.evictions.get(), 0);
+        for k in 0..100 {
+            cache.put_local(&format!("k{k}"), entry(&format!("h/{k}"), 4096, 2));
+        }
+        let evicted = cache.metrics.evictions.get();
+        assert!(evicted >= 80, "{evicted} evictions");
+        assert!(cache.weighted_size() <= 64 * 1024);
+    }
+
+    #[test]
     fn purges_remove_what_they_name_and_count_answers_only() {
-        let cache = Cache::new("t", 1 << 20, 1 << 16, None, metrics());
+        let cache = Cache::new("t", 1 << 20, 1 << 16, None, metrics()).expect("cache");
         cache.put_local("a", entry("shop/x/1?q", 10, 0));
         cache.put_local("b", entry("shop/x/2", 10, 0));
         cache.put_local("c", entry("other/x/1?q", 10, 0));

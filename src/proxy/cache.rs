@@ -142,7 +142,8 @@ pub async fn lookup(
     let deadline = tokio::time::Instant::now() + wait;
     let mut followed = false;
     loop {
-        let (key, found) = rc.find(&keys, &parts.headers).await;
+        let (variant, found) = rc.find(&keys, &parts.headers).await;
+        let key = variant.as_deref().unwrap_or(&keys.primary);
         let usable = found.filter(|e| RouteCache::usable(e, credentials));
         let now = SystemTime::now();
         let Some(entry) = usable else {
@@ -151,15 +152,15 @@ pub async fn lookup(
             let flight = if credentials {
                 None
             } else {
-                match rc.cache.flight(&key) {
+                match rc.cache.flight(key) {
                     Flight::Lead(guard) => Some(guard),
-                    Flight::Follow(mut done)
+                    Flight::Follow(leader)
                         if !followed && tokio::time::Instant::now() < deadline =>
                     {
                         // Woken when the leader's answer is stored or known
                         // not to be; then look again. Once only: an answer
                         // that is never stored must not queue its requests.
-                        let _ = tokio::time::timeout_at(deadline, done.changed()).await;
+                        let _ = tokio::time::timeout_at(deadline, leader.done()).await;
                         followed = true;
                         continue;
                     }
@@ -202,10 +203,10 @@ pub async fn lookup(
                 &method,
                 hit_status(&entry, Some("stale-while-revalidate")),
             ));
-            let refresh = match rc.cache.flight(&key) {
+            let refresh = match rc.cache.flight(key) {
                 Flight::Lead(guard) => Some(Box::new(Refresh {
                     _flight: guard,
-                    key,
+                    key: key.to_owned(),
                     entry,
                     keys,
                     method,
@@ -222,18 +223,21 @@ pub async fn lookup(
         let flight = if client_revalidates {
             None
         } else {
-            match rc.cache.flight(&key) {
+            match rc.cache.flight(key) {
                 Flight::Lead(guard) => Some(guard),
-                Flight::Follow(mut done) if !followed && tokio::time::Instant::now() < deadline => {
-                    let _ = tokio::time::timeout_at(deadline, done.changed()).await;
+                Flight::Follow(leader) if !followed && tokio::time::Instant::now() < deadline => {
+                    let _ = tokio::time::timeout_at(deadline, leader.done()).await;
                     followed = true;
                     continue;
                 }
                 Flight::Follow(_) => None,
             }
         };
+        let stale = Some((key.to_owned(), entry));
         let request = parts.headers.clone();
-        let conditional = set_validators(&mut parts.headers, &entry);
+        let conditional = stale
+            .as_ref()
+            .is_some_and(|(_, e)| set_validators(&mut parts.headers, e));
         return Lookup::Forward(Plan::Fetch(Box::new(Fetch {
             fwd: if client_revalidates {
                 Fwd::Request
@@ -245,7 +249,7 @@ pub async fn lookup(
             request,
             credentials,
             request_time,
-            stale: Some((key, entry)),
+            stale,
             conditional,
             flight,
         })));
@@ -291,16 +295,22 @@ fn upstream_failed(e: &GatewayError) -> bool {
     )
 }
 
-fn set_status(a: &mut Answered, status: &str) {
-    let Ok(v) = HeaderValue::from_str(status) else {
-        return;
-    };
+fn set_status(a: &mut Answered, status: HeaderValue) {
     let headers = match a {
         Answered::Upstream(r) => r.headers_mut(),
         Answered::Switched(r) | Answered::Cached(r) => r.headers_mut(),
     };
-    headers.insert(CACHE_STATUS.clone(), v);
+    headers.insert(CACHE_STATUS.clone(), status);
 }
+
+/// A `Cache-Status` made at run time (the common ones are static).
+fn status_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("tollgate"))
+}
+
+const BYPASS: HeaderValue = HeaderValue::from_static("tollgate; fwd=bypass");
+const MISS: HeaderValue = HeaderValue::from_static("tollgate; fwd=miss");
+const MISS_STORED: HeaderValue = HeaderValue::from_static("tollgate; fwd=miss; stored");
 
 fn succeeded(a: &Answered) -> bool {
     let status = match a {
@@ -321,7 +331,7 @@ pub(super) fn finish(
         Plan::Bypass => {
             outcome(rc, ex, Outcome::Bypass);
             let mut a = answered?;
-            set_status(&mut a, "tollgate; fwd=bypass");
+            set_status(&mut a, BYPASS);
             Ok(a)
         }
         Plan::Invalidate(keys) => {
@@ -330,7 +340,7 @@ pub(super) fn finish(
             if succeeded(&a) {
                 rc.cache.purge_soon(Purge::Keys(keys));
             }
-            set_status(&mut a, "tollgate; fwd=bypass");
+            set_status(&mut a, BYPASS);
             Ok(a)
         }
         Plan::Fetch(fetch) => fetch.finish(rc, answered, ex),
@@ -394,14 +404,17 @@ impl Fetch {
         };
         let pending = rc.admit(self.keys, &asked, status, resp.headers());
         let label = match (self.fwd, pending.is_some()) {
-            (Fwd::Miss, true) => "tollgate; fwd=miss; stored".to_string(),
-            (Fwd::Miss, false) if self.credentials => "tollgate; fwd=bypass".to_string(),
-            (Fwd::Miss, false) => "tollgate; fwd=miss".to_string(),
-            (_, true) => format!(
+            (Fwd::Miss, true) => MISS_STORED,
+            (Fwd::Miss, false) if self.credentials => BYPASS,
+            (Fwd::Miss, false) => MISS,
+            (_, true) => status_value(&format!(
                 "tollgate; fwd={fwd}; fwd-status={}; stored",
                 status.as_u16()
-            ),
-            (_, false) => format!("tollgate; fwd={fwd}; fwd-status={}", status.as_u16()),
+            )),
+            (_, false) => status_value(&format!(
+                "tollgate; fwd={fwd}; fwd-status={}",
+                status.as_u16()
+            )),
         };
         let o = if pending.is_none() && self.credentials && self.fwd == Fwd::Miss {
             Outcome::Bypass
@@ -432,7 +445,7 @@ impl Fetch {
                 Answered::Upstream(resp)
             }
         };
-        set_status(&mut a, &label);
+        set_status(&mut a, label);
         Ok(a)
     }
 

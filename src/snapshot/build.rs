@@ -139,13 +139,13 @@ pub fn compile(
                         SharedTier::new(name, r, metrics.cache(name).store_errors).map(Arc::new)
                     })
                     .transpose()?;
-                Ok(Cache::new(
+                Cache::new(
                     name,
                     c.max_bytes.0,
                     c.max_object_bytes.0,
                     shared,
                     metrics.cache(name),
-                ))
+                )
             })
             .map_err(|m| err(format!("caches.{name}"), m))?;
         cache.start();
