@@ -5,6 +5,8 @@
 #   benches/cache-hit.sh                            # 4 targets x 3 rounds, ~3 min
 #   ROUNDS=1 DURATION=3 benches/cache-hit.sh        # quick check, ~40 s
 #   TARGETS="nginx:cache nginx:plain" benches/cache-hit.sh
+#   TARGETS="tollgate:plain tollgate:cached" WRK_SCRIPT=lib/wrk-fresh-query.lua \
+#     benches/cache-hit.sh                          # what a miss costs: every request a new URL
 #
 # Starts two nginx backends that answer the same BODY_BYTES body on every path,
 # then, in front of them and each with its own config under $RUN_DIR:
@@ -33,6 +35,7 @@ WARMUP=${WARMUP:-2}               # seconds of unmeasured wrk before each run
 CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 BODY_BYTES=${BODY_BYTES:-300}     # the backends' answer, on every path
+WRK_SCRIPT=${WRK_SCRIPT:-lib/wrk-done.lua} # lib/wrk-fresh-query.lua: a new query per request (misses)
 PROXY_WORKERS=${PROXY_WORKERS:-2} # NGINX worker processes
 NGINX_OPEN_FILE_CACHE=${NGINX_OPEN_FILE_CACHE:-1} # 1: NGINX keeps cache files open between hits
 PROXY_CPUS=${PROXY_CPUS:-0}
@@ -303,7 +306,7 @@ EOF
 
 wrk_cmd() { # wrk_cmd SECONDS URL
     timeout -k 5 $(($1 + 30)) taskset -c "$LOADGEN_CPUS" \
-        wrk -t"$WRK_THREADS" -c"$CONNS" -d"${1}s" --latency -s "$HERE/lib/wrk-done.lua" "$2"
+        wrk -t"$WRK_THREADS" -c"$CONNS" -d"${1}s" --latency -s "$HERE/$WRK_SCRIPT" "$2"
 }
 
 measure() { # measure ROUND TARGET
