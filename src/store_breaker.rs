@@ -88,6 +88,19 @@ impl StoreBreaker {
     }
 }
 
+/// `s` with Redis glob metacharacters (`*`, `?`, `[`, `]`, `\`) escaped, for
+/// a `SCAN MATCH` pattern that must take them literally.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A Redis connection made on first use and re-made by the connection
 /// manager after Redis comes back; every call bounded by the timeouts.
 pub fn redis_connection(

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::store::{Cache, Entry, Purge, Stored, Variants};
-use crate::store_breaker::{StoreBreaker, redis_connection, redis_probe};
+use crate::store_breaker::{StoreBreaker, glob_escape, redis_connection, redis_probe};
 
 /// Stores an entry and indexes it by URL and tags, extending the index sets'
 /// expiry to the entry's. KEYS: entry, url set, tag sets; ARGV: value, ttl ms.
@@ -350,18 +350,6 @@ async fn listen(url: &str, channel: &str, me: u64, cache: &Weak<Cache>) {
     }
 }
 
-/// `*`, `?`, `[`, `]` and `\` taken literally in a SCAN pattern.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn encode(stored: &Stored) -> Bytes {
     let unix_ms = |t: SystemTime| ms(t.duration_since(UNIX_EPOCH).unwrap_or_default());
     let (head, body) = match stored {
@@ -504,10 +492,5 @@ mod tests {
         assert_eq!((v.generation, v.names.len()), (7, 1));
         assert!(decode(b"\xff\xff\xff\xffjunk").is_none());
         assert!(decode(b"").is_none());
-    }
-
-    #[test]
-    fn scan_patterns_take_globs_literally() {
-        assert_eq!(glob_escape("/a*b?[c]\\"), "/a\\*b\\?\\[c\\]\\\\");
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::Policy;
-use crate::store_breaker::{StoreBreaker, redis_connection, redis_probe};
+use crate::store_breaker::{StoreBreaker, glob_escape, redis_connection, redis_probe};
 
 /// A request's lock on a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -724,18 +724,6 @@ impl RedisStore {
             .await?;
         Ok(removed)
     }
-}
-
-/// `s` with Redis glob metacharacters escaped, for a SCAN MATCH pattern.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
