@@ -3,22 +3,19 @@
 //! answer may be used for, admit a response for storage, and build answers
 //! from stored ones with `Age` and `Cache-Status` (RFC 9211).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 
 use super::control;
 use super::store::{Cache, Entry, FlightGuard, Stored, Variants};
 use crate::config::schema;
 use crate::headers::owned as owned_headers;
-use crate::upstream::pool::UpstreamBody;
+use crate::upstream::tee::{Keeper, TeeBody, frozen};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -356,6 +353,7 @@ impl RouteCache {
             marker,
             entry,
             body: BytesMut::new(),
+            flight: None,
         })
     }
 
@@ -400,55 +398,83 @@ pub struct Pending {
     marker: Option<Arc<Variants>>,
     pub entry: Entry,
     body: BytesMut,
+    /// The miss this answer leads: its followers wake once it is stored (or
+    /// given up).
+    flight: Option<FlightGuard>,
 }
 
 impl Pending {
-    /// Stores it with `body`, read whole elsewhere (a background refresh).
-    pub fn store_with(mut self, body: Bytes) {
-        self.body = BytesMut::from(body);
-        self.store();
+    /// Holds `flight` until the answer is stored or given up.
+    pub fn leading(mut self, flight: Option<FlightGuard>) -> Pending {
+        self.flight = flight;
+        self
     }
 
-    /// Stores it (memory at once, the shared tier in the background).
+    /// Stores it with `body`, read whole elsewhere (a background refresh).
+    pub fn store_with(mut self, body: Bytes) {
+        self.entry.body = body;
+        self.put();
+    }
+
+    /// Stores it with the body copied as it streamed.
     pub fn store(mut self) {
-        // A body that grew frame by frame holds spare room: stored in an
-        // allocation of its own size, so the memory bound counts what is held.
-        let (len, room) = (self.body.len(), self.body.capacity());
-        self.entry.body = if room > len + len / 8 + 64 {
-            Bytes::copy_from_slice(&self.body)
-        } else {
-            self.body.split().freeze()
-        };
-        let keep = match &self.cache.shared {
-            Some(_) => self.entry.keep_for(SystemTime::now()),
+        self.entry.body = frozen(&mut self.body);
+        self.put();
+    }
+
+    fn put(self) {
+        let Pending {
+            cache,
+            primary,
+            key,
+            marker,
+            entry,
+            // Dropped last: followers look again once the entry is there.
+            flight: _flight,
+            ..
+        } = self;
+        let keep = match &cache.shared {
+            Some(_) => entry.keep_for(SystemTime::now()),
             None => Duration::ZERO,
         };
-        if let Some(m) = &self.marker {
-            let marker = Stored::Variants(m.clone());
-            self.cache.put_local(&self.primary, marker.clone());
-            if let Some(shared) = &self.cache.shared {
-                // The marker outlives any one variant.
-                shared.put(&self.primary, &marker, keep.max(Duration::from_secs(3_600)));
-            }
+        if let Some(m) = marker {
+            // The marker outlives any one variant.
+            cache.put(&primary, Stored::Variants(m), || {
+                keep.max(Duration::from_secs(3_600))
+            });
         }
-        let stored = Stored::Response(Arc::new(self.entry));
-        self.cache.put_local(&self.key, stored.clone());
-        if let Some(shared) = &self.cache.shared {
-            shared.put(&self.key, &stored, keep);
-        }
+        cache.put(&key, Stored::Response(Arc::new(entry)), || keep);
     }
 
     /// Stores a refreshed copy of a stored entry (after a 304).
     pub fn refresh(cache: &Arc<Cache>, key: &str, entry: Entry) -> Arc<Entry> {
         let entry = Arc::new(entry);
-        let stored = Stored::Response(entry.clone());
-        cache.put_local(key, stored.clone());
-        if let Some(shared) = &cache.shared {
-            shared.put(key, &stored, entry.keep_for(SystemTime::now()));
-        }
+        cache.put(key, Stored::Response(entry.clone()), || {
+            entry.keep_for(SystemTime::now())
+        });
         entry
     }
 }
+
+impl Keeper for Pending {
+    fn limit(&self) -> u64 {
+        self.cache.max_object_bytes
+    }
+
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.body
+    }
+
+    fn keep(self) {
+        self.store();
+    }
+}
+
+/// The upstream body, copied aside as it streams and stored at its end. Too
+/// large for `max_object_bytes`, trailers, an upstream error or a client that
+/// goes away: nothing is stored. The flight it leads ends when it is stored
+/// or given up.
+pub type CachingBody = TeeBody<Pending>;
 
 /// The entry `old` refreshed by a 304's headers, fresh again from now.
 pub fn refreshed(
@@ -477,6 +503,7 @@ pub fn refreshed(
 }
 
 impl RouteCache {
+    /// The route's `default_ttl`, for refreshed copies.
     pub fn default_ttl(&self) -> Option<Duration> {
         self.default_ttl
     }
@@ -521,105 +548,5 @@ pub fn hit_status(entry: &Entry, detail: Option<&str>) -> String {
     match detail {
         Some(d) => format!("tollgate; hit; ttl={ttl}; detail={d}"),
         None => format!("tollgate; hit; ttl={ttl}"),
-    }
-}
-
-/// The upstream body, copied aside as it streams and stored at its end. Too
-/// large for `max_object_bytes`, trailers, an upstream error or a client that
-/// goes away: nothing is stored. The flight it leads ends when it is stored
-/// or given up (the guard drops after the store).
-pub struct CachingBody {
-    inner: UpstreamBody,
-    pending: Option<Pending>,
-    limit: u64,
-    _flight: Option<FlightGuard>,
-}
-
-impl CachingBody {
-    pub fn new(
-        inner: UpstreamBody,
-        mut pending: Pending,
-        flight: Option<FlightGuard>,
-    ) -> CachingBody {
-        let limit = pending.cache.max_object_bytes;
-        // The entry's body in one allocation of its size when it is known
-        // (what the memory bound counts is what is held).
-        if let Some(n) = inner.size_hint().exact().filter(|&n| n <= limit) {
-            pending.body = BytesMut::with_capacity(usize::try_from(n).unwrap_or(0));
-        }
-        CachingBody {
-            inner,
-            pending: Some(pending),
-            limit,
-            _flight: flight,
-        }
-    }
-
-    fn give_up(&mut self) {
-        self.pending = None;
-        self._flight = None;
-    }
-
-    fn finish(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.store();
-        }
-        self._flight = None;
-    }
-}
-
-impl Body for CachingBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if this.pending.is_none() {
-            return Poll::Ready(polled);
-        }
-        match &polled {
-            Some(Ok(frame)) => match frame.data_ref() {
-                Some(data) => {
-                    let fits = this
-                        .pending
-                        .as_ref()
-                        .is_some_and(|p| (p.body.len() + data.len()) as u64 <= this.limit);
-                    if !fits {
-                        this.give_up();
-                    } else {
-                        if let Some(p) = this.pending.as_mut() {
-                            p.body.extend_from_slice(data);
-                        }
-                        if this.inner.is_end_stream() {
-                            this.finish();
-                        }
-                    }
-                }
-                None => this.give_up(),
-            },
-            None => this.finish(),
-            Some(Err(_)) => this.give_up(),
-        }
-        Poll::Ready(polled)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pending.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl CachingBody {
-    /// A response whose body is already over (204, `Content-Length: 0`):
-    /// stored now, before its head goes out.
-    pub fn store_empty(pending: Pending) {
-        pending.store();
     }
 }

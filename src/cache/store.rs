@@ -294,6 +294,15 @@ impl Cache {
         self.memory.get(key)
     }
 
+    /// Stores `value` under `key`: in memory at once, and in the shared tier
+    /// (in the background) for `keep()`.
+    pub fn put(&self, key: &str, value: Stored, keep: impl FnOnce() -> Duration) {
+        if let Some(shared) = &self.shared {
+            shared.put(key, &value, keep());
+        }
+        self.put_local(key, value);
+    }
+
     /// Stores in the memory tier only.
     pub fn put_local(&self, key: &str, value: Stored) {
         let key: Arc<str> = key.into();

@@ -422,29 +422,30 @@ impl Fetch {
             Outcome::Miss
         };
         outcome(rc, ex, o);
-        let mut a = match pending {
-            Some(pending) => {
-                if self.method == Method::HEAD || http_body::Body::is_end_stream(resp.body()) {
+        let mut a =
+            match pending {
+                // A HEAD answer has no body to stream: stored now.
+                Some(pending) if self.method == Method::HEAD => {
                     pending.store();
                     Answered::Upstream(resp)
-                } else {
-                    let flight = self.flight;
+                }
+                Some(pending) => {
+                    let pending = pending.leading(self.flight);
                     Answered::Cached(resp.map(|body| {
-                        ResponseBody::cached(Box::new(CachingBody::new(body, pending, flight)))
+                        ResponseBody::cached(Box::new(CachingBody::new(body, pending)))
                     }))
                 }
-            }
-            None => {
-                // The upstream no longer lets its answer be stored: the old
-                // copy goes too.
-                if let Some((key, _)) = &self.stale
-                    && status.is_success()
-                {
-                    rc.cache.remove_local(key);
+                None => {
+                    // The upstream no longer lets its answer be stored: the old
+                    // copy goes too.
+                    if let Some((key, _)) = &self.stale
+                        && status.is_success()
+                    {
+                        rc.cache.remove_local(key);
+                    }
+                    Answered::Upstream(resp)
                 }
-                Answered::Upstream(resp)
-            }
-        };
+            };
         set_status(&mut a, label);
         Ok(a)
     }

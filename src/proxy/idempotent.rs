@@ -4,13 +4,10 @@
 //! it is the same request; `keep` wraps a forwarded answer in `KeptBody`, which
 //! streams it to the client and stores it when its last frame arrives.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 
 use super::Exchange;
 use super::body::ResponseBody;
@@ -22,6 +19,7 @@ use crate::idempotency::{
 };
 use crate::snapshot::BodyLimits;
 use crate::upstream::pool::UpstreamBody;
+use crate::upstream::tee::{Keeper, TeeBody, frozen};
 
 /// A request that holds its key while it is forwarded.
 pub struct Keyed {
@@ -172,33 +170,25 @@ pub fn keep(resp: Response<UpstreamBody>, keyed: Keyed) -> Response<ResponseBody
         return resp.map(ResponseBody::upstream);
     }
     let (parts, body) = resp.into_parts();
-    let limit = keyed.claim.policy().max_response_bytes;
-    // The copy is the stored answer's own allocation (a frame of hyper's
-    // would pin its whole read buffer for the answer's ttl), sized once when
-    // the length is known.
-    let expected = body.size_hint().exact().unwrap_or(0).min(limit);
     let keeping = Keeping {
-        limit,
+        limit: keyed.claim.policy().max_response_bytes,
         keyed,
         status: parts.status,
         headers: crate::headers::owned(&parts.headers),
-        body: BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0)),
+        body: BytesMut::new(),
     };
-    if body.is_end_stream() {
-        // No body to stream (204, 304, Content-Length: 0): nothing will poll
-        // one, so the answer is stored before its head goes out.
-        keeping.store();
-        return Response::from_parts(parts, ResponseBody::upstream(body));
-    }
-    let kept = KeptBody {
-        inner: body,
-        keeping: Some(keeping),
-    };
+    let kept = TeeBody::new(body, keeping);
     Response::from_parts(parts, ResponseBody::kept(Box::new(kept)))
 }
 
+/// The upstream body, copied aside as it streams. At its last frame the copy
+/// is stored (in memory before that frame goes out; to Redis alongside it).
+/// An answer over `max_response_bytes`, trailers, an upstream error, or a
+/// client that goes away before the end gives the key back instead.
+pub type KeptBody = TeeBody<Keeping>;
+
 /// What `KeptBody` collects while the answer streams.
-struct Keeping {
+pub struct Keeping {
     keyed: Keyed,
     status: StatusCode,
     headers: HeaderMap,
@@ -210,7 +200,7 @@ impl Keeping {
     /// Stores the answer, when the request body was read to its end (an
     /// upstream that answered before reading it all leaves no fingerprint,
     /// and dropping the claim releases the key).
-    fn store(self) {
+    fn store(mut self) {
         let Some(fingerprint) = self.keyed.digest.get() else {
             return;
         };
@@ -221,7 +211,7 @@ impl Keeping {
             head: lock.head,
             status: self.status,
             headers: self.headers,
-            body: self.body.freeze(),
+            body: frozen(&mut self.body),
             caller: lock.caller.clone(),
             key: lock.key.clone(),
             stored_ms: crate::idempotency::store::unix_ms(),
@@ -230,58 +220,18 @@ impl Keeping {
     }
 }
 
-/// The upstream body, copied aside as it streams. At its last frame the copy
-/// is stored (in memory before that frame goes out; to Redis alongside it).
-/// An answer over `max_response_bytes`, trailers, an upstream error, or a
-/// client that goes away before the end gives the key back instead.
-pub struct KeptBody {
-    inner: UpstreamBody,
-    keeping: Option<Keeping>,
-}
-
-impl Body for KeptBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        let Some(keeping) = this.keeping.as_mut() else {
-            return Poll::Ready(polled);
-        };
-        match &polled {
-            Some(Ok(frame)) => match frame.data_ref() {
-                Some(data) if (keeping.body.len() + data.len()) as u64 <= keeping.limit => {
-                    keeping.body.extend_from_slice(data);
-                    if this.inner.is_end_stream()
-                        && let Some(done) = this.keeping.take()
-                    {
-                        done.store();
-                    }
-                }
-                // Too large to keep, or trailers (not stored): give the key
-                // back and stream the rest as it comes.
-                _ => this.keeping = None,
-            },
-            None => {
-                if let Some(done) = this.keeping.take() {
-                    done.store();
-                }
-            }
-            Some(Err(_)) => this.keeping = None,
-        }
-        Poll::Ready(polled)
+/// Too large, trailers, an error or a client gone: the `Keeping` is dropped
+/// instead of kept, which gives the key back.
+impl Keeper for Keeping {
+    fn limit(&self) -> u64 {
+        self.limit
     }
 
-    fn is_end_stream(&self) -> bool {
-        // Not over while an answer remains to be stored, even an empty one.
-        self.keeping.is_none() && self.inner.is_end_stream()
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.body
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn keep(self) {
+        self.store();
     }
 }

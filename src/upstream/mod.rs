@@ -15,6 +15,7 @@ pub mod pool;
 pub mod report;
 pub mod retry;
 pub mod slow_start;
+pub mod tee;
 
 use std::ops::Deref;
 use std::sync::Arc;
