@@ -87,52 +87,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---- process bookkeeping and cleanup ------------------------------------------
-declare -a STARTED=()
-TRANSIENT=""  # the memory sampler running right now, if any
-OLD_AUTOGROUP=""
-cleanup() {
-    local pid
-    [[ -n $TRANSIENT ]] && kill -TERM "$TRANSIENT" 2>/dev/null
-    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        (( alive )) || break
-        sleep 0.1
-    done
-    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    if [[ -n $OLD_AUTOGROUP ]]; then echo "$OLD_AUTOGROUP" > /proc/self/autogroup 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Shared hosts: everything we start runs at a high priority, also against other
-# login sessions (autogroups make plain nice useless across sessions).
-if [[ $NICE != 0 ]]; then
-    renice -n "$NICE" -p $$ >/dev/null 2>&1 || log "renice failed (not root?); continuing at normal priority"
-    if [[ -w /proc/self/autogroup ]]; then
-        OLD_AUTOGROUP=$(sed -n 's/.*nice \(-\?[0-9]\+\).*/\1/p' /proc/self/autogroup)
-        echo "$NICE" > /proc/self/autogroup 2>/dev/null || OLD_AUTOGROUP=""
-    fi
-fi
-taskset -cp "$LOADGEN_CPUS" $$ >/dev/null
-
-# start NAME CPUS CMD...: in the background, pinned, output to $RUN_DIR/NAME.log.
-start() {
-    local name=$1 cpus=$2; shift 2
-    taskset -c "$cpus" "$@" >"$RUN_DIR/$name.log" 2>&1 &
-    STARTED+=($!)
-    LAST_PID=$!
-}
-
-# wait_ok URL: until it answers 2xx, at most 10 s.
-wait_ok() {
-    for _ in $(seq 100); do
-        curl -sf -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    die "$1 did not answer within 10 s (see $RUN_DIR/*.log)"
-}
+# shellcheck source=lib/procs.sh
+source "$HERE/lib/procs.sh"
 
 # The backends' body: readable, BODY_BYTES long with its final newline, and
 # nothing nginx's config parser would take for a variable or a quote.
