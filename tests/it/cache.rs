@@ -452,23 +452,11 @@ async fn fetch(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
 }
 
 async fn head(url: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut b = Request::head(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(empty()).expect("request"))
-        .await
-        .unwrap_or_else(|e| panic!("HEAD {url}: {e}"))
+    request_with("HEAD", url, headers, empty()).await
 }
 
 async fn unsafe_request(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut b = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(body("{}")).expect("request"))
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    request_with(method, url, headers, body("{}")).await
 }
 
 /// The body as text, cut short for messages.

@@ -1018,13 +1018,23 @@ pub async fn get(url: &str) -> Result<Resp, String> {
 
 /// `GET url` with extra headers.
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut b = Request::get(url);
+    request_with("GET", url, headers, empty()).await
+}
+
+/// `method url` with extra headers and a body; panics when it gets no answer.
+pub async fn request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Full<Bytes>,
+) -> Resp {
+    let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    send(b.body(empty()).expect("request"))
+    send(b.body(body).expect("request"))
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
 pub fn empty() -> Full<Bytes> {
