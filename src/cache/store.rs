@@ -344,26 +344,29 @@ impl Cache {
     /// Removes what `purge` names here, in the shared tier and (through the
     /// shared tier's channel) on every other instance.
     pub async fn purge(&self, purge: Purge) -> usize {
-        self.metrics.purges[purge.kind()].inc();
-        let n = self.purge_local(&purge);
+        let n = self.purge_counted(&purge);
         if let Some(shared) = &self.shared {
             shared.purge(&purge).await;
         }
         n
     }
 
-    /// Removes what `purge` names here at once; the shared tier and the
-    /// other instances follow in the background (an unsafe request's
-    /// invalidation, which must not wait on Redis).
+    /// Like `purge`, without waiting on Redis: here at once, the shared tier
+    /// and the other instances in the background (an unsafe request's
+    /// invalidation).
     pub fn purge_soon(self: &Arc<Self>, purge: Purge) -> usize {
-        self.metrics.purges[purge.kind()].inc();
-        let n = self.purge_local(&purge);
+        let n = self.purge_counted(&purge);
         if let Some(shared) = self.shared.clone()
             && tokio::runtime::Handle::try_current().is_ok()
         {
             tokio::spawn(async move { shared.purge(&purge).await });
         }
         n
+    }
+
+    fn purge_counted(&self, purge: &Purge) -> usize {
+        self.metrics.purges[purge.kind()].inc();
+        self.purge_local(purge)
     }
 
     /// Starts listening for other instances' purges (once).

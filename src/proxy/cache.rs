@@ -152,19 +152,13 @@ pub async fn lookup(
             let flight = if credentials {
                 None
             } else {
-                match rc.cache.flight(key) {
-                    Flight::Lead(guard) => Some(guard),
-                    Flight::Follow(leader)
-                        if !followed && tokio::time::Instant::now() < deadline =>
-                    {
-                        // Woken when the leader's answer is stored or known
-                        // not to be; then look again. Once only: an answer
-                        // that is never stored must not queue its requests.
-                        let _ = tokio::time::timeout_at(deadline, leader.done()).await;
+                match join(rc, key, followed, deadline).await {
+                    Joined::Lead(guard) => Some(guard),
+                    Joined::Waited => {
                         followed = true;
                         continue;
                     }
-                    Flight::Follow(_) => None,
+                    Joined::Alone => None,
                 }
             };
             return Lookup::Forward(Plan::Fetch(Box::new(Fetch {
@@ -223,14 +217,13 @@ pub async fn lookup(
         let flight = if client_revalidates {
             None
         } else {
-            match rc.cache.flight(key) {
-                Flight::Lead(guard) => Some(guard),
-                Flight::Follow(leader) if !followed && tokio::time::Instant::now() < deadline => {
-                    let _ = tokio::time::timeout_at(deadline, leader.done()).await;
+            match join(rc, key, followed, deadline).await {
+                Joined::Lead(guard) => Some(guard),
+                Joined::Waited => {
                     followed = true;
                     continue;
                 }
-                Flight::Follow(_) => None,
+                Joined::Alone => None,
             }
         };
         let stale = Some((key.to_owned(), entry));
@@ -253,6 +246,36 @@ pub async fn lookup(
             conditional,
             flight,
         })));
+    }
+}
+
+/// A request's part in the miss for its key.
+enum Joined {
+    /// It goes upstream; followers wait for this guard.
+    Lead(FlightGuard),
+    /// It waited for another's answer: look again.
+    Waited,
+    /// It goes upstream on its own (it waited once already, or the deadline
+    /// passed).
+    Alone,
+}
+
+/// Leads the miss for `key`, or waits for the one in flight until it is done
+/// (its answer stored or known not to be) or `deadline`. Once only
+/// (`followed`): an answer that is never stored must not queue its requests.
+async fn join(
+    rc: &RouteCache,
+    key: &str,
+    followed: bool,
+    deadline: tokio::time::Instant,
+) -> Joined {
+    match rc.cache.flight(key) {
+        Flight::Lead(guard) => Joined::Lead(guard),
+        Flight::Follow(leader) if !followed && tokio::time::Instant::now() < deadline => {
+            let _ = tokio::time::timeout_at(deadline, leader.done()).await;
+            Joined::Waited
+        }
+        Flight::Follow(_) => Joined::Alone,
     }
 }
 

@@ -132,20 +132,13 @@ pub fn compile(
         let definition = serde_json::to_string(c).unwrap_or_default();
         let cache = carry
             .cache(name, definition, || {
+                let handles = metrics.cache(name);
                 let shared = c
                     .redis
                     .as_ref()
-                    .map(|r| {
-                        SharedTier::new(name, r, metrics.cache(name).store_errors).map(Arc::new)
-                    })
+                    .map(|r| SharedTier::new(name, r, handles.store_errors.clone()).map(Arc::new))
                     .transpose()?;
-                Cache::new(
-                    name,
-                    c.max_bytes.0,
-                    c.max_object_bytes.0,
-                    shared,
-                    metrics.cache(name),
-                )
+                Cache::new(name, c.max_bytes.0, c.max_object_bytes.0, shared, handles)
             })
             .map_err(|m| err(format!("caches.{name}"), m))?;
         cache.start();
