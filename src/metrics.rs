@@ -698,10 +698,9 @@ impl Metrics {
         self.rate_limited_total.with_label_values(&[route, policy])
     }
 
-    /// `tollgate_cache_requests_total` of one route, in the `cache` module's outcome order.
-    pub fn cache_requests(&self, route: &str) -> [IntCounter; 6] {
-        ["hit", "miss", "stale", "revalidated", "bypass", "coalesced"]
-            .map(|result| self.cache.requests.with_label_values(&[route, result]))
+    /// `tollgate_cache_requests_total{route, result}` of one route and result.
+    pub fn cache_requests(&self, route: &str, result: &str) -> IntCounter {
+        self.cache.requests.with_label_values(&[route, result])
     }
 
     /// The handles of one `caches.<name>`.

@@ -35,7 +35,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Hit,
         Outcome::Miss,
         Outcome::Stale,
@@ -75,7 +75,7 @@ pub struct RouteCache {
     default_ttl: Option<Duration>,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
-    /// `tollgate_cache_requests_total{route, result}`, in `Outcome::ALL` order.
+    /// `tollgate_cache_requests_total{route, result}`, indexed by `Outcome`.
     counters: [IntCounter; 6],
 }
 
@@ -91,7 +91,6 @@ pub struct Asked<'a> {
 }
 
 /// A request's keys.
-#[derive(Clone)]
 pub struct Keys {
     /// Route, method and the key's URL parts.
     pub primary: String,
@@ -104,7 +103,7 @@ impl RouteCache {
         route: &str,
         rc: &schema::RouteCache,
         cache: Arc<Cache>,
-        counters: [IntCounter; 6],
+        counter: impl Fn(&str) -> IntCounter,
     ) -> RouteCache {
         let mut headers = Vec::new();
         let (mut host, mut path, mut query) = (false, false, false);
@@ -146,7 +145,7 @@ impl RouteCache {
                 .stale_while_revalidate
                 .map_or(Duration::ZERO, |d| d.get()),
             stale_if_error: rc.stale_if_error.map_or(Duration::ZERO, |d| d.get()),
-            counters,
+            counters: Outcome::ALL.map(|o| counter(o.as_str())),
         }
     }
 
@@ -396,7 +395,7 @@ pub struct Pending {
     primary: String,
     key: String,
     marker: Option<Arc<Variants>>,
-    pub entry: Entry,
+    entry: Entry,
     body: BytesMut,
     /// The miss this answer leads: its followers wake once it is stored (or
     /// given up).

@@ -335,12 +335,9 @@ pub fn compile(
                                 format!("unknown cache `{}`", rc.cache),
                             )
                         })?;
-                    Ok(RouteCache::new(
-                        &r.name,
-                        rc,
-                        cache.clone(),
-                        metrics.cache_requests(&r.name),
-                    ))
+                    Ok(RouteCache::new(&r.name, rc, cache.clone(), |result| {
+                        metrics.cache_requests(&r.name, result)
+                    }))
                 })
                 .transpose()?,
             metrics: metrics.route(&r.name),
