@@ -149,17 +149,17 @@ pub async fn lookup(
         let Some(entry) = usable else {
             // Requests with credentials do not wait for each other: their
             // answers are rarely stored.
-            let flight = if credentials {
-                None
+            let joined = if credentials {
+                Joined::Alone
             } else {
-                match join(rc, key, followed, deadline).await {
-                    Joined::Lead(guard) => Some(guard),
-                    Joined::Waited => {
-                        followed = true;
-                        continue;
-                    }
-                    Joined::Alone => None,
+                join(rc, key, followed, deadline).await
+            };
+            let flight = match joined {
+                Joined::Waited => {
+                    followed = true;
+                    continue;
                 }
+                joined => joined.guard(),
             };
             return Lookup::Forward(Plan::Fetch(Box::new(Fetch {
                 fwd: Fwd::Miss,
@@ -214,17 +214,17 @@ pub async fn lookup(
         // Stale (or the client wants it checked): ask the upstream, with the
         // stored validators. Stale requests for one key wait for one another;
         // a client asking to revalidate goes itself.
-        let flight = if client_revalidates {
-            None
+        let joined = if client_revalidates {
+            Joined::Alone
         } else {
-            match join(rc, key, followed, deadline).await {
-                Joined::Lead(guard) => Some(guard),
-                Joined::Waited => {
-                    followed = true;
-                    continue;
-                }
-                Joined::Alone => None,
+            join(rc, key, followed, deadline).await
+        };
+        let flight = match joined {
+            Joined::Waited => {
+                followed = true;
+                continue;
             }
+            joined => joined.guard(),
         };
         let stale = Some((key.to_owned(), entry));
         let request = parts.headers.clone();
@@ -255,23 +255,26 @@ enum Joined {
     Lead(FlightGuard),
     /// It waited for another's answer: look again.
     Waited,
-    /// It goes upstream on its own (it waited once already, or the deadline
-    /// passed).
+    /// It goes upstream on its own.
     Alone,
+}
+
+impl Joined {
+    fn guard(self) -> Option<FlightGuard> {
+        match self {
+            Joined::Lead(guard) => Some(guard),
+            Joined::Waited | Joined::Alone => None,
+        }
+    }
 }
 
 /// Leads the miss for `key`, or waits for the one in flight until it is done
 /// (its answer stored or known not to be) or `deadline`. Once only
-/// (`followed`): an answer that is never stored must not queue its requests.
-async fn join(
-    rc: &RouteCache,
-    key: &str,
-    followed: bool,
-    deadline: tokio::time::Instant,
-) -> Joined {
+/// (`waited`): an answer that is never stored must not queue its requests.
+async fn join(rc: &RouteCache, key: &str, waited: bool, deadline: tokio::time::Instant) -> Joined {
     match rc.cache.flight(key) {
         Flight::Lead(guard) => Joined::Lead(guard),
-        Flight::Follow(leader) if !followed && tokio::time::Instant::now() < deadline => {
+        Flight::Follow(leader) if !waited && tokio::time::Instant::now() < deadline => {
             let _ = tokio::time::timeout_at(deadline, leader.done()).await;
             Joined::Waited
         }
