@@ -3,20 +3,28 @@
 //! and when the first byte of a pending request head arrived. The connection
 //! task reads it to enforce `idle_timeout` and `header_read_timeout`, and to
 //! decide when an idle HTTP/1.1 connection parks (see `server::serve_h1`).
+//!
+//! It also catches hyper's own answer to a request head it could not parse
+//! (hyper 1 writes a bare 400, 414 or 431 itself and has no hook to shape it):
+//! on HTTP/1, once every answer is flushed and no request is active, nothing
+//! but such a refusal can be written, so `WatchedIo` writes the gateway's JSON
+//! error in its place.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes};
 use http::{HeaderValue, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::error::{GatewayError, ParseRefusal};
 
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -60,7 +68,19 @@ pub struct ConnInfo {
     /// The connection task is taking the stream back from hyper to park it:
     /// shutting the stream down is skipped (see `WatchedIo::poll_shutdown`).
     parking: AtomicBool,
+    /// Whose turn it is to write: `SERVING`, `QUIET` or `NEVER`.
+    turn: AtomicU8,
+    /// The status of hyper's refusal that `WatchedIo` replaced; 0 if none.
+    refused: AtomicU16,
 }
+
+/// A request is being served, or its answer is not flushed yet.
+const SERVING: u8 = 0;
+/// HTTP/1, every answer flushed, no request active: hyper writes now only to
+/// refuse a request head it could not parse.
+const QUIET: u8 = 1;
+/// HTTP/2, or a tunnel took the stream: no write is ever a refusal.
+const NEVER: u8 = 2;
 
 pub enum Verdict {
     Keep,
@@ -89,6 +109,23 @@ impl ConnInfo {
             tunnels: OnceLock::new(),
             write_blocked: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            turn: AtomicU8::new(QUIET),
+            refused: AtomicU16::new(0),
+        }
+    }
+
+    /// The connection speaks HTTP/2 (known before its first byte is served).
+    pub fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+        self.turn.store(NEVER, Ordering::Relaxed);
+    }
+
+    /// The status of the parser's refusal this connection answered with the
+    /// gateway's JSON error (`bad_request`, `uri_too_long`, `headers_too_large`).
+    pub fn refused(&self) -> Option<GatewayError> {
+        match self.refused.load(Ordering::Relaxed) {
+            0 => None,
+            status => Some(GatewayError::Unparsable(ParseRefusal::from_status(status))),
         }
     }
 
@@ -125,6 +162,9 @@ impl ConnInfo {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(0, Ordering::Relaxed);
         self.reusable.store(reusable, Ordering::Relaxed);
+        if self.turn.load(Ordering::Relaxed) == QUIET {
+            self.turn.store(SERVING, Ordering::Relaxed);
+        }
         if version == Version::HTTP_2 {
             self.h2.store(true, Ordering::Relaxed);
         }
@@ -171,6 +211,7 @@ impl ConnInfo {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        self.turn.store(NEVER, Ordering::Relaxed);
         let (tracker, cut) = self
             .tunnels
             .get_or_init(|| (TaskTracker::new(), CancellationToken::new()));
@@ -312,6 +353,10 @@ pub struct WatchedIo<S> {
     inner: S,
     info: Arc<ConnInfo>,
     rewound: Bytes,
+    /// Set when hyper began to write its own refusal of a request head: what
+    /// is left to write of the gateway's answer in its place. From then on
+    /// everything hyper writes is dropped (it closes the connection after).
+    refusal: Option<Box<Bytes>>,
 }
 
 impl<S> WatchedIo<S> {
@@ -320,6 +365,7 @@ impl<S> WatchedIo<S> {
             inner,
             info,
             rewound: Bytes::new(),
+            refusal: None,
         }
     }
 
@@ -338,6 +384,86 @@ impl<S> WatchedIo<S> {
             .write_blocked
             .store(polled.is_pending(), Ordering::Relaxed);
     }
+
+    /// Whether `first` (the start of what hyper writes now) is hyper's own
+    /// refusal of a request head; if so the gateway's answer replaces it.
+    fn refuses(&mut self, first: &[u8]) -> bool {
+        if self.refusal.is_some() {
+            return true;
+        }
+        if self.info.turn.load(Ordering::Relaxed) != QUIET {
+            return false;
+        }
+        // Only a response head can come now; anything else is left alone.
+        let Some(status) = first
+            .strip_prefix(b"HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse::<u16>().ok())
+            .filter(|s| (400..500).contains(s))
+        else {
+            return false;
+        };
+        self.info.refused.store(status, Ordering::Relaxed);
+        let error = GatewayError::Unparsable(ParseRefusal::from_status(status));
+        self.refusal = Some(Box::new(refusal_bytes(&error)));
+        true
+    }
+}
+
+impl<S: AsyncWrite + Unpin> WatchedIo<S> {
+    /// Writes what is left of the refusal, if any.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(left) = self.refusal.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !left.is_empty() {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, left))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => left.advance(n),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// In place of hyper's `len` bytes: the refusal, then nothing.
+    fn poll_refused(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        ready!(self.poll_refusal(cx))?;
+        Poll::Ready(Ok(len))
+    }
+}
+
+/// The gateway's whole HTTP/1.1 answer for a request the parser refused: the
+/// JSON error body, a fresh request id, and `Connection: close`.
+fn refusal_bytes(error: &GatewayError) -> Bytes {
+    let id = crate::headers::fresh_request_id();
+    let resp = error.to_response(id.to_str().unwrap_or("0"));
+    let status = resp.status();
+    let body = resp.body();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut field = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in resp.headers() {
+        field(name.as_str().as_bytes(), value.as_bytes());
+    }
+    field(b"x-request-id", id.as_bytes());
+    field(b"content-length", body.len().to_string().as_bytes());
+    field(
+        b"date",
+        httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Bytes::from(out)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
@@ -373,6 +499,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.refuses(buf) {
+            return this.poll_refused(cx, buf.len());
+        }
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.note_write(&polled);
         polled
@@ -384,6 +513,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if this.refuses(first) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return this.poll_refused(cx, len);
+        }
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.note_write(&polled);
         polled
@@ -393,10 +530,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         self.inner.is_write_vectored()
     }
 
+    /// A flush that completes with no request active ends the answer: what
+    /// hyper writes next (if anything) is its own refusal.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.refusal.is_some() {
+            ready!(this.poll_refusal(cx))?;
+        }
         let polled = Pin::new(&mut this.inner).poll_flush(cx);
         this.note_write(&polled);
+        let info = &this.info;
+        if matches!(polled, Poll::Ready(Ok(())))
+            && info.turn.load(Ordering::Relaxed) == SERVING
+            && info.active.load(Ordering::Relaxed) == 0
+        {
+            info.turn.store(QUIET, Ordering::Relaxed);
+        }
         polled
     }
 
@@ -406,6 +555,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         let this = self.get_mut();
         if this.info.parking.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
+        }
+        if this.refusal.is_some() {
+            ready!(this.poll_refusal(cx))?;
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }

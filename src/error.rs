@@ -65,6 +65,44 @@ pub enum GatewayError {
     AuthUnavailable { policy: String },
     #[error("{}", .0.message())]
     Idempotency(IdempotencyFailure),
+    /// Refused by the HTTP/1 parser before the request reached the proxy.
+    #[error("{}", .0.message())]
+    Unparsable(ParseRefusal),
+}
+
+/// Why the HTTP/1 parser (hyper) refused a request head. hyper writes its own
+/// bare answer; the connection's stream puts the gateway's JSON one in its
+/// place (`conn::WatchedIo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseRefusal {
+    /// 400: not a valid HTTP/1.1 request head (conflicting `Content-Length`
+    /// values, an obs-folded or invalid header, a bad request line).
+    Malformed,
+    /// 414: a request target over 65,534 bytes.
+    UriTooLong,
+    /// 431: a head that does not fit in the connection's read buffer.
+    HeadTooLarge,
+}
+
+impl ParseRefusal {
+    /// The refusal hyper meant by the status of its own answer.
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            414 => ParseRefusal::UriTooLong,
+            431 => ParseRefusal::HeadTooLarge,
+            _ => ParseRefusal::Malformed,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            ParseRefusal::Malformed => "the request is not valid HTTP/1.1",
+            ParseRefusal::UriTooLong => "the request target is longer than 65534 bytes",
+            ParseRefusal::HeadTooLarge => {
+                "the request head is larger than the connection's read buffer"
+            }
+        }
+    }
 }
 
 /// Why a request on a route with an idempotency policy was refused.
@@ -161,6 +199,11 @@ impl GatewayError {
                 IdempotencyFailure::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
                 IdempotencyFailure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             },
+            GatewayError::Unparsable(r) => match r {
+                ParseRefusal::Malformed => StatusCode::BAD_REQUEST,
+                ParseRefusal::UriTooLong => StatusCode::URI_TOO_LONG,
+                ParseRefusal::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            },
         }
     }
 
@@ -190,6 +233,11 @@ impl GatewayError {
                 IdempotencyFailure::Mismatch => "idempotency_key_mismatch",
                 IdempotencyFailure::Unavailable => "idempotency_store_unavailable",
             },
+            GatewayError::Unparsable(r) => match r {
+                ParseRefusal::Malformed => "bad_request",
+                ParseRefusal::UriTooLong => "uri_too_long",
+                ParseRefusal::HeadTooLarge => "headers_too_large",
+            },
         }
     }
 
@@ -203,7 +251,8 @@ impl GatewayError {
             | GatewayError::RateLimited { .. }
             | GatewayError::QuotaExceeded { .. }
             | GatewayError::Unauthorized(_)
-            | GatewayError::Forbidden(_) => Fault::Client,
+            | GatewayError::Forbidden(_)
+            | GatewayError::Unparsable(_) => Fault::Client,
             GatewayError::Idempotency(IdempotencyFailure::Unavailable) => Fault::Gateway,
             GatewayError::Idempotency(_) => Fault::Client,
             GatewayError::Overloaded
@@ -226,6 +275,7 @@ impl GatewayError {
             GatewayError::BadRequest(_)
                 | GatewayError::PayloadTooLarge { .. }
                 | GatewayError::BodyTimeout
+                | GatewayError::Unparsable(_)
         )
     }
 
@@ -264,6 +314,8 @@ impl GatewayError {
                 IdempotencyFailure::Mismatch => FAILED_PRECONDITION,
                 IdempotencyFailure::Unavailable => UNAVAILABLE,
             },
+            GatewayError::Unparsable(ParseRefusal::Malformed) => INVALID_ARGUMENT,
+            GatewayError::Unparsable(_) => RESOURCE_EXHAUSTED,
         }
     }
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     parked_connections: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
     proxy_protocol_errors: IntCounterVec,
+    malformed_requests: IntCounterVec,
     config_info: IntGaugeVec,
     pub config_reloads_success: IntCounter,
     pub config_reloads_failure: IntCounter,
@@ -374,6 +375,14 @@ impl Metrics {
             &["listener", "reason"],
         )?;
         registry.register(Box::new(proxy_protocol_errors.clone()))?;
+        let malformed_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_malformed_requests_total",
+                "Requests the HTTP/1 parser refused before routing, by listener and the error code of the JSON answer (bad_request, uri_too_long, headers_too_large).",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(malformed_requests.clone()))?;
         let config_info = IntGaugeVec::new(
             Opts::new("tollgate_config_info", "The running config's version hash."),
             &["version"],
@@ -563,6 +572,7 @@ impl Metrics {
             outlier_ejections,
             dns_lookups,
             proxy_protocol_errors,
+            malformed_requests,
             #[cfg(feature = "otel")]
             spans,
         })
@@ -751,6 +761,11 @@ impl Metrics {
                 .with_label_values(&[listener, reason])
         };
         [c("untrusted"), c("malformed"), c("timeout")]
+    }
+
+    /// `tollgate_malformed_requests_total`, for every listener.
+    pub fn malformed_requests(&self) -> IntCounterVec {
+        self.malformed_requests.clone()
     }
 
     pub fn tls_handshake_failures(&self, listener: &str) -> IntCounter {

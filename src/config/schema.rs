@@ -283,6 +283,10 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_concurrent_requests: usize,
+    /// The most an HTTP/1 connection's read buffer grows to; unset: 256 KiB,
+    /// or twice `max_header_bytes` when that is more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_buffer: Option<ByteSize>,
 }
 
 impl Default for Limits {
@@ -295,6 +299,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_concurrent_requests: 0,
+            read_buffer: None,
         }
     }
 }

@@ -969,12 +969,5 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
-    }
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    headers::fresh_request_id()
 }

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -51,16 +51,18 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 const PARK_AT_ONCE_SHARE: usize = 10;
 
 /// The most an HTTP/1 connection's read buffer grows to while a request body
-/// streams in (unless twice `max_header_bytes` is more).
+/// streams in (unless twice `max_header_bytes` is more), when
+/// `limits.read_buffer` is not set.
 const MAX_READ_BUF: usize = 256 * 1024;
 
-/// The gauges of one listener that every connection task moves.
-#[derive(Clone)]
+/// The metrics of one listener that every connection task holds.
 struct ListenerGauges {
     /// `tollgate_active_connections`.
     open: IntGauge,
     /// `tollgate_parked_connections`.
     parked: IntGauge,
+    /// `tollgate_malformed_requests_total` (labelled when one is counted).
+    malformed: IntCounterVec,
 }
 
 /// Per-listener connection settings, fixed when the listener starts.
@@ -85,9 +87,13 @@ impl ConnSettings {
         // it). hyper's header timer is off because it also runs while a
         // keep-alive connection idles (the watchdog in `conn` times heads from
         // their first byte instead).
+        let read_buffer = match limits.read_buffer {
+            Some(size) => usize::try_from(size.0).unwrap_or(usize::MAX),
+            None => max_head.saturating_mul(2).max(MAX_READ_BUF),
+        };
         h1.timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(max_head.saturating_mul(2).max(MAX_READ_BUF));
+            .max_buf_size(read_buffer);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
@@ -125,10 +131,11 @@ pub async fn accept_loop(
     life: Lifecycle,
     tls: Option<Arc<TlsListener>>,
 ) {
-    let gauges = ListenerGauges {
+    let gauges = Arc::new(ListenerGauges {
         open: shared.metrics.listener_connections(&name),
         parked: shared.metrics.parked_connections(&name),
-    };
+        malformed: shared.metrics.malformed_requests(),
+    });
     let handshake_failures = shared.metrics.tls_handshake_failures(&name);
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
@@ -246,12 +253,12 @@ async fn proxy_header(
 /// `max_connections` permit and its place in the listener's open-connection
 /// gauge.
 struct Admitted {
-    gauges: ListenerGauges,
+    gauges: Arc<ListenerGauges>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Admitted {
-    fn new(gauges: &ListenerGauges, permit: OwnedSemaphorePermit) -> Self {
+    fn new(gauges: &Arc<ListenerGauges>, permit: OwnedSemaphorePermit) -> Self {
         gauges.open.inc();
         Admitted {
             gauges: gauges.clone(),
@@ -404,6 +411,9 @@ fn serve_connection<S: ClientStream>(
                 }
             }
         };
+        if h2 {
+            info.set_h2();
+        }
         let io = WatchedIo::new(stream, info.clone());
         let svc_info = info.clone();
         let svc = service_fn(move |req| {
@@ -498,6 +508,12 @@ where
             // A block, so that nothing it binds keeps room in the task.
             let pipelined = {
                 let Some((next_io, next_svc, read_buf)) = served.await else {
+                    if let Some(refusal) = info.refused() {
+                        gauges
+                            .malformed
+                            .with_label_values(&[&*info.listener, refusal.code()])
+                            .inc();
+                    }
                     return;
                 };
                 (io, svc) = (next_io, next_svc);
@@ -609,7 +625,16 @@ where
             biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+                    match info.refused() {
+                        Some(refusal) => tracing::info!(
+                            peer = %info.peer,
+                            listener = %info.listener,
+                            status = refusal.status().as_u16(),
+                            error = %e,
+                            "refused a request the HTTP/1 parser could not read"
+                        ),
+                        None => tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error"),
+                    }
                     return Ended::Done;
                 }
                 return ending.unwrap_or(Ended::Done);

@@ -486,3 +486,25 @@ routes:
         e.message
     );
 }
+
+#[test]
+fn a_read_buffer_must_hold_a_whole_head() {
+    for (limits, got) in [
+        ("read_buffer: 4KiB", "got 4KiB"),
+        (
+            "max_header_bytes: 64KiB\n    read_buffer: 32KiB",
+            "got 32KiB",
+        ),
+        ("read_buffer: 1GiB", "got 1GiB"),
+    ] {
+        let e = one_error(&format!("server:\n  limits:\n    {limits}\n"));
+        assert_eq!(e.path, "server.limits.read_buffer", "{limits}");
+        assert!(
+            e.message.starts_with("must be at least 8KiB"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.ends_with(got), "{}", e.message);
+    }
+    load("server:\n  limits:\n    read_buffer: 32KiB\n").unwrap();
+}

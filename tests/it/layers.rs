@@ -14,10 +14,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "tls",
             "config",
+            "error",
             "headers",
             "conn",
             "proxy_protocol",
-            "error",
             "otel",
             "metrics",
             "normalize",

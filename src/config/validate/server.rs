@@ -83,6 +83,20 @@ impl Checker {
                 ),
             );
         }
+        if let Some(buffer) = limits.read_buffer {
+            // hyper's own floor is 8 KiB (below it, it panics); a head within
+            // max_header_bytes must fit, to reach the proxy.
+            let floor = limits.max_header_bytes.0.max(8 * kib);
+            if !(floor..=64 * 1024 * kib).contains(&buffer.0) {
+                self.err(
+                    "server.limits.read_buffer",
+                    format!(
+                        "must be at least 8KiB and max_header_bytes ({}), and at most 64MiB, got {buffer}",
+                        limits.max_header_bytes
+                    ),
+                );
+            }
+        }
         if limits.max_connections == 0 {
             self.err("server.limits.max_connections", "must be at least 1");
         }
