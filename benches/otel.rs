@@ -7,6 +7,11 @@
 //!   built and queued with `try_send`, the export task draining into a loopback
 //!   collector. Each measured burst (whole 512-span batches) fits in the queue
 //!   and is waited out before the next, so no span is dropped (checked);
+//! - `sdk_hop`: the same request-path work done with the OpenTelemetry SDK
+//!   instead (`opentelemetry_sdk` 0.33: W3C propagator extract and inject, a
+//!   SERVER span with the same attributes, ended into a `BatchSpanProcessor`
+//!   whose exporter does nothing, so that only the request path counts). Its
+//!   bursts are flushed between measurements, as `otel_hop`'s are;
 //! - `encode_per_span`: the export task's protobuf encoding, per span of a
 //!   512-span batch (off the request path, but on the same runtime).
 
@@ -22,8 +27,14 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData};
 use tollgate::headers::{TraceContext, propagate_trace, set_traceparent};
-use tollgate::otel::{ExportSettings, FinishedSpan, SpanExporter, SpanMetrics, encode};
+use tollgate::otel::{ExportSettings, FinishedSpan, Protocol, SpanExporter, SpanMetrics, encode};
 
 const CLIENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -91,6 +102,8 @@ fn bench(c: &mut Criterion) {
         url: format!("http://{addr}/v1/traces")
             .parse()
             .unwrap_or_else(|e| panic!("url: {e}")),
+        protocol: Protocol::HttpProtobuf,
+        headers: Vec::new(),
         sample_ratio: 1.0,
     };
     let exporter = {
@@ -157,6 +170,8 @@ fn bench(c: &mut Criterion) {
         "the sink refused spans"
     );
 
+    sdk_hop(&mut group, &uri);
+
     let ctx = TraceContext::incoming(&client_headers(), *b"01");
     let batch: Vec<FinishedSpan> = (0..512).map(|_| span(ctx, &uri, &names, &host)).collect();
     group.bench_function("encode_per_span", |b| {
@@ -173,6 +188,91 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// An SDK exporter that drops every batch: the SDK's request-path cost alone.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+struct Headers<'a>(&'a mut HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+impl Injector for Headers<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// `otel_hop`'s work through the OpenTelemetry SDK.
+fn sdk_hop(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, uri: &Uri) {
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(BatchSpanProcessor::builder(Discard).build())
+        .build();
+    let tracer = provider.tracer("tollgate");
+    let propagator = TraceContextPropagator::new();
+    group.bench_function("sdk_hop", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let burst = (iters - done).min(512);
+                let mut headers: Vec<HeaderMap> = (0..burst).map(|_| client_headers()).collect();
+                let start = Instant::now();
+                for h in &mut headers {
+                    let parent = propagator.extract(&Headers(h));
+                    let mut span = tracer
+                        .span_builder("GET api")
+                        .with_kind(SpanKind::Server)
+                        .with_attributes([
+                            KeyValue::new("http.request.method", "GET"),
+                            KeyValue::new("url.path", uri.path().to_string()),
+                            KeyValue::new("url.scheme", "http"),
+                            KeyValue::new("http.route", "api"),
+                            KeyValue::new("server.address", "api.example.com"),
+                            KeyValue::new("client.address", "10.0.0.7"),
+                            KeyValue::new("tollgate.listener", "http"),
+                            KeyValue::new("tollgate.upstream", "app"),
+                            KeyValue::new("tollgate.target", "10.0.0.9:8080"),
+                            KeyValue::new(
+                                "tollgate.request_id",
+                                "4f1c2a7e9b0d4c3f8e6a5b2d1c0f9e8d",
+                            ),
+                        ])
+                        .start_with_context(&tracer, &parent);
+                    let cx = parent.with_remote_span_context(span.span_context().clone());
+                    propagator.inject_context(&cx, &mut Headers(h));
+                    span.set_attribute(KeyValue::new("http.response.status_code", 200));
+                    span.end();
+                }
+                total += start.elapsed();
+                let _ = provider.force_flush();
+                done += burst;
+            }
+            total
+        })
+    });
+    let _ = provider.shutdown();
 }
 
 criterion_group!(benches, bench);

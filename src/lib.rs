@@ -280,5 +280,15 @@ impl App {
             self.life.tracker.wait().await;
         }
         self.life.abort.cancel();
+        // Every request has ended and queued its span: send them.
+        #[cfg(feature = "otel")]
+        if let Some(spans) = &self.shared.snapshot.load().spans
+            && !spans.flush(otel::SHUTDOWN_FLUSH).await
+        {
+            tracing::warn!(
+                within = ?otel::SHUTDOWN_FLUSH,
+                "spans still queued at shutdown were not all exported"
+            );
+        }
     }
 }

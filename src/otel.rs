@@ -1,13 +1,15 @@
 //! OpenTelemetry span export (cargo feature `otel`, `tracing.otlp_endpoint`):
-//! one SERVER span per sampled request, sent to an OTLP/HTTP collector as
-//! protobuf.
+//! one SERVER span per sampled request, sent to an OTLP collector as protobuf,
+//! over HTTP (`http/protobuf`, `POST /v1/traces`) or gRPC (`grpc`, the
+//! `TraceService/Export` call over HTTP/2), with the configured headers.
 //!
 //! The request path only decides sampling and fills a `FinishedSpan` when the
 //! request ends (`RequestRecord`'s `Drop`); that goes into a bounded queue with
 //! `try_send` (a full queue drops and counts the span). A task on the Tokio
 //! runtime drains the queue, encodes batches (`opentelemetry-proto` messages)
-//! and POSTs them to `<endpoint>/v1/traces` with the gateway's own hyper client.
-//! Export errors never reach requests; they are logged at most once a minute.
+//! and sends them with the gateway's own hyper client. Export errors never
+//! reach requests; they are logged at most once a minute. At shutdown, once
+//! the last request is done, `flush` sends what is queued.
 //!
 //! The span id is the one the gateway sends upstream in `traceparent`, so the
 //! upstream's span is a child of this one; an incoming `traceparent` is its
@@ -18,13 +20,18 @@
 //! the next config version while its settings are unchanged. When the last
 //! snapshot holding it goes, the queue closes, the task sends what is left and
 //! ends.
+//!
+//! Why by hand on `opentelemetry-proto` rather than the OpenTelemetry SDK: the
+//! request path here is a plain struct and a `try_send`; the SDK's span
+//! builder costs more per request (`cargo bench --bench otel --features otel`
+//! measures both; docs/performance.md has the figures).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -38,9 +45,10 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::config::validate::tracing::{OTLP_PROTOCOLS, otlp_header};
 use crate::headers::TraceContext;
 
 /// Spans waiting for export; more are dropped (and counted).
@@ -50,6 +58,8 @@ pub const MAX_BATCH: usize = 512;
 /// A batch is sent when full or this long after its first span.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the spans still queued to be exported.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 /// Export failures are logged at most this often (with a count).
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 const SERVICE_NAME: &str = "tollgate";
@@ -88,11 +98,37 @@ impl SpanMetrics {
     }
 }
 
+/// The gRPC method spans are exported with.
+pub const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// How batches travel (`tracing.otlp_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http/protobuf`: `POST <endpoint>/v1/traces`, HTTP/1.1 or HTTP/2.
+    HttpProtobuf,
+    /// `grpc`: unary `TraceService/Export` over HTTP/2 (h2c on `http://`).
+    Grpc,
+}
+
+impl Protocol {
+    /// `tracing.otlp_protocol`, one of `OTLP_PROTOCOLS`.
+    pub fn parse(name: Option<&str>) -> Option<Protocol> {
+        match name {
+            None | Some("http/protobuf") => Some(Protocol::HttpProtobuf),
+            Some("grpc") => Some(Protocol::Grpc),
+            Some(_) => None,
+        }
+    }
+}
+
 /// What an exporter is built from; a reload with equal settings keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportSettings {
-    /// Where batches are POSTed (`.../v1/traces`).
+    /// Where batches go (`.../v1/traces`, or the gRPC method's path).
     pub url: Uri,
+    pub protocol: Protocol,
+    /// `tracing.otlp_headers`, sent with every export.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub sample_ratio: f64,
 }
 
@@ -101,11 +137,39 @@ impl ExportSettings {
         let Some(endpoint) = &t.otlp_endpoint else {
             return Ok(None);
         };
+        let protocol = Protocol::parse(t.otlp_protocol.as_deref())
+            .ok_or_else(|| format!("expected one of {}", OTLP_PROTOCOLS.join(", ")))?;
+        let headers = t
+            .otlp_headers
+            .iter()
+            .map(|(name, value)| otlp_header(name, value))
+            .collect::<Result<_, _>>()?;
         Ok(Some(ExportSettings {
-            url: traces_url(endpoint)?,
+            url: match protocol {
+                Protocol::HttpProtobuf => traces_url(endpoint)?,
+                Protocol::Grpc => grpc_url(endpoint)?,
+            },
+            protocol,
+            headers,
             sample_ratio: t.sample_ratio.unwrap_or(1.0),
         }))
     }
+}
+
+/// The gRPC export URL for a configured endpoint: the method's path after
+/// the endpoint's own path (usually none).
+pub fn grpc_url(endpoint: &str) -> Result<Uri, String> {
+    let uri: Uri = endpoint
+        .parse()
+        .map_err(|e| format!("`{endpoint}` is not a URL: {e}"))?;
+    let path = uri.path().trim_end_matches('/').to_string();
+    if path.ends_with(GRPC_EXPORT_PATH) {
+        return Ok(uri);
+    }
+    let mut parts = uri.into_parts();
+    let pq = format!("{path}{GRPC_EXPORT_PATH}");
+    parts.path_and_query = Some(pq.parse().map_err(|e| format!("bad path `{pq}`: {e}"))?);
+    Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
 /// The OTLP/HTTP traces URL for a configured endpoint: `/v1/traces` is
@@ -135,6 +199,9 @@ pub fn traces_url(endpoint: &str) -> Result<Uri, String> {
 pub struct SpanExporter {
     pub settings: ExportSettings,
     queue: mpsc::Sender<FinishedSpan>,
+    /// Asks the export task to send everything queued now, and answers when
+    /// it has.
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     dropped: IntCounter,
 }
 
@@ -143,29 +210,47 @@ impl SpanExporter {
     pub fn start(settings: ExportSettings, metrics: &SpanMetrics) -> Result<Arc<Self>, String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "span export needs a Tokio runtime".to_string())?;
+        let grpc = settings.protocol == Protocol::Grpc;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
             .map_err(|e| format!("cannot set up TLS for span export: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+            .https_or_http();
+        // gRPC needs HTTP/2 (ALPN h2 on https://, prior knowledge on http://).
+        let https = if grpc {
+            https.enable_http2().build()
+        } else {
+            https.enable_http1().build()
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1)
+            .http2_only(grpc)
             .build(https);
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (flushes, flush_rx) = mpsc::channel(1);
         let export = Export {
             client,
             url: settings.url.clone(),
+            protocol: settings.protocol,
+            headers: settings.headers.clone(),
             metrics: metrics.clone(),
             failures: Failures::default(),
         };
-        runtime.spawn(export.run(rx));
+        runtime.spawn(export.run(rx, flush_rx));
         Ok(Arc::new(SpanExporter {
             settings,
             queue,
+            flushes,
             dropped: metrics.dropped_queue_full.clone(),
         }))
+    }
+
+    /// Sends every span queued so far; `false` if that took longer than
+    /// `within` (what is left is lost when the process ends).
+    pub async fn flush(&self, within: Duration) -> bool {
+        let (done, sent) = oneshot::channel();
+        let asked = async { self.flushes.send(done).await.is_ok() && sent.await.is_ok() };
+        tokio::time::timeout(within, asked).await.unwrap_or(false)
     }
 
     /// This hop's trace context when the request is to be recorded: the
@@ -216,49 +301,109 @@ type ExportClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 struct Export {
     client: ExportClient,
     url: Uri,
+    protocol: Protocol,
+    headers: Vec<(HeaderName, HeaderValue)>,
     metrics: SpanMetrics,
     failures: Failures,
 }
 
 impl Export {
     /// Batches spans until the queue closes (the exporter was dropped), then
-    /// sends what is left.
-    async fn run(mut self, mut rx: mpsc::Receiver<FinishedSpan>) {
+    /// sends what is left. A flush request sends the batch at once, and
+    /// everything queued behind it.
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<FinishedSpan>,
+        mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
+            let mut asked = None;
+            tokio::select! {
+                n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
+                    return;
+                },
+                Some(done) = flushes.recv() => asked = Some(done),
             }
             let flush_at = Instant::now() + FLUSH_INTERVAL;
             let mut open = true;
-            while batch.len() < MAX_BATCH {
+            while asked.is_none() && batch.len() < MAX_BATCH {
                 let room = MAX_BATCH - batch.len();
-                match tokio::time::timeout_at(flush_at, rx.recv_many(&mut batch, room)).await {
-                    Ok(0) => {
-                        open = false;
-                        break;
+                tokio::select! {
+                    got = tokio::time::timeout_at(flush_at, rx.recv_many(&mut batch, room)) => {
+                        match got {
+                            Ok(0) => {
+                                open = false;
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
                     }
-                    Ok(_) => {}
-                    Err(_) => break,
+                    Some(done) = flushes.recv() => asked = Some(done),
                 }
             }
-            self.send(&batch).await;
-            batch.clear();
+            if !batch.is_empty() {
+                self.send(&batch).await;
+                batch.clear();
+            }
+            if let Some(done) = asked {
+                self.send_queued(&mut rx, &mut batch).await;
+                let _ = done.send(());
+            }
             if !open {
                 return;
             }
         }
     }
 
+    /// Sends, in batches, every span in the queue right now.
+    async fn send_queued(
+        &mut self,
+        rx: &mut mpsc::Receiver<FinishedSpan>,
+        batch: &mut Vec<FinishedSpan>,
+    ) {
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            self.send(batch).await;
+            batch.clear();
+        }
+    }
+
+    /// The export request for one encoded batch.
+    fn request(&self, message: Vec<u8>) -> Result<Request<Full<Bytes>>, http::Error> {
+        let mut req = Request::post(self.url.clone()).header(
+            header::USER_AGENT,
+            concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+        );
+        let body = match self.protocol {
+            Protocol::HttpProtobuf => {
+                req = req.header(header::CONTENT_TYPE, "application/x-protobuf");
+                Bytes::from(message)
+            }
+            Protocol::Grpc => {
+                req = req
+                    .header(header::CONTENT_TYPE, "application/grpc")
+                    .header(header::TE, "trailers");
+                grpc_frame(&message)
+            }
+        };
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
+        req.body(Full::new(body))
+    }
+
     async fn send(&mut self, batch: &[FinishedSpan]) {
-        let body = encode(batch);
-        let req = Request::post(self.url.clone())
-            .header(header::CONTENT_TYPE, "application/x-protobuf")
-            .header(
-                header::USER_AGENT,
-                concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::from(body)));
+        let req = self.request(encode(batch));
         let result = match req {
             Ok(req) => tokio::time::timeout(EXPORT_TIMEOUT, self.post(req))
                 .await
@@ -284,16 +429,48 @@ impl Export {
             }
         })?;
         let status = resp.status();
+        // A gRPC error may come in the head alone (trailers-only).
+        let head_status = resp.headers().get("grpc-status").cloned();
+        let head_message = resp.headers().get("grpc-message").cloned();
         // Read the (small) answer so the connection can be reused.
-        let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        let answer = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
-            .await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("the collector answered {status}"))
+            .await
+            .ok();
+        if !status.is_success() {
+            return Err(format!("the collector answered {status}"));
+        }
+        if self.protocol == Protocol::HttpProtobuf {
+            return Ok(());
+        }
+        let trailers = answer.as_ref().and_then(|a| a.trailers());
+        let field = |name: &str| trailers.and_then(|t| t.get(name)).cloned();
+        match head_status.or_else(|| field("grpc-status")) {
+            Some(code) if code == "0" => Ok(()),
+            Some(code) => {
+                let message = head_message.or_else(|| field("grpc-message"));
+                let message = message.as_ref().and_then(|m| m.to_str().ok()).unwrap_or("");
+                Err(format!(
+                    "the collector answered grpc-status {}: {message}",
+                    String::from_utf8_lossy(code.as_bytes())
+                ))
+            }
+            None => Err("the collector's answer has no grpc-status".to_string()),
         }
     }
+}
+
+/// A gRPC message frame: not compressed, the length, the message.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(message);
+    Bytes::from(frame)
 }
 
 /// Rate-limited logging of export failures.

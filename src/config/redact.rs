@@ -60,6 +60,15 @@ pub fn redact_tree(v: &mut Value, secrets: &[String]) {
     {
         *token = Value::from(REDACTED);
     }
+    // A collector's headers are its credentials, whatever their names.
+    if let Some(headers) = v
+        .pointer_mut("/tracing/otlp_headers")
+        .and_then(Value::as_object_mut)
+    {
+        for value in headers.values_mut() {
+            *value = Value::from(REDACTED);
+        }
+    }
     if let Some(sets) = v
         .pointer_mut("/auth/api_keys")
         .and_then(Value::as_object_mut)

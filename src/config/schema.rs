@@ -118,6 +118,12 @@ pub struct Tracing {
     /// for its own trace.
     #[serde(default)]
     pub sample_ratio: Option<f64>,
+    /// `http/protobuf` (the default) or `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_protocol: Option<String>,
+    /// Headers sent with every export (a collector's credentials).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub otlp_headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,6 +1,7 @@
-//! OTLP span export (cargo feature `otel`): a fake OTLP/HTTP collector in the
-//! test process decodes what the gateway POSTs to `/v1/traces`, and the spans
-//! are checked against what the client sent and what the upstream received.
+//! OTLP span export (cargo feature `otel`): a fake OTLP collector in the test
+//! process decodes what the gateway POSTs to `/v1/traces` (OTLP/HTTP) or sends
+//! to `TraceService/Export` (OTLP/gRPC over HTTP/2), and the spans are checked
+//! against what the client sent and what the upstream received.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -39,13 +41,27 @@ routes:
     upstream: bad
 ";
 
-/// An OTLP/HTTP collector on 127.0.0.1:0 keeping every span it is sent.
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// An OTLP collector on 127.0.0.1:0 (OTLP/HTTP on HTTP/1.1 or HTTP/2, and
+/// OTLP/gRPC) keeping every span it is sent and the headers of each export.
 struct Collector {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<Span>>>,
-    /// Answer every export with this status (200 unless changed).
+    /// The request headers of every export, and whether it came over gRPC.
+    exports: Arc<Mutex<Vec<(bool, HeaderMap)>>>,
+    /// Answer every export with this status (200 unless changed); over gRPC
+    /// anything else is answered 200 with `grpc-status: 14` (unavailable).
     status: Arc<AtomicU16>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The protobuf message of one gRPC frame (uncompressed, the whole body).
+fn grpc_message(body: Bytes) -> Bytes {
+    assert_eq!(body[0], 0, "not compressed");
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    assert_eq!(len, body.len() - 5, "one whole frame");
+    body.slice(5..)
 }
 
 impl Drop for Collector {
@@ -59,22 +75,32 @@ impl Collector {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
+        let exports = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
-        let (kept, answer) = (spans.clone(), status.clone());
+        let (kept, seen, answer) = (spans.clone(), exports.clone(), status.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (kept, answer) = (kept.clone(), answer.clone());
+                let (kept, seen, answer) = (kept.clone(), seen.clone(), answer.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (kept, answer) = (kept.clone(), answer.clone());
+                        let (kept, seen, answer) = (kept.clone(), seen.clone(), answer.clone());
                         async move {
-                            let ok = req.method() == "POST"
-                                && req.uri().path() == "/v1/traces"
-                                && req.headers()["content-type"] == "application/x-protobuf";
+                            let content_type = req.headers()["content-type"].clone();
+                            let grpc = req.method() == "POST"
+                                && req.uri().path() == GRPC_PATH
+                                && req.version() == http::Version::HTTP_2
+                                && content_type == "application/grpc"
+                                && req.headers()["te"] == "trailers";
+                            let ok = grpc
+                                || req.method() == "POST"
+                                    && req.uri().path() == "/v1/traces"
+                                    && content_type == "application/x-protobuf";
+                            seen.lock().unwrap().push((grpc, req.headers().clone()));
                             let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body = if grpc { grpc_message(body) } else { body };
                             let status = if ok {
                                 let export = ExportTraceServiceRequest::decode(body).unwrap();
                                 let mut kept = kept.lock().unwrap();
@@ -93,7 +119,21 @@ impl Collector {
                             } else {
                                 404
                             };
-                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            if grpc {
+                                // An empty ExportTraceServiceResponse, then the status.
+                                let mut trailers = HeaderMap::new();
+                                let code = if status == 200 { "0" } else { "14" };
+                                trailers.insert("grpc-status", code.parse().unwrap());
+                                let body = Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+                                    .with_trailers(async move { Some(Ok(trailers)) })
+                                    .boxed();
+                                let mut resp = Response::new(body);
+                                resp.headers_mut()
+                                    .insert("content-type", "application/grpc".parse().unwrap());
+                                return Ok::<_, Infallible>(resp);
+                            }
+                            let body: BoxBody<Bytes, Infallible> = Full::new(Bytes::new()).boxed();
+                            let mut resp = Response::new(body);
                             *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                             Ok::<_, Infallible>(resp)
                         }
@@ -107,9 +147,14 @@ impl Collector {
         Collector {
             addr,
             spans,
+            exports,
             status,
             task,
         }
+    }
+
+    fn exports(&self) -> Vec<(bool, HeaderMap)> {
+        self.exports.lock().unwrap().clone()
     }
 
     fn spans(&self) -> Vec<Span> {
@@ -395,6 +440,80 @@ async fn a_reload_moves_or_stops_the_export() {
     gw.shutdown().await;
 }
 
+/// OTLP/gRPC: the spans arrive through `TraceService/Export` over HTTP/2
+/// (h2c), with the configured headers; `/config` shows those as redacted.
+#[tokio::test]
+async fn grpc_export_carries_the_spans_and_the_configured_headers() {
+    let collector = Collector::start().await;
+    let up = Upstream::echo("u").await;
+    let extra =
+        "  otlp_protocol: grpc\n  otlp_headers: { authorization: Bearer s3cret, x-tenant: blue }\n";
+    let gw = gateway(collector.addr, &up, extra).await;
+    let (trace, _, _) = parts(&upstream_traceparent(&gw, "/api/g", &[]).await);
+    let span = collector.wait_span(&trace).await;
+    assert_eq!(attr(&span, "url.path"), text("/api/g"));
+    let exports = collector.exports();
+    assert!(!exports.is_empty());
+    for (grpc, headers) in &exports {
+        assert!(grpc, "every export is a gRPC call: {headers:?}");
+        assert_eq!(headers["authorization"], "Bearer s3cret");
+        assert_eq!(headers["x-tenant"], "blue");
+    }
+    wait_metric(&gw, "tollgate_trace_spans_exported_total", 1.0).await;
+
+    let config = get(&gw.admin_url("/config")).await.unwrap().text();
+    assert!(
+        !config.contains("s3cret") && !config.contains("blue"),
+        "{config}"
+    );
+    assert!(config.contains("<redacted>"), "{config}");
+    gw.shutdown().await;
+}
+
+/// A gRPC answer with an error status drops the batch (and counts it), like
+/// an HTTP error status does.
+#[tokio::test]
+async fn a_grpc_error_status_is_a_failed_export() {
+    let collector = Collector::start().await;
+    collector.status.store(503, Ordering::SeqCst);
+    let up = Upstream::echo("u").await;
+    let gw = gateway(collector.addr, &up, "  otlp_protocol: grpc\n").await;
+    upstream_traceparent(&gw, "/api/x", &[]).await;
+    wait_metric(
+        &gw,
+        r#"tollgate_trace_spans_dropped_total{reason="export_failed"}"#,
+        1.0,
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "tollgate_trace_spans_exported_total"), Some(0.0));
+    assert!(collector.exports().iter().all(|(grpc, _)| *grpc));
+    gw.shutdown().await;
+}
+
+/// Spans still batched when the gateway stops are sent before it exits
+/// (a batch otherwise waits up to a second for company).
+#[tokio::test]
+async fn shutdown_sends_the_spans_still_queued() {
+    for extra in ["", "  otlp_protocol: grpc\n"] {
+        let collector = Collector::start().await;
+        let up = Upstream::echo("u").await;
+        let gw = gateway(collector.addr, &up, extra).await;
+        let mut traces = Vec::new();
+        for i in 0..3 {
+            traces.push(parts(&upstream_traceparent(&gw, &format!("/api/{i}"), &[]).await).0);
+        }
+        gw.shutdown().await;
+        let sent: Vec<String> = collector.spans().iter().map(|s| hex(&s.trace_id)).collect();
+        for t in &traces {
+            assert!(
+                sent.contains(t),
+                "{extra:?}: trace {t} not exported by shutdown: {sent:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_endpoint_and_ratio_are_validated() {
     let load = |tracing: &str| {
@@ -403,6 +522,12 @@ fn the_endpoint_and_ratio_are_validated() {
             .map_err(|e| e.to_string())
     };
     assert_eq!(load("{ otlp_endpoint: 'http://collector:4318' }"), Ok(()));
+    assert_eq!(
+        load(
+            "{ otlp_endpoint: 'http://collector:4317', otlp_protocol: grpc, otlp_headers: { authorization: Bearer x } }"
+        ),
+        Ok(())
+    );
     assert_eq!(
         load("{ otlp_endpoint: 'https://otlp.example.com/otlp', sample_ratio: 0.25 }"),
         Ok(())
@@ -420,6 +545,23 @@ fn the_endpoint_and_ratio_are_validated() {
             "between 0 and 1",
         ),
         ("{ sample_ratio: 0.5 }", "needs tracing.otlp_endpoint"),
+        ("{ otlp_protocol: grpc }", "needs tracing.otlp_endpoint"),
+        (
+            "{ otlp_endpoint: 'http://c', otlp_protocol: gprc }",
+            "did you mean `grpc`",
+        ),
+        (
+            "{ otlp_endpoint: 'http://c', otlp_headers: { 'bad name': x } }",
+            "is not a header name",
+        ),
+        (
+            "{ otlp_endpoint: 'http://c', otlp_headers: { content-type: x } }",
+            "set by the exporter itself",
+        ),
+        (
+            "{ otlp_endpoint: 'http://c', otlp_headers: { authorization: \"a\\nb\" } }",
+            "not a valid header value",
+        ),
     ] {
         let err = load(bad).unwrap_err();
         assert!(err.contains("tracing."), "{bad}: {err}");

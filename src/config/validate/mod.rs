@@ -31,7 +31,7 @@ mod idempotency;
 
 mod cache;
 
-mod tracing;
+pub mod tracing;
 
 // After `validate`, at every load.
 mod files;

@@ -1,9 +1,15 @@
 //! `tracing`: span export, only in builds with the `otel` feature.
 
-use http::Uri;
+use http::{HeaderName, HeaderValue, Uri};
 
 use super::{Checker, redacted};
+use crate::config::positions::child;
 use crate::config::schema::Config;
+use crate::config::suggest;
+
+/// The spellings of `tracing.otlp_protocol` (those of
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`); the first is the default.
+pub const OTLP_PROTOCOLS: &[&str] = &["http/protobuf", "grpc"];
 
 impl Checker {
     /// `tracing`: span export exists only in builds with the `otel` feature;
@@ -22,6 +28,8 @@ impl Checker {
             for (key, used) in [
                 ("otlp_endpoint", t.otlp_endpoint.is_some()),
                 ("sample_ratio", t.sample_ratio.is_some()),
+                ("otlp_protocol", t.otlp_protocol.is_some()),
+                ("otlp_headers", !t.otlp_headers.is_empty()),
             ] {
                 if used {
                     self.err(
@@ -41,23 +49,76 @@ impl Checker {
                     self.err("tracing.otlp_endpoint", m);
                 }
             }
-            None if t.sample_ratio.is_some() => self.err(
-                "tracing.sample_ratio",
-                "tracing.sample_ratio needs tracing.otlp_endpoint (nothing is exported without it)",
-            ),
-            None => {}
+            None => {
+                for (key, used) in [
+                    ("sample_ratio", t.sample_ratio.is_some()),
+                    ("otlp_protocol", t.otlp_protocol.is_some()),
+                    ("otlp_headers", !t.otlp_headers.is_empty()),
+                ] {
+                    if used {
+                        self.err(
+                            format!("tracing.{key}"),
+                            format!(
+                                "tracing.{key} needs tracing.otlp_endpoint (nothing is exported without it)"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(p) = &t.otlp_protocol
+            && !OTLP_PROTOCOLS.contains(&p.as_str())
+        {
+            self.err(
+                "tracing.otlp_protocol",
+                format!(
+                    "unknown protocol `{p}`; expected http/protobuf or grpc{}",
+                    suggest::hint(p, OTLP_PROTOCOLS.iter().copied())
+                ),
+            );
+        }
+        for (name, value) in &t.otlp_headers {
+            if let Err(m) = otlp_header(name, value) {
+                self.err(child("tracing.otlp_headers", name), m);
+            }
         }
     }
 }
 
-/// An OTLP/HTTP endpoint: an absolute http(s) URL without credentials.
+/// One `tracing.otlp_headers` entry as it is sent. The exporter's own framing
+/// headers and hop-by-hop ones are refused; a message never shows the value
+/// (it is usually a credential).
+pub fn otlp_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a header name"))?;
+    if matches!(
+        parsed.as_str(),
+        "content-type"
+            | "content-length"
+            | "te"
+            | "host"
+            | "user-agent"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+    ) {
+        return Err(format!("`{name}` is set by the exporter itself"));
+    }
+    let value = HeaderValue::from_str(value)
+        .map_err(|_| format!("the value of `{name}` is not a valid header value"))?;
+    Ok((parsed, value))
+}
+
+/// An OTLP endpoint: an absolute http(s) URL without credentials.
 pub(super) fn otlp_url(url: &str) -> Result<(), String> {
     let uri: Uri = url
         .parse()
         .map_err(|_| format!("`{}` is not a URL", redacted(url)))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(format!(
-            "expected an http:// or https:// URL (OTLP/HTTP, usually port 4318), got `{}`",
+            "expected an http:// or https:// URL (usually port 4318 for http/protobuf, 4317 for grpc), got `{}`",
             redacted(url)
         ));
     }
