@@ -640,6 +640,62 @@ async fn grpc_unary_and_server_client_bidi_streaming_pass_through() {
     gw.shutdown().await;
 }
 
+/// A bidi stream whose client pauses longer than `server.limits.body_read_timeout`
+/// is reset, unless its route sets a longer `body_read_timeout` of its own:
+/// the per-route stream idle limit for long-lived calls.
+#[tokio::test]
+async fn a_route_body_read_timeout_keeps_an_idle_stream_open() {
+    let (addr, _seen) = h2_upstream(None).await;
+    let yaml = server_block("limits: { body_read_timeout: 300ms }")
+        + "upstreams:\n  grpc:\n    protocol: h2\n    targets: [{ url: 'http://${UP}' }]\n"
+        + "routes:\n"
+        + "  - { name: long, match: { path_prefix: /, headers: { x-stream: long } }, upstream: grpc, body_read_timeout: 10s }\n"
+        + ALL;
+    let gw = Gateway::start(&yaml, &[("UP", addr.to_string())]).await;
+
+    // Sends one message, waits for its echo, stays silent for `pause`, then
+    // sends another: whether the stream still answers.
+    async fn survives(gw: &Gateway, route: Option<&str>, pause: Duration) -> bool {
+        let mut client = grpc_client(gw).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(r) = route {
+            req.metadata_mut().insert("x-stream", r.parse().unwrap());
+        }
+        client.ready().await.unwrap();
+        tx.send(msg("first", 0)).await.unwrap();
+        let resp = client
+            .streaming(
+                req,
+                http::uri::PathAndQuery::from_static("/echo.Echo/Chat"),
+                Codec::default(),
+            )
+            .await
+            .unwrap();
+        let mut replies = resp.into_inner();
+        assert_eq!(replies.message().await.unwrap(), Some(msg("FIRST", 0)));
+        tokio::time::sleep(pause).await;
+        if tx.send(msg("again", 1)).await.is_err() {
+            return false;
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.message())
+            .await
+            .expect("an answer or an error, not silence");
+        matches!(reply, Ok(Some(m)) if m == msg("AGAIN", 1))
+    }
+
+    let pause = Duration::from_millis(900);
+    assert!(
+        !survives(&gw, None, pause).await,
+        "the server's 300 ms body_read_timeout resets a silent stream"
+    );
+    assert!(
+        survives(&gw, Some("long"), pause).await,
+        "the route's 10 s body_read_timeout keeps it"
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_upstream_error_status_arrives_intact() {
     let (gw, _seen) = h2c_gateway(ALL, "").await;
