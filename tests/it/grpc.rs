@@ -278,6 +278,32 @@ async fn unary(
         .await
 }
 
+/// Opens an `/echo.Echo/Chat` stream with `metadata`, sends "first" and
+/// checks its echo: the sender and the stream of replies.
+async fn chat(
+    client: &mut tonic::client::Grpc<Channel>,
+    metadata: &[(&'static str, &str)],
+) -> (tokio::sync::mpsc::Sender<Msg>, tonic::Streaming<Msg>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    for (name, value) in metadata {
+        req.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    client.ready().await.unwrap();
+    tx.send(msg("first", 0)).await.unwrap();
+    let resp = client
+        .streaming(
+            req,
+            http::uri::PathAndQuery::from_static("/echo.Echo/Chat"),
+            Codec::default(),
+        )
+        .await
+        .unwrap();
+    let mut replies = resp.into_inner();
+    assert_eq!(replies.message().await.unwrap(), Some(msg("FIRST", 0)));
+    (tx, replies)
+}
+
 // ---- gateway configs ----
 
 fn h2_yaml(upstream: &str, extra_top: &str, routes: &str) -> String {
@@ -609,19 +635,7 @@ async fn grpc_unary_and_server_client_bidi_streaming_pass_through() {
 
     // Bidi: each answer comes back before the next message is sent, so
     // nothing along the way buffers the stream.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    client.ready().await.unwrap();
-    tx.send(msg("first", 0)).await.unwrap();
-    let resp = client
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            http::uri::PathAndQuery::from_static("/echo.Echo/Chat"),
-            Codec::default(),
-        )
-        .await
-        .unwrap();
-    let mut replies = resp.into_inner();
-    assert_eq!(replies.message().await.unwrap(), Some(msg("FIRST", 0)));
+    let (tx, mut replies) = chat(&mut client, &[]).await;
     for i in 1..5 {
         tx.send(msg(&format!("m{i}"), i)).await.unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(5), replies.message())
@@ -655,25 +669,9 @@ async fn a_route_body_read_timeout_keeps_an_idle_stream_open() {
 
     // Sends one message, waits for its echo, stays silent for `pause`, then
     // sends another: whether the stream still answers.
-    async fn survives(gw: &Gateway, route: Option<&str>, pause: Duration) -> bool {
+    async fn survives(gw: &Gateway, metadata: &[(&'static str, &str)], pause: Duration) -> bool {
         let mut client = grpc_client(gw).await;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(r) = route {
-            req.metadata_mut().insert("x-stream", r.parse().unwrap());
-        }
-        client.ready().await.unwrap();
-        tx.send(msg("first", 0)).await.unwrap();
-        let resp = client
-            .streaming(
-                req,
-                http::uri::PathAndQuery::from_static("/echo.Echo/Chat"),
-                Codec::default(),
-            )
-            .await
-            .unwrap();
-        let mut replies = resp.into_inner();
-        assert_eq!(replies.message().await.unwrap(), Some(msg("FIRST", 0)));
+        let (tx, mut replies) = chat(&mut client, metadata).await;
         tokio::time::sleep(pause).await;
         if tx.send(msg("again", 1)).await.is_err() {
             return false;
@@ -686,11 +684,11 @@ async fn a_route_body_read_timeout_keeps_an_idle_stream_open() {
 
     let pause = Duration::from_millis(900);
     assert!(
-        !survives(&gw, None, pause).await,
+        !survives(&gw, &[], pause).await,
         "the server's 300 ms body_read_timeout resets a silent stream"
     );
     assert!(
-        survives(&gw, Some("long"), pause).await,
+        survives(&gw, &[("x-stream", "long")], pause).await,
         "the route's 10 s body_read_timeout keeps it"
     );
     gw.shutdown().await;

@@ -381,20 +381,24 @@ async fn requests_do_not_notice_a_dead_or_failing_collector() {
     .await;
     gw.shutdown().await;
 
-    // A collector that refuses the export: counted the same way.
-    let collector = Collector::start().await;
-    collector.status.store(503, Ordering::SeqCst);
-    let gw = gateway(collector.addr, &up, "").await;
-    upstream_traceparent(&gw, "/api/x", &[]).await;
-    wait_metric(
-        &gw,
-        r#"tollgate_trace_spans_dropped_total{reason="export_failed"}"#,
-        1.0,
-    )
-    .await;
-    let m = gw.metrics().await;
-    assert_eq!(metric(&m, "tollgate_trace_spans_exported_total"), Some(0.0));
-    gw.shutdown().await;
+    // A collector that refuses the export (an HTTP 503; over gRPC, a
+    // `grpc-status` other than 0): counted the same way.
+    for (extra, grpc) in [("", false), ("  otlp_protocol: grpc\n", true)] {
+        let collector = Collector::start().await;
+        collector.status.store(503, Ordering::SeqCst);
+        let gw = gateway(collector.addr, &up, extra).await;
+        upstream_traceparent(&gw, "/api/x", &[]).await;
+        wait_metric(
+            &gw,
+            r#"tollgate_trace_spans_dropped_total{reason="export_failed"}"#,
+            1.0,
+        )
+        .await;
+        let m = gw.metrics().await;
+        assert_eq!(metric(&m, "tollgate_trace_spans_exported_total"), Some(0.0));
+        assert!(collector.exports().iter().all(|(g, _)| *g == grpc));
+        gw.shutdown().await;
+    }
 }
 
 async fn wait_metric(gw: &Gateway, series: &str, at_least: f64) {
@@ -467,27 +471,6 @@ async fn grpc_export_carries_the_spans_and_the_configured_headers() {
         "{config}"
     );
     assert!(config.contains("<redacted>"), "{config}");
-    gw.shutdown().await;
-}
-
-/// A gRPC answer with an error status drops the batch (and counts it), like
-/// an HTTP error status does.
-#[tokio::test]
-async fn a_grpc_error_status_is_a_failed_export() {
-    let collector = Collector::start().await;
-    collector.status.store(503, Ordering::SeqCst);
-    let up = Upstream::echo("u").await;
-    let gw = gateway(collector.addr, &up, "  otlp_protocol: grpc\n").await;
-    upstream_traceparent(&gw, "/api/x", &[]).await;
-    wait_metric(
-        &gw,
-        r#"tollgate_trace_spans_dropped_total{reason="export_failed"}"#,
-        1.0,
-    )
-    .await;
-    let m = gw.metrics().await;
-    assert_eq!(metric(&m, "tollgate_trace_spans_exported_total"), Some(0.0));
-    assert!(collector.exports().iter().all(|(grpc, _)| *grpc));
     gw.shutdown().await;
 }
 

@@ -24,47 +24,32 @@ impl Checker {
                 format!("must be between 0 and 1, got {ratio}"),
             );
         }
-        if cfg!(not(feature = "otel")) {
-            for (key, used) in [
-                ("otlp_endpoint", t.otlp_endpoint.is_some()),
-                ("sample_ratio", t.sample_ratio.is_some()),
-                ("otlp_protocol", t.otlp_protocol.is_some()),
-                ("otlp_headers", !t.otlp_headers.is_empty()),
-            ] {
-                if used {
-                    self.err(
-                        format!("tracing.{key}"),
-                        format!(
-                            "tracing.{key} needs tollgate built with `--features otel` \
-                             (OpenTelemetry span export is not in this build)"
-                        ),
-                    );
-                }
+        let used = [
+            ("otlp_endpoint", t.otlp_endpoint.is_some()),
+            ("sample_ratio", t.sample_ratio.is_some()),
+            ("otlp_protocol", t.otlp_protocol.is_some()),
+            ("otlp_headers", !t.otlp_headers.is_empty()),
+        ];
+        let needs = if cfg!(not(feature = "otel")) {
+            "tollgate built with `--features otel` (OpenTelemetry span export is not in this build)"
+        } else if t.otlp_endpoint.is_none() {
+            "tracing.otlp_endpoint (nothing is exported without it)"
+        } else {
+            ""
+        };
+        if !needs.is_empty() {
+            for (key, _) in used.iter().filter(|(_, used)| *used) {
+                self.err(
+                    format!("tracing.{key}"),
+                    format!("tracing.{key} needs {needs}"),
+                );
             }
             return;
         }
-        match &t.otlp_endpoint {
-            Some(url) => {
-                if let Err(m) = otlp_url(url) {
-                    self.err("tracing.otlp_endpoint", m);
-                }
-            }
-            None => {
-                for (key, used) in [
-                    ("sample_ratio", t.sample_ratio.is_some()),
-                    ("otlp_protocol", t.otlp_protocol.is_some()),
-                    ("otlp_headers", !t.otlp_headers.is_empty()),
-                ] {
-                    if used {
-                        self.err(
-                            format!("tracing.{key}"),
-                            format!(
-                                "tracing.{key} needs tracing.otlp_endpoint (nothing is exported without it)"
-                            ),
-                        );
-                    }
-                }
-            }
+        if let Some(url) = &t.otlp_endpoint
+            && let Err(m) = otlp_url(url)
+        {
+            self.err("tracing.otlp_endpoint", m);
         }
         if let Some(p) = &t.otlp_protocol
             && !OTLP_PROTOCOLS.contains(&p.as_str())
