@@ -299,6 +299,9 @@ pub struct JwtPolicy {
     keys: Keys,
     pub tokens: TokenHandling,
     cache: Option<TokenCache>,
+    /// `issuer`, checked again on the claims: jsonwebtoken also accepts an
+    /// `iss` array that merely contains it.
+    issuer: Option<String>,
 }
 
 impl JwtPolicy {
@@ -369,6 +372,7 @@ impl JwtPolicy {
             keys,
             tokens,
             cache: Some(TokenCache::new(CACHE_CAPACITY)),
+            issuer: cfg.issuer.clone(),
         })
     }
 
@@ -378,9 +382,9 @@ impl JwtPolicy {
         self
     }
 
-    /// Verifies a token: size, header, allow-listed `alg`, a key of that
-    /// algorithm's family (by `kid` when given), signature, then `exp`, `nbf`,
-    /// `iss`, `aud`.
+    /// Verifies a token: size, header (no `crit`), allow-listed `alg`, a key
+    /// of that algorithm's family (by `kid` when given), signature, then
+    /// `exp`, `nbf`, `iss` (one string), `aud`.
     pub async fn verify(&self, token: &str) -> Result<Verified, JwtError> {
         let invalid = Err(JwtError::Failure(AuthFailure::Invalid));
         if token.len() > MAX_TOKEN_BYTES || token.bytes().filter(|b| *b == b'.').count() != 2 {
@@ -399,6 +403,12 @@ impl JwtPolicy {
         let Ok(header) = jsonwebtoken::decode_header(token) else {
             return invalid;
         };
+        // RFC 7515 §4.1.11: extensions listed in `crit` must be understood, and
+        // this verifier understands none (jsonwebtoken reads `crit` and
+        // ignores it).
+        if header.crit.is_some() {
+            return invalid;
+        }
         let alg = header.alg;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
             return invalid;
@@ -425,6 +435,12 @@ impl JwtPolicy {
         for key in set.candidates(alg, kid) {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
+                    // `iss` is one string (RFC 7519 §4.1.1), equal to the issuer.
+                    if let Some(issuer) = &self.issuer
+                        && data.claims.get("iss").and_then(Value::as_str) != Some(issuer)
+                    {
+                        return invalid;
+                    }
                     let claims = Arc::new(data.claims);
                     let verified = Verified {
                         subject: claims.get("sub").and_then(Value::as_str).map(Arc::from),
@@ -725,6 +741,58 @@ mod tests {
                 .contains("did you mean `header`")
         );
         assert!("query:".parse::<TokenSource>().is_err());
+    }
+
+    /// An HS256 token signed with `secret`, with `header` fields added.
+    fn hs256(header: Value, claims: Value) -> String {
+        use aws_lc_rs::hmac;
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let mut h = serde_json::json!({"alg": "HS256"});
+        h.as_object_mut()
+            .unwrap()
+            .extend(header.as_object().unwrap().clone());
+        let message = format!(
+            "{}.{}",
+            B64.encode(h.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"fuzz-secret-0123456789abcdef0123");
+        let sig = hmac::sign(&key, message.as_bytes());
+        format!("{message}.{}", B64.encode(sig.as_ref()))
+    }
+
+    fn hs_policy() -> JwtPolicy {
+        let cfg: schema::JwtPolicy = serde_json::from_value(serde_json::json!({
+            "secret": "fuzz-secret-0123456789abcdef0123",
+            "algorithms": ["HS256"],
+            "issuer": "https://issuer.test/",
+        }))
+        .unwrap();
+        JwtPolicy::compile("t", &cfg, Path::new("."), None).unwrap()
+    }
+
+    // Found by the `jwt` fuzz target.
+    #[tokio::test]
+    async fn crit_and_an_iss_list_are_refused() {
+        let p = hs_policy();
+        let exp = unix_now() + 3600;
+        let claims = serde_json::json!({"exp": exp, "iss": "https://issuer.test/"});
+        let good = hs256(serde_json::json!({}), claims.clone());
+        assert!(p.verify(&good).await.is_ok());
+        let invalid = Err(JwtError::Failure(AuthFailure::Invalid));
+        let crit = hs256(serde_json::json!({"crit": ["exp"]}), claims);
+        assert_eq!(p.verify(&crit).await.map(|_| ()), invalid, "crit");
+        for iss in [
+            serde_json::json!(["https://evil.test/", "https://issuer.test/"]),
+            serde_json::json!(["https://issuer.test/"]),
+        ] {
+            let t = hs256(
+                serde_json::json!({}),
+                serde_json::json!({"exp": exp, "iss": iss}),
+            );
+            assert_eq!(p.verify(&t).await.map(|_| ()), invalid, "{iss}");
+        }
     }
 
     #[test]
