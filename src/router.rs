@@ -304,7 +304,7 @@ impl Router {
         let rank: Vec<u64> = compiled
             .iter()
             .enumerate()
-            .map(|(i, c)| ((4 - c.kinds.min(4) as u64) << 32) | i as u64)
+            .map(|(i, c)| ((5 - c.kinds.min(5) as u64) << 32) | i as u64)
             .collect();
         let index = |mut list: Vec<usize>| {
             list.sort_by_key(|&i| rank[i]);
@@ -1039,6 +1039,35 @@ mod tests {
             &[
                 (req("GET", None, "/api/users/1"), Some("longer")),
                 (req("GET", None, "/api/orders"), Some("constrained")),
+            ],
+        );
+    }
+
+    // The rank counted at most four kinds, so a route with all five tied with
+    // one with four and lost on file order (route_match fuzz target).
+    #[test]
+    fn all_five_constraint_kinds_beat_four() {
+        let mut four = prefix("four", "/");
+        four.hosts = vec!["a.test".into()];
+        four.methods = vec![Method::GET];
+        four.headers = vec![(HeaderName::from_static("x-a"), HeaderCond::Present(true))];
+        four.query = vec![("q".into(), "1".into())];
+        let mut five = four.clone();
+        five.name = "five".into();
+        five.cookies = vec![("s".into(), "1".into())];
+        check(
+            vec![four, five],
+            &[
+                (
+                    req("GET", Some("a.test"), "/?q=1")
+                        .header("x-a", "")
+                        .header("cookie", "s=1"),
+                    Some("five"),
+                ),
+                (
+                    req("GET", Some("a.test"), "/?q=1").header("x-a", ""),
+                    Some("four"),
+                ),
             ],
         );
     }
