@@ -172,7 +172,8 @@ pub fn freshness_lifetime(
 /// response_delay). `apparent_age` is `response_time` minus Date (never
 /// negative), `age_value` is the Age header, and `response_delay` is
 /// `response_time` minus `request_time` (never negative). A missing or invalid
-/// Date or Age counts as 0.
+/// Date or Age counts as 0; an Age sent as a list counts by its first member
+/// (RFC 9111 §5.1).
 pub fn initial_age(
     headers: &HeaderMap,
     request_time: SystemTime,
@@ -185,7 +186,8 @@ pub fn initial_age(
         .unwrap_or(Duration::ZERO);
     let age_value = headers
         .get(header::AGE)
-        .and_then(|age| delta_seconds(age.as_bytes().trim_ascii()))
+        .and_then(|age| age.as_bytes().split(|&b| b == b',').next())
+        .and_then(|first| delta_seconds(first.trim_ascii()))
         .map_or(Duration::ZERO, Duration::from_secs);
     let response_delay = response_time
         .duration_since(request_time)
@@ -1089,7 +1091,17 @@ mod tests {
         // Apparent age beats a smaller Age.
         let headers = hm(&[("age", "5"), ("date", &date(T - 60))]);
         assert_eq!(initial_age(&headers, at(T), at(T)), Duration::from_secs(60));
-        for bad in ["-5", "abc", "1.5", "5, 6", ""] {
+        // A list counts by its first member (RFC 9111 §5.1; it was taken as
+        // invalid, i.e. 0, before the cache_control fuzz target).
+        for (list, first) in [("5, 6", 5), ("9,abc", 9), (" 3 , 4 ", 3)] {
+            let headers = hm(&[("age", list)]);
+            assert_eq!(
+                initial_age(&headers, at(T), at(T)),
+                Duration::from_secs(first),
+                "{list:?}"
+            );
+        }
+        for bad in ["-5", "abc", "1.5", "abc, 5", ", 5", ""] {
             let headers = hm(&[("age", bad)]);
             assert_eq!(
                 initial_age(&headers, at(T), at(T + 1)),
