@@ -947,11 +947,18 @@ fn duration_ms(d: Duration) -> u64 {
 }
 
 /// Size of the request head as the client sent it (close enough: the request
-/// line plus `name: value\r\n` per header).
-fn header_bytes<B>(req: &Request<B>) -> u64 {
-    let line = req.method().as_str().len()
-        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-        + 12;
+/// line plus `name: value\r\n` per header). The target counts as written:
+/// an absolute-form target with its scheme and authority, an authority-form
+/// one (CONNECT) as the authority.
+pub fn header_bytes<B>(req: &Request<B>) -> u64 {
+    let uri = req.uri();
+    let path = uri.path_and_query().map(|p| p.as_str().len());
+    let target = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(a)) => scheme.len() + 3 + a.as_str().len() + path.unwrap_or(0),
+        (None, Some(a)) => a.as_str().len(),
+        _ => path.unwrap_or(1),
+    };
+    let line = req.method().as_str().len() + target + 12;
     let fields: usize = req
         .headers()
         .iter()
@@ -970,4 +977,31 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         return v.clone();
     }
     headers::fresh_request_id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The request_head fuzz target: an absolute-form or authority-form target
+    // counted as its path only, so `max_header_bytes` let it through longer.
+    #[test]
+    fn header_bytes_count_the_target_as_written() {
+        for (method, target) in [
+            ("GET", "/a?b"),
+            ("OPTIONS", "*"),
+            ("GET", "http://a.test:8080/x?y"),
+            ("CONNECT", "a.test:443"),
+        ] {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(target)
+                .body(())
+                .unwrap();
+            req.headers_mut()
+                .insert("x-a", HeaderValue::from_static("1"));
+            let want = format!("{method} {target} HTTP/1.1\r\nx-a: 1\r\n").len() as u64;
+            assert_eq!(header_bytes(&req), want, "{method} {target}");
+        }
+    }
 }
