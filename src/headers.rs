@@ -29,19 +29,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & (1 << CONNECTION_BIT) != 0 {
         // Collect first: removing while the values are borrowed is not possible.
-        // `keep-alive` and `close` are the usual tokens and name no header worth
-        // a lookup, so the common case allocates nothing.
+        // `keep-alive` (removed below anyway) and `close` are the usual tokens,
+        // so the common case allocates nothing. Each line is read as bytes: a
+        // member that is not text must not hide the names beside it.
         let mut listed: Vec<HeaderName> = Vec::new();
+        let mut close = false;
         for value in headers.get_all(header::CONNECTION) {
-            let Ok(value) = value.to_str() else { continue };
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            for token in value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+            {
+                if token.eq_ignore_ascii_case(b"keep-alive") {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
                     listed.push(name);
                 }
             }
+        }
+        if close {
+            headers.remove("close");
         }
         for name in listed {
             // A client must not be able to strip what the gateway adds.
@@ -53,10 +65,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & (1 << TE_BIT) != 0 {
         let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
         });
         headers.remove(header::TE);
         if te_trailers {
@@ -100,8 +111,9 @@ fn hop_index(name: &HeaderName) -> Option<u32> {
 }
 
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the Host the client asked for). `peer` is the peer's
-/// address as a header value (made once per connection).
+/// `X-Forwarded-Host` (the Host the client asked for; without one, the
+/// client's own `X-Forwarded-Host` is removed). `peer` is the peer's address
+/// as a header value (made once per connection).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
@@ -130,8 +142,13 @@ pub fn set_forwarded(
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
     }
 }
 
@@ -143,30 +160,42 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
 
 /// The client address (docs/reference/config.md, `server.trusted_proxies`): the
 /// rightmost `X-Forwarded-For` entry that is not a trusted proxy, walking left only while each hop is trusted; the peer
-/// itself when the peer is not trusted.
+/// itself when the peer is not trusted. Empty list members are skipped (RFC
+/// 9110 §5.6.1), and an IPv4-mapped address (a dual-stack socket's IPv4
+/// peer) is judged by its IPv4 address.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
     if trusted.is_empty() || !is_trusted(&peer) {
         return peer;
     }
     let mut client = peer;
     // Header lines are in order; the rightmost entry of the last line is the
-    // nearest hop.
-    let values: Vec<&str> = headers
+    // nearest hop. Lines are read as bytes: a line that is not text is
+    // garbled where it is, not skipped.
+    let values: Vec<&[u8]> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(HeaderValue::as_bytes)
         .collect();
-    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
+    for hop in values
+        .iter()
+        .rev()
+        .flat_map(|v| v.rsplit(|&b| b == b','))
+        .map(|hop| hop.trim_ascii())
+        .filter(|hop| !hop.is_empty())
+    {
+        match std::str::from_utf8(hop)
+            .ok()
+            .and_then(|h| h.parse::<IpAddr>().ok())
+        {
+            Some(ip) => {
                 client = ip;
                 if !is_trusted(&ip) {
                     break;
                 }
             }
             // A garbled entry cannot be believed; stop at the last good one.
-            Err(_) => break,
+            None => break,
         }
     }
     client
@@ -412,6 +441,25 @@ mod tests {
         assert_eq!(m.get("x-keep").unwrap(), "yes");
     }
 
+    // The request_head fuzz target: a Connection or TE line holding a byte
+    // that is not text was skipped whole, and `close` named no field.
+    #[test]
+    fn connection_and_te_are_read_as_bytes() {
+        let mut m = HeaderMap::new();
+        m.append(
+            "connection",
+            HeaderValue::from_bytes(b"x-secret, \xff").unwrap(),
+        );
+        m.append("connection", HeaderValue::from_static("CLOSE"));
+        m.append("x-secret", HeaderValue::from_static("1"));
+        m.append("close", HeaderValue::from_static("1"));
+        m.append("te", HeaderValue::from_bytes(b"trailers, \xff").unwrap());
+        strip_hop_by_hop(&mut m);
+        assert!(m.get("x-secret").is_none());
+        assert!(m.get("close").is_none());
+        assert_eq!(m.get("te").unwrap(), "trailers");
+    }
+
     #[test]
     fn te_without_trailers_is_removed() {
         let mut m = h(&[("te", "gzip")]);
@@ -437,6 +485,40 @@ mod tests {
         );
         assert_eq!(m.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(m.get("x-forwarded-host").unwrap(), "api.example.com");
+    }
+
+    // The request_head fuzz target: a client's X-Forwarded-Host went upstream
+    // when the request had no host of its own.
+    #[test]
+    fn forwarded_host_without_a_host_is_removed() {
+        let mut m = h(&[("x-forwarded-host", "evil.test")]);
+        set_forwarded(&mut m, &ip_value("10.0.0.9".parse().unwrap()), "http", None);
+        assert!(m.get("x-forwarded-host").is_none());
+        assert_eq!(m.get("x-forwarded-for").unwrap(), "10.0.0.9");
+    }
+
+    // The request_head fuzz target: an IPv4-mapped peer was never trusted, an
+    // empty member stopped the walk, and a line that is not text was skipped
+    // whole (so the entries left of it were believed).
+    #[test]
+    fn client_ip_mapped_peers_empty_members_and_bytes() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let m = h(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), &m, &trusted),
+            ip("1.2.3.4")
+        );
+        let m = h(&[("x-forwarded-for", "1.2.3.4, ::ffff:10.1.1.1")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &m, &trusted), ip("1.2.3.4"));
+        let m = h(&[("x-forwarded-for", "1.2.3.4, ,")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &m, &trusted), ip("1.2.3.4"));
+        let mut m = h(&[("x-forwarded-for", "6.6.6.6")]);
+        m.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff, 10.1.1.1").unwrap(),
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), &m, &trusted), ip("10.1.1.1"));
     }
 
     #[test]
