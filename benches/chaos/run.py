@@ -3,11 +3,11 @@
 one at a time and then mixed; what failed, why, what should have been served,
 and the gateway's memory and file descriptors before and after.
 
-    benches/chaos/run.py                                   # every fault, 3 runs each, ~25 min
+    benches/chaos/run.py                                   # every fault, 3 runs each, ~27 min
     benches/chaos/run.py --faults kill,redis --repeat 1    # a subset
     benches/chaos/run.py --list                            # the faults
 
-It starts, on ports of its own (18480-18494 by default): redis-server, two
+It starts, on ports of its own (18480-18493 and 19480): redis-server, two
 fault-injecting targets (faulty.py, `a` and `b`) behind the upstream `app`, a
 third faulty.py serving the JWKS, and the gateway with chaos.yaml (JSON access
 log to a file). Faults are always applied to target `a`, Redis or the JWKS

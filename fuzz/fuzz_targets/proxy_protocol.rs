@@ -93,16 +93,20 @@ fn raw(input: &[u8], peer: SocketAddr, trusted: bool) {
     }
 }
 
-/// The source of a v1 header's fields (between `PROXY ` and the CRLF).
+/// The source of a v1 header's fields (between `PROXY ` and the CRLF). After
+/// `UNKNOWN` the spec has the receiver ignore whatever precedes the CRLF, so
+/// those bytes need not be text.
 fn v1_source(fields: &[u8], peer: SocketAddr) -> SocketAddr {
-    let text = std::str::from_utf8(fields).expect("an accepted v1 header is text");
+    if fields == b"UNKNOWN" || fields.starts_with(b"UNKNOWN ") {
+        return peer;
+    }
+    let text = std::str::from_utf8(fields).expect("an accepted TCP4/TCP6 header is text");
     let f: Vec<&str> = text.split([' ', '\r']).collect();
     match f[0] {
         "TCP4" | "TCP6" => SocketAddr::new(
             f[1].parse().expect("a source address"),
             f[3].parse().expect("a source port"),
         ),
-        "UNKNOWN" => peer,
         other => panic!("accepted the protocol {other:?}"),
     }
 }

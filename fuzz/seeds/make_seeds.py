@@ -140,6 +140,9 @@ for name, mode, data in [
     ("v1-tcp6", 0, b"PROXY TCP6 2001:db8::1 ::ffff:10.0.0.1 1000 443\r\n"),
     ("v1-unknown", 0, b"PROXY UNKNOWN\r\n"),
     ("v1-unknown-rest", 0, b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"),
+    # Found by the target: after UNKNOWN the spec ignores everything up to the
+    # CRLF, bytes that are not text included (ppp reads up to the first CR).
+    ("v1-unknown-junk", 0, b"PROXY UNKNOWN   \n \x11\x00\rU\r\x00PROXY TCT4 20\nU\r3\xe50.3.7 0.0.0.1 5324\n 41\r\n"),
     ("v1-leading-zero", 0, b"PROXY TCP4 01.2.3.4 10.0.0.1 1 2\r\n"),
     ("v1-port-overflow", 0, b"PROXY TCP4 1.2.3.4 10.0.0.1 65536 2\r\n"),
     ("v1-no-crlf", 0, b"PROXY TCP4 1.2.3.4 10.0.0.1 1 2\n"),
