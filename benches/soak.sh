@@ -60,47 +60,25 @@ done
 mkdir -p "$RUN_DIR"
 log "run directory $RUN_DIR"
 
-# ---- processes: started here, stopped by PID at exit -----------------------
-declare -a STARTED=()
-cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        (( alive )) || break
-        sleep 0.1
-    done
-    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-start() {  # start NAME CMD...
-    local name=$1; shift
-    "$@" >"$RUN_DIR/$name.out" 2>"$RUN_DIR/$name.err" </dev/null &
-    STARTED+=($!)
-    LAST_PID=$!
-}
-wait_ok() {  # wait_ok URL: until it answers 2xx, at most 15 s
-    for _ in $(seq 150); do
-        curl -sf -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    die "$1 did not answer within 15 s (see $RUN_DIR)"
-}
+# ---- processes: started here, stopped by PID at exit (benches/lib/procs.sh)
+NICE=${NICE:-0}
+LOADGEN_CPUS=${LOADGEN_CPUS:-0-$(($(nproc) - 1))}
+# shellcheck source=lib/procs.sh
+source "$(dirname "$0")/lib/procs.sh"
+ALL_CPUS=$LOADGEN_CPUS
 
 python3 "$CHAOS/mkkeys.py" "$RUN_DIR/keys" 50
-start redis redis-server --port "$CHAOS_REDIS" --bind 127.0.0.1 --save '' --appendonly no
-start target-a python3 "$CHAOS/faulty.py" --port "$CHAOS_UP_A" --control "$CTL_A" --name a
-start target-b python3 "$CHAOS/faulty.py" --port "$CHAOS_UP_B" --control "$CTL_B" --name b
-start jwks python3 "$CHAOS/faulty.py" --port "$CHAOS_JWKS" --control "$CTL_JWKS" --name jwks --jwks "$RUN_DIR/keys/jwks.json"
+start redis "$ALL_CPUS" redis-server --port "$CHAOS_REDIS" --bind 127.0.0.1 --save '' --appendonly no
+start target-a "$ALL_CPUS" python3 "$CHAOS/faulty.py" --port "$CHAOS_UP_A" --control "$CTL_A" --name a
+start target-b "$ALL_CPUS" python3 "$CHAOS/faulty.py" --port "$CHAOS_UP_B" --control "$CTL_B" --name b
+start jwks "$ALL_CPUS" python3 "$CHAOS/faulty.py" --port "$CHAOS_JWKS" --control "$CTL_JWKS" --name jwks --jwks "$RUN_DIR/keys/jwks.json"
 wait_ok "http://127.0.0.1:$CTL_A/__chaos/stats"
 wait_ok "http://127.0.0.1:$CTL_B/__chaos/stats"
 wait_ok "http://127.0.0.1:$CTL_JWKS/__chaos/stats"
 
 CONFIG=$RUN_DIR/tollgate.yaml
 cp "$CHAOS/chaos.yaml" "$CONFIG"
-start gateway "$TOLLGATE_BIN" --config "$CONFIG" --log-format json --access-log "$RUN_DIR/access.log"
+start gateway "$ALL_CPUS" "$TOLLGATE_BIN" --config "$CONFIG" --log-format json --access-log "$RUN_DIR/access.log"
 GW=$LAST_PID
 wait_ok "http://127.0.0.1:$CHAOS_ADMIN/readyz"
 log "gateway pid $GW ready on 127.0.0.1:$CHAOS_PORT"
