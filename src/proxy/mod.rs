@@ -363,7 +363,6 @@ async fn serve(
                 .unwrap_or(upstream.request_timeout)
                 .min(grpc_deadline.unwrap_or(Duration::MAX)),
             body_limit: limits.max_bytes,
-            keyed: digest.is_some(),
         };
         let resp = forward(parts, body, upstream, attempt, ex).await?;
         answer(resp, route, upstream, ex)
@@ -689,11 +688,11 @@ async fn outgoing_body(
         }
         return Ok(Outgoing::Replayable(Bytes::new()));
     }
-    // A keyed request may be retried where nothing reached the upstream.
+    // Any request may be retried where nothing reached the upstream.
     let retryable = upstream
         .retry
         .as_ref()
-        .is_some_and(|r| r.allows_method(&parts.method) || digest.is_some());
+        .is_some_and(|r| r.may_retry(&parts.method));
     let received = Arc::new(AtomicU64::new(0));
     ex.bytes_in = Some(received.clone());
     let body = RequestBody::new(body, limits.max_bytes, limits.read_timeout, received);
@@ -749,9 +748,6 @@ struct Attempt {
     /// The whole exchange's deadline: every attempt and backoff fit in it.
     timeout: Duration,
     body_limit: u64,
-    /// The request holds an idempotency key: its method may be retried where
-    /// nothing reached the upstream, even if `retries.methods` lacks it.
-    keyed: bool,
 }
 
 /// Reads a small request body in full (within the body limit and stall timeout).
@@ -790,13 +786,15 @@ async fn forward(
             upstream
                 .retry
                 .as_ref()
-                .filter(|r| r.allows_method(&parts.method) || at.keyed),
+                .filter(|r| r.may_retry(&parts.method)),
             None,
             bytes,
         ),
         Outgoing::Streamed(b) => (None, Some(b), Bytes::new()),
     };
-    // Retried only because it is keyed: only when nothing reached the upstream.
+    // A method `retries.methods` lacks is retried only where nothing reached
+    // the upstream: the connection was never made, or an HTTP/2 stream was
+    // refused.
     let unsent_only = retry.is_some_and(|r| !r.allows_method(&parts.method));
     let max_attempts = 1 + retry.map_or(0, |r| r.attempts);
     if upstream.retry.is_some() {

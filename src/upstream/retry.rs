@@ -60,8 +60,17 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `m` may be retried after its request may have reached a target.
     pub fn allows_method(&self, m: &Method) -> bool {
         self.methods.contains(m)
+    }
+
+    /// `m` may be retried at all: after any failure when `allows_method`,
+    /// otherwise only on a connect error, where nothing was sent and any
+    /// method is safe to send again (RFC 9110 §9.2.2 speaks of requests the
+    /// server may have acted on; this one never reached it).
+    pub fn may_retry(&self, m: &Method) -> bool {
+        self.on_connect_error || self.allows_method(m)
     }
 
     /// The counter of `reason` when this policy retries it.

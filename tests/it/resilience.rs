@@ -308,6 +308,76 @@ async fn small_bodies_are_replayed_but_post_and_large_bodies_are_not() {
     gw.shutdown().await;
 }
 
+/// A target that refuses the connection was sent nothing: every method is
+/// retried on the next one when `on` has `connect_error`, POST and PATCH too
+/// (the chaos suite lost POSTs this way). Without `connect_error` in `on`,
+/// or with a body that streamed, the refusal reaches the client.
+#[tokio::test]
+async fn a_refused_connection_is_retried_for_every_method() {
+    let b = Upstream::echo("b").await;
+    let dead = dead_addr().await.to_string();
+    let cfg = |on: &str| {
+        two_targets(
+            &format!("    retries: {{ attempts: 2, on: [{on}], backoff: 1ms }}\n"),
+            "",
+        )
+    };
+    let gw = Gateway::start(
+        &cfg("connect_error"),
+        &[("A", dead.clone()), ("B", b.host_port())],
+    )
+    .await;
+    for method in ["POST", "PATCH", "POST", "PATCH"] {
+        let req = Request::builder()
+            .method(method)
+            .uri(gw.url("/x"))
+            .body(body("payload"))
+            .expect("req");
+        let r = send(req).await.expect("send");
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+        assert_eq!(r.json()["server"], "b");
+        assert_eq!(r.json()["body_bytes"], 7, "{method} replayed with its body");
+    }
+    assert_eq!(b.hits(), 4, "each request reached b exactly once");
+    let retried = retries_metric(&gw, "connect_error").await;
+    assert!(
+        retried >= 1.0,
+        "round robin sent some first attempts to the dead target"
+    );
+
+    // A body over the replay bound streams: it cannot be sent twice.
+    let mut refused = 0;
+    for _ in 0..4 {
+        let req = Request::post(gw.url("/x"))
+            .body(body(vec![b'p'; 100 * 1024]))
+            .expect("req");
+        let r = send(req).await.expect("big post");
+        match r.status {
+            200 => {}
+            502 => {
+                r.assert_error(502, "upstream_unavailable");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert!(refused >= 1, "some large POSTs met the dead target");
+    assert_eq!(retries_metric(&gw, "connect_error").await, retried);
+    gw.shutdown().await;
+
+    // `on` without connect_error: a refused GET is not retried either.
+    let gw = Gateway::start(&cfg("503"), &[("A", dead), ("B", b.host_port())]).await;
+    let mut refused = 0;
+    for _ in 0..4 {
+        let r = get(&gw.url("/x")).await.expect("get");
+        if r.status == 502 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "some GETs met the dead target");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_retry_budget_caps_retries_on_a_failing_upstream() {
     let a = Upstream::echo("a").await;
