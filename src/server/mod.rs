@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{IntCounterVec, IntGauge};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -498,23 +499,34 @@ where
                     when,
                 )
                 .await;
-                if ended != Ended::Park {
-                    return None;
+                match ended {
+                    Ended::Done => None,
+                    Ended::Closed => Some(After::Close(conn.into_parts()?.io.into_inner())),
+                    Ended::Park => {
+                        let parts = conn.into_parts()?;
+                        info.set_parking(false);
+                        Some(After::Park(
+                            parts.io.into_inner(),
+                            parts.service,
+                            parts.read_buf,
+                        ))
+                    }
                 }
-                let parts = conn.into_parts()?;
-                info.set_parking(false);
-                Some((parts.io.into_inner(), parts.service, parts.read_buf))
             });
             // A block, so that nothing it binds keeps room in the task.
             let pipelined = {
-                let Some((next_io, next_svc, read_buf)) = served.await else {
-                    if let Some(refusal) = info.refused() {
-                        gauges
-                            .malformed
-                            .with_label_values(&[&*info.listener, refusal.code()])
-                            .inc();
+                let (next_io, next_svc, read_buf) = match served.await {
+                    Some(After::Park(io, svc, read_buf)) => (io, svc, read_buf),
+                    Some(After::Close(io)) => return linger(io, life).await,
+                    None => {
+                        if let Some(refusal) = info.refused() {
+                            gauges
+                                .malformed
+                                .with_label_values(&[&*info.listener, refusal.code()])
+                                .inc();
+                        }
+                        return;
                     }
-                    return;
                 };
                 (io, svc) = (next_io, next_svc);
                 if read_buf.is_empty() {
@@ -535,14 +547,63 @@ where
             // timer, as on a new connection). Not marked here: on TLS a
             // wake-up may carry no request bytes at all (a key update).
             if !woke {
-                // Idle timeout or shutdown: a FIN (and a TLS close_notify),
-                // not waited on for long if the client stopped reading.
-                let closing = Box::pin(tokio::time::timeout(Duration::from_secs(1), io.shutdown()));
-                let _ = closing.await;
-                return;
+                // Idle timeout or shutdown.
+                return linger(io, life).await;
             }
         }
     }
+}
+
+/// What is left of a connection hyper served until it ended gracefully.
+enum After<S, Svc> {
+    /// Parked: the stream, the service and what hyper had read ahead.
+    Park(WatchedIo<S>, Svc, Bytes),
+    /// Closed by the gateway between requests.
+    Close(WatchedIo<S>),
+}
+
+/// How long a connection the gateway closes between requests keeps reading
+/// after its FIN. A request that crossed the FIN arrives within a round trip,
+/// and a client that sees the FIN closes at once, so this bounds only clients
+/// that do neither; a drain waits for it, hence short (NGINX's
+/// `lingering_timeout`, for unread request bodies, is 5 s).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes a connection the gateway ends between requests (idle timeout,
+/// shutdown) without a reset: sends the FIN (and a TLS close_notify), then
+/// reads and drops whatever still comes until the client closes its end,
+/// `LINGER` passes or the shutdown grace ends. A request the client wrote
+/// in the same instant would otherwise meet a socket closed with unread
+/// bytes, which the kernel answers with a RST; after a clean FIN a client
+/// knows the request was never read and may send it again (Go's and
+/// browsers' clients do, for a reused connection).
+/// Boxed at once, so that the connection task keeps no room for it.
+fn linger<S: ClientStream>(
+    mut io: WatchedIo<S>,
+    life: &Lifecycle,
+) -> Pin<Box<impl Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        let until = tokio::time::Instant::now() + LINGER;
+        // Not waited on for long if the client stopped reading.
+        if tokio::time::timeout(Duration::from_secs(1), io.shutdown())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut sink = [0u8; 512];
+        loop {
+            tokio::select! {
+                read = io.read(&mut sink) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => return,
+                _ = life.abort.cancelled() => return,
+            }
+        }
+    })
 }
 
 /// Waits while a connection is parked: `true` when the client sent something
@@ -576,6 +637,9 @@ enum Ended {
     Done,
     /// Finished for parking, with the stream left open.
     Park,
+    /// Closed by the gateway between requests (idle timeout, shutdown):
+    /// hyper sent its FIN, and the stream lingers (see `linger`).
+    Closed,
 }
 
 /// When `watch` ends a connection for parking.
@@ -640,11 +704,11 @@ where
                 return ending.unwrap_or(Ended::Done);
             }
             _ = life.abort.cancelled() => return Ended::Done,
-            _ = life.stop.cancelled(), if ending != Some(Ended::Done) => {
+            _ = life.stop.cancelled(), if ending != Some(Ended::Closed) => {
                 // A connection on its way to parking closes instead.
                 info.set_parking(false);
                 graceful(conn.as_mut());
-                ending = Some(Ended::Done);
+                ending = Some(Ended::Closed);
                 continue;
             }
             _ = idle_now, if at_once && park.is_some() => Verdict::Park,
@@ -663,7 +727,7 @@ where
             }
             Verdict::Idle => {
                 graceful(conn.as_mut());
-                ending = Some(Ended::Done);
+                ending = Some(Ended::Closed);
             }
             Verdict::SlowHead => {
                 tracing::info!(peer = %info.peer, "closing a connection whose request head was too slow");

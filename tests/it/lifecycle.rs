@@ -138,6 +138,88 @@ async fn shutdown_grace_cuts_longer_requests() {
     assert!(r.is_err(), "the request was cut, not answered: {r:?}");
 }
 
+/// One request on a raw keep-alive connection, its answer read whole.
+async fn ping_on(gw: &Gateway) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    while !got.ends_with(b"pong") {
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// The gateway closed `s` between requests: it sees the FIN, then writes a
+/// request as a client racing the close would, and must not get a reset for
+/// it: the gateway still reads the socket (it lingers) and drops the bytes.
+async fn assert_fin_then_no_reset(s: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("the gateway closes the connection")
+        .expect("a FIN, not a reset");
+    assert_eq!(n, 0, "nothing but the FIN");
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("the write after the FIN");
+    // A socket already closed answers that write with a RST at once on
+    // loopback; give it the time to arrive, then write again: after a RST
+    // that fails (a read would not tell: after a FIN it returns 0 either way).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(e) = s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await {
+        panic!("the request after the FIN was answered with a reset: {e}");
+    }
+    assert_eq!(
+        s.read(&mut buf).await.expect("no reset"),
+        0,
+        "and never answered"
+    );
+}
+
+#[tokio::test]
+async fn a_request_racing_the_drain_meets_a_fin_not_a_reset() {
+    let (_up, mut gw, _) = start("5s").await;
+    let mut s = ping_on(&gw).await;
+    let shutdown = tokio::spawn(gw.app.take().unwrap().shutdown());
+    assert_fin_then_no_reset(&mut s).await;
+    drop(s);
+    tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_request_racing_the_idle_timeout_meets_a_fin_not_a_reset() {
+    // Idle timeout before parking (hyper closes) and after it (the parked
+    // stream closes).
+    for (idle, parks) in [("300ms", false), ("1500ms", true)] {
+        let up = Upstream::echo("up").await;
+        let yaml = config(&up.host_port(), "5s").replace(
+            "server:\n",
+            &format!("server:\n  limits: {{ idle_timeout: {idle} }}\n"),
+        );
+        let dead = dead_addr().await;
+        let gw = Gateway::start(&yaml, &[("DEAD", dead.to_string())]).await;
+        let mut s = ping_on(&gw).await;
+        if parks {
+            gw.wait_parked(1).await;
+        }
+        assert_fin_then_no_reset(&mut s).await;
+        gw.shutdown().await;
+    }
+}
+
 async fn get_with_result(url: &str) -> Result<Resp, String> {
     get(url).await
 }
