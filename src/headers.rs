@@ -353,14 +353,16 @@ pub fn owned(h: &HeaderMap) -> HeaderMap {
         buf.extend_from_slice(v.as_bytes());
     }
     let buf = buf.freeze();
-    let mut out = HeaderMap::with_capacity(h.len());
+    // A clone keeps the map's layout (no name is hashed again); only the
+    // values are swapped for slices of the copy, in the same order.
+    let mut out = h.clone();
     let mut at = 0;
-    for (name, v) in h {
+    for v in out.values_mut() {
         let end = at + v.len();
-        let mut value =
-            HeaderValue::from_maybe_shared(buf.slice(at..end)).unwrap_or_else(|_| v.clone());
-        value.set_sensitive(v.is_sensitive());
-        out.append(name.clone(), value);
+        if let Ok(mut value) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            value.set_sensitive(v.is_sensitive());
+            *v = value;
+        }
         at = end;
     }
     out

@@ -17,8 +17,6 @@ use crate::config::schema;
 use crate::headers::owned as owned_headers;
 use crate::upstream::tee::{Keeper, TeeBody, frozen};
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
@@ -68,9 +66,10 @@ pub struct RouteCache {
     pub cache: Arc<Cache>,
     /// The key as configured (for `/explain`).
     parts: Box<[String]>,
-    /// A fingerprint of the route's cache settings: a changed route starts
-    /// from an empty cache, an unchanged one keeps its entries over a reload.
-    id: u64,
+    /// A fingerprint of the route's cache settings, in hex, that starts
+    /// every key: a changed route starts from an empty cache, an unchanged
+    /// one keeps its entries over a reload.
+    id: Box<str>,
     key: KeySpec,
     default_ttl: Option<Duration>,
     stale_while_revalidate: Duration,
@@ -133,7 +132,7 @@ impl RouteCache {
         RouteCache {
             cache,
             parts: rc.key.clone().into(),
-            id,
+            id: format!("{id:016x}").into(),
             key: KeySpec {
                 host,
                 path,
@@ -177,11 +176,7 @@ impl RouteCache {
             if self.key.query { q } else { "" },
         );
         let mut primary = String::with_capacity(26 + kh.len() + kp.len() + kq.len());
-        let id = self.id.to_be_bytes();
-        for b in id {
-            primary.push(char::from(HEX[usize::from(b >> 4)]));
-            primary.push(char::from(HEX[usize::from(b & 15)]));
-        }
+        primary.push_str(&self.id);
         primary.push(' ');
         primary.push_str(method.as_str());
         primary.push(' ');
