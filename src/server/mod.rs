@@ -577,6 +577,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// bytes, which the kernel answers with a RST; after a clean FIN a client
 /// knows the request was never read and may send it again (Go's and
 /// browsers' clients do, for a reused connection).
+///
 /// Boxed at once, so that the connection task keeps no room for it.
 fn linger<S: ClientStream>(
     mut io: WatchedIo<S>,
