@@ -12,9 +12,11 @@ Usage: idle_conns.py HOST PORT N [HOLD_SECONDS=60] [PATH=/]
 """
 
 import asyncio
-import socket
-import struct
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from sockets import reset_on_close  # noqa: E402
 
 
 async def one(host, port, path, sem, held):
@@ -40,12 +42,7 @@ async def one(host, port, path, sem, held):
 
 
 def abort(writer):
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
+    reset_on_close(writer)
     writer.close()
 
 

@@ -49,10 +49,12 @@ import json
 import os
 import random
 import socket
-import struct
 import sys
 import time
 from urllib.parse import parse_qs, urlsplit
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+from sockets import reset_on_close  # noqa: E402
 
 MODES = ("normal", "latency", "reset", "hang", "noread", "slowbody", "truncate")
 DEFAULT_MS = {"latency": 2500, "slowbody": 2000}
@@ -110,12 +112,7 @@ def tcp_state(sock):
 
 
 def rst_close(writer):
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
+    reset_on_close(writer)
     writer.transport.abort()
 
 
