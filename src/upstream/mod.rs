@@ -14,6 +14,7 @@ pub mod outlier;
 pub mod pool;
 pub mod report;
 pub mod retry;
+mod rouse;
 pub mod slow_start;
 pub mod tee;
 

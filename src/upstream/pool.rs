@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::rouse::Rouse;
 use crate::body::{BodyError, RequestBody};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +116,9 @@ struct Conn {
     /// `None` once the connection ended (closed, failed, or upgraded).
     io: Option<ConnIo>,
     idle_since: Instant,
+    /// The waker the state machine is polled with, made once per connection.
+    rouse: Arc<Rouse>,
+    waker: Waker,
 }
 
 /// hyper's connection state machine with upgrades on (its type is not
@@ -122,6 +126,17 @@ struct Conn {
 type ConnIo = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 impl Conn {
+    fn new(tx: http1::SendRequest<RequestBody>, io: ConnIo) -> Box<Conn> {
+        let rouse = Arc::new(Rouse::default());
+        Box::new(Conn {
+            tx,
+            io: Some(io),
+            idle_since: Instant::now(),
+            waker: Waker::from(rouse.clone()),
+            rouse,
+        })
+    }
+
     /// Lets the connection make progress; `false` once it has ended.
     fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(io) = &mut self.io else {
@@ -132,6 +147,30 @@ impl Conn {
             return false;
         }
         true
+    }
+
+    /// Polls the connection, then `then` (what waits on it: the response
+    /// head, the body), in rounds while the connection woke itself meanwhile
+    /// (see `Rouse`). `then` gets a no-op waker: only the connection, polled
+    /// just before, can complete what it polls.
+    fn poll_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut then: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let Conn {
+            io, rouse, waker, ..
+        } = self;
+        rouse.rounds(waker, cx, |own, quiet| {
+            if let Some(running) = io
+                && running.as_mut().poll(own).is_ready()
+            {
+                // Ended: what waited on it resolves now (with an error,
+                // unless it was complete).
+                *io = None;
+            }
+            then(quiet)
+        })
     }
 }
 
@@ -284,13 +323,7 @@ where
     F: Future<Output = T>,
 {
     let mut sending = std::pin::pin!(sending);
-    std::future::poll_fn(|cx| {
-        // Once the connection ended, `sending` resolves (with an error, unless
-        // the response was complete or the connection was upgraded).
-        conn.poll_io(cx);
-        sending.as_mut().poll(cx)
-    })
-    .await
+    std::future::poll_fn(|cx| conn.poll_with(cx, |quiet| sending.as_mut().poll(quiet))).await
 }
 
 /// The response head arrived on `conn`: its body keeps driving the connection.
@@ -329,11 +362,7 @@ impl Inner {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(chain(&e)))?;
-        Ok(Box::new(Conn {
-            tx,
-            io: Some(Box::pin(io.with_upgrades())),
-            idle_since: Instant::now(),
-        }))
+        Ok(Conn::new(tx, Box::pin(io.with_upgrades())))
     }
 
     async fn open(&self, ep: &Endpoint) -> Result<Stream, SendError> {
@@ -498,12 +527,13 @@ impl UpstreamBody {
     }
 
     /// The body ended: the connection is reusable once its state machine has
-    /// seen the end of the message.
-    fn release(&mut self, cx: &mut Context<'_>) {
+    /// seen the end of the message. Polled with a no-op waker: an idle
+    /// connection wakes no one (`checkout` looks at it again).
+    fn release(&mut self) {
         let Some((mut conn, ep)) = self.conn.take() else {
             return;
         };
-        if conn.poll_io(cx) && !conn.tx.is_closed() {
+        if conn.poll_io(&mut Context::from_waker(Waker::noop())) && !conn.tx.is_closed() {
             ep.checkin(conn);
         }
     }
@@ -518,17 +548,22 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some((conn, _)) = &mut this.conn
-            && !conn.poll_io(cx)
-        {
-            // The connection is finished (closed, or failed: then the body
-            // reports the error itself).
-            this.conn = None;
-        }
-        let polled = Pin::new(this.incoming()).poll_frame(cx);
+        let BodyKind::Plain(body) = &mut this.body;
+        let polled = match &mut this.conn {
+            Some((conn, _)) => {
+                let polled = conn.poll_with(cx, |quiet| Pin::new(&mut *body).poll_frame(quiet));
+                if conn.io.is_none() {
+                    // The connection is finished (closed, or failed: then the
+                    // body reports the error itself).
+                    this.conn = None;
+                }
+                polled
+            }
+            None => Pin::new(body).poll_frame(cx),
+        };
         match &polled {
-            Poll::Ready(None) => this.release(cx),
-            Poll::Ready(Some(Ok(_))) if this.incoming().is_end_stream() => this.release(cx),
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.incoming().is_end_stream() => this.release(),
             _ => {}
         }
         polled
@@ -552,7 +587,7 @@ impl Drop for UpstreamBody {
         // A body without content (HEAD, 204, 304, `content-length: 0`) may never
         // be polled: it still gives its connection back.
         if self.conn.is_some() && self.is_end_stream() {
-            self.release(&mut Context::from_waker(Waker::noop()));
+            self.release();
         }
     }
 }
