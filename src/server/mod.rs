@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -607,6 +607,54 @@ fn linger<S: ClientStream>(
     })
 }
 
+/// A future `watch` polls on every wake-up of a busy connection (a
+/// cancellation, the next check's timer), once its wake-up is registered.
+/// Polling it again costs more than it tells: tokio's cancellation waiter
+/// takes the token's lock (one token for every connection), the timer
+/// re-registers its waker. So it is polled again only for a waker new to it;
+/// otherwise `done` answers (an atomic load), and the waker registered before
+/// is what its event wakes.
+struct Armed<'p, F, D> {
+    fut: Pin<&'p mut F>,
+    done: D,
+    registered: Option<Waker>,
+}
+
+impl<'p, F: Future, D: Fn(&F) -> bool> Armed<'p, F, D> {
+    fn new(fut: Pin<&'p mut F>, done: D) -> Self {
+        Armed {
+            fut,
+            done,
+            registered: None,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if (self.done)(&self.fut) {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        self.registered = Some(cx.waker().clone());
+        self.fut.as_mut().poll(cx).map(drop)
+    }
+}
+
+impl<D> Armed<'_, tokio::time::Sleep, D> {
+    /// Moves the timer; its waker is registered again at the next poll.
+    fn reset(&mut self, deadline: tokio::time::Instant) {
+        if self.fut.deadline() != deadline {
+            self.fut.as_mut().reset(deadline);
+            self.registered = None;
+        }
+    }
+}
+
 /// Waits while a connection is parked: `true` when the client sent something
 /// (or closed its end), `false` when the connection must close instead
 /// (`idle_timeout`, shutdown; `abort` is not watched, it never fires before
@@ -672,11 +720,18 @@ where
     let park_after = (park != Park::Never).then_some(PARK_AFTER);
     let at_once = park == Park::AtOnce;
     let floor = info.completed();
+    let (abort, stop) = (life.abort.cancelled(), life.stop.cancelled());
+    let timer = tokio::time::sleep(settings.idle_timeout);
+    tokio::pin!(abort, stop, timer);
+    let mut abort = Armed::new(abort.as_mut(), |_| life.abort.is_cancelled());
+    let mut stop = Armed::new(stop.as_mut(), |_| life.stop.is_cancelled());
+    let mut timer = Armed::new(timer.as_mut(), tokio::time::Sleep::is_elapsed);
     // Set once a graceful end was asked for: parking or closing.
     let mut ending = None;
     loop {
         let park = park_after.filter(|_| ending.is_none());
         let deadline = info.next_check(settings.idle_timeout, settings.header_timeout, park);
+        timer.reset(deadline.into());
         // Polled right after the connection (`biased`), so it sees the state
         // that hyper's last step left; it needs no waker of its own.
         let idle_now = std::future::poll_fn(|_| {
@@ -704,8 +759,8 @@ where
                 }
                 return ending.unwrap_or(Ended::Done);
             }
-            _ = life.abort.cancelled() => return Ended::Done,
-            _ = life.stop.cancelled(), if ending != Some(Ended::Closed) => {
+            _ = std::future::poll_fn(|cx| abort.poll(cx)) => return Ended::Done,
+            _ = std::future::poll_fn(|cx| stop.poll(cx)), if ending != Some(Ended::Closed) => {
                 // A connection on its way to parking closes instead.
                 info.set_parking(false);
                 graceful(conn.as_mut());
@@ -713,7 +768,7 @@ where
                 continue;
             }
             _ = idle_now, if at_once && park.is_some() => Verdict::Park,
-            _ = tokio::time::sleep_until(deadline.into()), if ending.is_none() => {
+            _ = std::future::poll_fn(|cx| timer.poll(cx)), if ending.is_none() => {
                 info.verdict(settings.idle_timeout, settings.header_timeout, park)
             }
         };
@@ -735,5 +790,89 @@ where
                 return Ended::Done;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A future that counts its polls and is never ready.
+    struct Polls<'a>(&'a AtomicUsize);
+
+    impl Future for Polls<'_> {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn armed_polls_its_future_again_only_for_a_new_waker() {
+        let polls = AtomicUsize::new(0);
+        let fut = std::pin::pin!(Polls(&polls));
+        let mut armed = Armed::new(fut, |_| false);
+        let (one, two) = (
+            Waker::from(Arc::new(Count::default())),
+            Waker::from(Arc::new(Count::default())),
+        );
+        for _ in 0..3 {
+            assert!(armed.poll(&mut Context::from_waker(&one)).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        assert!(armed.poll(&mut Context::from_waker(&two)).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn armed_is_ready_once_done_says_so() {
+        let polls = AtomicUsize::new(0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let fut = std::pin::pin!(Polls(&polls));
+        let mut armed = Armed::new(fut, |_| done.load(Ordering::SeqCst));
+        let waker = Waker::from(Arc::new(Count::default()));
+        assert!(armed.poll(&mut Context::from_waker(&waker)).is_pending());
+        done.store(true, Ordering::SeqCst);
+        assert!(armed.poll(&mut Context::from_waker(&waker)).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_cancellation_wakes_the_waker_armed_before() {
+        let token = CancellationToken::new();
+        let wait = std::pin::pin!(token.cancelled());
+        let mut armed = Armed::new(wait, |_| token.is_cancelled());
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        assert!(armed.poll(&mut Context::from_waker(&waker)).is_pending());
+        assert!(armed.poll(&mut Context::from_waker(&waker)).is_pending());
+        token.cancel();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(armed.poll(&mut Context::from_waker(&waker)).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moved_timer_fires_at_its_new_deadline() {
+        let start = tokio::time::Instant::now();
+        let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(60)));
+        let mut timer = Armed::new(sleep, tokio::time::Sleep::is_elapsed);
+        timer.reset(start + Duration::from_secs(5));
+        std::future::poll_fn(|cx| timer.poll(cx)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        timer.reset(start + Duration::from_secs(9));
+        std::future::poll_fn(|cx| timer.poll(cx)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(9));
     }
 }
