@@ -527,13 +527,19 @@ impl UpstreamBody {
     }
 
     /// The body ended: the connection is reusable once its state machine has
-    /// seen the end of the message. Polled with a no-op waker: an idle
-    /// connection wakes no one (`checkout` looks at it again).
+    /// seen the end of the message. Usually it has, in the same poll that
+    /// delivered the last bytes, and asks for the next request (`is_ready`);
+    /// otherwise it is polled once more, with a no-op waker (`checkout`
+    /// looks at it again).
     fn release(&mut self) {
         let Some((mut conn, ep)) = self.conn.take() else {
             return;
         };
-        if conn.poll_io(&mut Context::from_waker(Waker::noop())) && !conn.tx.is_closed() {
+        if conn.tx.is_ready()
+            || (conn.poll_io(&mut Context::from_waker(Waker::noop())) && !conn.tx.is_closed())
+        {
+            // Idle, the connection wakes no task (nor keeps one alive).
+            conn.rouse.forget();
             ep.checkin(conn);
         }
     }

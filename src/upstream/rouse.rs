@@ -63,6 +63,12 @@ impl Rouse {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+
+    /// Lets go of the task registered last: until the next `rounds`, a
+    /// wake-up reaches no one.
+    pub fn forget(&self) {
+        drop(self.task.take());
+    }
 }
 
 impl Wake for Rouse {
@@ -173,6 +179,16 @@ mod tests {
         // The state is back to idle: a later wake reaches the task.
         own.wake_by_ref();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_forgotten_task_is_not_woken() {
+        let (rouse, own, count, task) = setup();
+        let mut cx = Context::from_waker(&task);
+        let _: Poll<()> = rouse.rounds(&own, &mut cx, |_, _| Poll::Pending);
+        rouse.forget();
+        own.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
