@@ -37,6 +37,8 @@ pub mod shared;
 pub mod snapshot;
 pub mod steering;
 pub mod store_breaker;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod upstream;
 

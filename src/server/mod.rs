@@ -796,18 +796,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::WakeCount;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
-    /// A waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     /// A future that counts its polls and is never ready.
     struct Polls<'a>(&'a AtomicUsize);
@@ -825,10 +815,7 @@ mod tests {
         let polls = AtomicUsize::new(0);
         let fut = std::pin::pin!(Polls(&polls));
         let mut armed = Armed::new(fut, |_| false);
-        let (one, two) = (
-            Waker::from(Arc::new(Count::default())),
-            Waker::from(Arc::new(Count::default())),
-        );
+        let (one, two) = (WakeCount::waker().1, WakeCount::waker().1);
         for _ in 0..3 {
             assert!(armed.poll(&mut Context::from_waker(&one)).is_pending());
         }
@@ -843,7 +830,7 @@ mod tests {
         let done = std::sync::atomic::AtomicBool::new(false);
         let fut = std::pin::pin!(Polls(&polls));
         let mut armed = Armed::new(fut, |_| done.load(Ordering::SeqCst));
-        let waker = Waker::from(Arc::new(Count::default()));
+        let waker = WakeCount::waker().1;
         assert!(armed.poll(&mut Context::from_waker(&waker)).is_pending());
         done.store(true, Ordering::SeqCst);
         assert!(armed.poll(&mut Context::from_waker(&waker)).is_ready());
@@ -854,12 +841,11 @@ mod tests {
         let token = CancellationToken::new();
         let wait = std::pin::pin!(token.cancelled());
         let mut armed = Armed::new(wait, |_| token.is_cancelled());
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::waker();
         assert!(armed.poll(&mut Context::from_waker(&waker)).is_pending());
         assert!(armed.poll(&mut Context::from_waker(&waker)).is_pending());
         token.cancel();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         assert!(armed.poll(&mut Context::from_waker(&waker)).is_ready());
     }
 

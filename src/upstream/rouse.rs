@@ -92,26 +92,12 @@ impl Wake for Rouse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use crate::testing::WakeCount;
 
-    /// A task waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn setup() -> (Arc<Rouse>, Waker, Arc<Count>, Waker) {
+    fn setup() -> (Arc<Rouse>, Waker, Arc<WakeCount>, Waker) {
         let rouse = Arc::new(Rouse::default());
         let own = Waker::from(rouse.clone());
-        let count = Arc::new(Count::default());
-        let task = Waker::from(count.clone());
+        let (count, task) = WakeCount::waker();
         (rouse, own, count, task)
     }
 
@@ -129,7 +115,7 @@ mod tests {
         });
         assert!(polled.is_pending());
         assert_eq!(calls, 2);
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
     }
 
     #[test]
@@ -142,9 +128,9 @@ mod tests {
             Poll::Pending
         });
         assert!(polled.is_pending());
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         kept.unwrap().wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
@@ -159,7 +145,7 @@ mod tests {
         });
         assert!(polled.is_pending());
         assert_eq!(calls, Rouse::ROUNDS);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
@@ -175,10 +161,10 @@ mod tests {
         });
         assert_eq!(polled, Poll::Ready(7));
         assert_eq!(calls, 1);
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         // The state is back to idle: a later wake reaches the task.
         own.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
@@ -188,20 +174,19 @@ mod tests {
         let _: Poll<()> = rouse.rounds(&own, &mut cx, |_, _| Poll::Pending);
         rouse.forget();
         own.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
     }
 
     #[test]
     fn the_task_that_polled_last_is_the_one_woken() {
         let (rouse, own, first, first_task) = setup();
-        let second = Arc::new(Count::default());
-        let second_task = Waker::from(second.clone());
+        let (second, second_task) = WakeCount::waker();
         for task in [&first_task, &second_task] {
             let mut cx = Context::from_waker(task);
             let _: Poll<()> = rouse.rounds(&own, &mut cx, |_, _| Poll::Pending);
         }
         own.wake_by_ref();
-        assert_eq!(first.0.load(Ordering::SeqCst), 0);
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.get(), 0);
+        assert_eq!(second.get(), 1);
     }
 }
