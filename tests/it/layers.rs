@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "normalize",
             "body",
             "store_breaker",
+            "testing",
         ],
     ),
     (
